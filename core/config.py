@@ -1,0 +1,324 @@
+"""Deployment configuration: one TOML file per deployment, validated up front.
+
+Every problem is reported at once, each with the field it is about and a hint to fix it, so an
+operator fixes a config in one pass instead of one error per run.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from datetime import time
+from pathlib import Path
+from typing import Literal
+
+import boto3
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+DEFAULT_CONFIG = Path("deploy/local/deployment.toml")
+
+
+class ConfigError(Exception):
+    """A config file that cannot be used; `problems` lists every reason with its field."""
+
+    def __init__(self, path: Path | str, problems: list[str]):
+        self.path = str(path)
+        self.problems = problems
+        super().__init__(f"{path}: " + "; ".join(problems))
+
+    def render(self) -> str:
+        lines = [f"Invalid deployment config {self.path}:"]
+        lines += [f"  - {p}" for p in self.problems]
+        return "\n".join(lines)
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class RegionConfig(_Strict):
+    """One region of a deployment; `endpoint_url` set means the local emulator, not AWS."""
+
+    name: str = ""
+    role: Literal["primary", "standby", "peer"]
+    role_arn: str | None = Field(None, pattern=r"^arn:aws[a-z-]*:iam::\d{12}:role/.+$")
+    external_id: str | None = Field(None, min_length=2, max_length=1224)
+    endpoint_url: str | None = Field(None, pattern=r"^https?://")
+    bootstrap_url: str | None = Field(None, pattern=r"^https?://")
+    iot_endpoint: str | None = None  # the device endpoint; discovered with DescribeEndpoint when unset
+
+
+class FleetConfig(_Strict):
+    thing_group: str = Field(min_length=1, max_length=128)
+    policy_name: str = Field("fleet-device-policy", min_length=1)
+    thing_type: str | None = None
+    application: str = Field("app", pattern=r"^[A-Za-z0-9_-]+$")
+
+
+class HealthPolicy(_Strict):
+    interval_seconds: float = Field(10, gt=0)
+    probe_timeout_seconds: float = Field(5, gt=0)
+    unhealthy_after: int = Field(3, ge=1)
+    healthy_after: int = Field(3, ge=1)
+    degraded_latency_ms: float = Field(800, gt=0)
+    canary_thing: str = "iotfailover-canary"
+    heartbeat_sample: int = Field(50, ge=0)
+    heartbeat_fresh_seconds: float = Field(120, gt=0)
+    min_fresh_share: float = Field(0.5, ge=0, le=1)
+
+
+class BlockedWindow(_Strict):
+    """A daily UTC window in which no automatic failover starts (e.g. a change freeze)."""
+
+    start: time
+    end: time
+
+
+class CutoverPolicy(_Strict):
+    approval: Literal["none", "canary", "every-wave"] = "none"
+    canary_size: int = Field(5, ge=1)
+    wave_growth: float = Field(4, ge=1)
+    max_wave_size: int = Field(5000, ge=1)
+    rollout_per_minute: int = Field(1000, ge=1, le=1000)
+    abort_failure_percent: float = Field(20, gt=0, le=100)
+    wave_success_percent: float = Field(95, gt=0, le=100)
+    in_progress_timeout_minutes: int = Field(10, ge=1, le=10080)
+    verify_timeout_seconds: float = Field(300, gt=0)
+    verify_poll_seconds: float = Field(5, gt=0)
+    cooldown_minutes: float = Field(10, ge=0)
+
+
+class FailoverPolicy(_Strict):
+    automatic: bool = True
+    standby_order: list[str] = []
+    min_interval_minutes: float = Field(30, ge=0)
+    max_per_day: int = Field(2, ge=0)
+    blocked_windows: list[BlockedWindow] = []
+    failback_offer_after_minutes: float = Field(10, ge=0)
+
+
+class ReplicationPolicy(_Strict):
+    reconcile_interval_minutes: float = Field(15, gt=0)
+    allow_register_without_ca: bool = False
+    events_queue: str = "iotfailover-registry-events"
+
+
+class Quotas(_Strict):
+    """Requests per second per API, below the account's AWS IoT quotas."""
+
+    default_rps: float = Field(20, gt=0)
+    per_api: dict[str, float] = {
+        "CreateThing": 100,
+        "UpdateThing": 100,
+        "DeleteThing": 100,
+        "ListThings": 10,
+        "ListThingsInThingGroup": 10,
+        "DescribeThing": 350,
+        "RegisterCertificate": 10,
+        "AttachPolicy": 15,
+        "AttachThingPrincipal": 100,
+        "CreateJob": 10,
+        "GetThingShadow": 400,
+        "UpdateThingShadow": 400,
+    }
+
+
+class LocalStack(_Strict):
+    """Where the local rehearsal stack listens; ignored against AWS."""
+
+    state_dir: str = ".local"
+    temporal_port: int = 7233
+    temporal_ui_port: int = 8233
+    worker_metrics_port: int = 9464
+    simulator_metrics_port: int = 9465
+
+
+class TemporalConfig(_Strict):
+    address: str = "127.0.0.1:7233"
+    namespace: str = "default"
+    task_queue: str = "iot-failover"
+    ui_url: str = "http://127.0.0.1:8233"
+
+
+class DeploymentConfig(_Strict):
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9-]{0,62}$")
+    mode: Literal["active-passive", "active-active"]
+    ca_certificate: Path
+    bootstrap_table: str = "iotfailover-bootstrap"
+    claims_table: str = "iotfailover-claims"
+    routing_table: str = "iotfailover-routing"
+    dns_record: str | None = None
+    hosted_zone_id: str | None = None
+    regions: dict[str, RegionConfig]
+    fleet: FleetConfig
+    health: HealthPolicy = HealthPolicy()
+    cutover: CutoverPolicy = CutoverPolicy()
+    failover: FailoverPolicy = FailoverPolicy()
+    replication: ReplicationPolicy = ReplicationPolicy()
+    quotas: Quotas = Quotas()
+    temporal: TemporalConfig = TemporalConfig()
+    local: LocalStack = LocalStack()
+    source_path: str = ""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _name_regions(cls, data: dict) -> dict:
+        regions = data.get("regions")
+        if isinstance(regions, dict):
+            data["regions"] = {
+                k: ({**v, "name": k} if isinstance(v, dict) else v) for k, v in regions.items()
+            }
+        return data
+
+    @property
+    def primary(self) -> str:
+        """The active region in active/passive; the first peer in active/active."""
+        for name, r in self.regions.items():
+            if r.role == "primary":
+                return name
+        return next(iter(self.regions))
+
+    @property
+    def region_names(self) -> list[str]:
+        return list(self.regions)
+
+    def standbys(self) -> list[str]:
+        """Failover candidates in the configured order, then any others."""
+        others = [r for r in self.regions if r != self.primary]
+        ordered = [r for r in self.failover.standby_order if r in others]
+        return ordered + [r for r in others if r not in ordered]
+
+    def ca_pem(self) -> str:
+        return self.ca_certificate.read_text()
+
+    @property
+    def is_local(self) -> bool:
+        return all(r.endpoint_url for r in self.regions.values())
+
+    @property
+    def state_dir(self) -> Path:
+        base = Path(self.source_path).parent if self.source_path else Path.cwd()
+        path = Path(self.local.state_dir)
+        return path if path.is_absolute() else (_repo_root(base) / path)
+
+
+def _repo_root(start: Path) -> Path:
+    for p in [start.resolve(), *start.resolve().parents]:
+        if (p / "pyproject.toml").exists():
+            return p
+    return start.resolve()
+
+
+_FIELD_HINTS = {
+    "name": "use lowercase letters, digits and '-', e.g. name = \"fleet-eu\"",
+    "mode": 'use "active-passive" or "active-active"',
+    "role": 'use "primary" or "standby" (active-passive) or "peer" (active-active)',
+    "role_arn": "a full IAM role ARN, e.g. arn:aws:iam::123456789012:role/iotfailover-controller",
+    "endpoint_url": "an http(s) URL of the region's emulator, e.g. http://127.0.0.1:4566",
+}
+
+
+def _known_regions() -> set[str]:
+    session = boto3.session.Session()
+    regions: set[str] = set()
+    for partition in ("aws", "aws-cn", "aws-us-gov"):
+        regions |= set(session.get_available_regions("iot", partition_name=partition))
+    return regions
+
+
+def _semantic_problems(cfg: DeploymentConfig, need_ca: bool) -> list[str]:
+    problems: list[str] = []
+    known = _known_regions()
+    for name in cfg.regions:
+        if name not in known:
+            problems.append(
+                f"regions.{name}: unknown AWS IoT region '{name}' "
+                f"(hint: one of {', '.join(sorted(known)[:6])}, ...)"
+            )
+    if len(cfg.regions) < 2:
+        problems.append(
+            "regions: a deployment needs at least two regions to fail over between "
+            '(hint: add a [regions.<name>] table with role = "standby")'
+        )
+    roles = [r.role for r in cfg.regions.values()]
+    if cfg.mode == "active-passive":
+        if roles.count("primary") != 1:
+            problems.append(
+                f'regions: active-passive needs exactly one role = "primary", found {roles.count("primary")} '
+                "(hint: mark one region primary and the others standby)"
+            )
+        if "peer" in roles:
+            problems.append('regions: role "peer" is for active-active (hint: use "standby")')
+    elif set(roles) != {"peer"}:
+        problems.append('regions: active-active regions all have role = "peer"')
+    for r in cfg.failover.standby_order:
+        if r not in cfg.regions:
+            problems.append(f"failover.standby_order: '{r}' is not a region of this deployment")
+    if not need_ca:
+        pass
+    elif not cfg.ca_certificate.is_file():
+        problems.append(
+            f"deployment.ca_certificate: file not found: {cfg.ca_certificate} "
+            "(hint: the customer CA's public certificate in PEM; locally `starter.py fleet provision` creates it)"
+        )
+    elif "BEGIN CERTIFICATE" not in cfg.ca_certificate.read_text(errors="replace"):
+        problems.append(f"deployment.ca_certificate: {cfg.ca_certificate} is not a PEM certificate")
+    elif "PRIVATE KEY" in cfg.ca_certificate.read_text(errors="replace"):
+        problems.append(
+            "deployment.ca_certificate: the file holds a private key; the controller takes the public "
+            "certificate only"
+        )
+    if bool(cfg.dns_record) != bool(cfg.hosted_zone_id):
+        problems.append("deployment.dns_record and deployment.hosted_zone_id go together")
+    return problems
+
+
+def _pydantic_problems(err: ValidationError) -> list[str]:
+    problems = []
+    for e in err.errors():
+        loc = [str(p) for p in e["loc"]]
+        if loc and loc[0] in ("name", "mode", "ca_certificate", "bootstrap_table", "dns_record"):
+            loc = ["deployment", *loc]
+        field = ".".join(loc)
+        msg = e["msg"]
+        if e["type"] == "extra_forbidden":
+            msg = "unknown setting (hint: check the spelling against deploy/local/deployment.toml)"
+        elif e["type"] == "missing":
+            msg = "is required"
+        hint = _FIELD_HINTS.get(loc[-1]) if loc else None
+        if hint and e["type"] not in ("missing", "extra_forbidden"):
+            msg += f" (hint: {hint})"
+        problems.append(f"{field}: {msg}")
+    return problems
+
+
+def load_config(path: str | Path = DEFAULT_CONFIG, need_ca: bool = True) -> DeploymentConfig:
+    """Read and validate a deployment file; raises ConfigError listing every problem.
+
+    `need_ca=False` is for commands that run before the CA exists (`local up`, `fleet provision`).
+    """
+    path = Path(path)
+    try:
+        raw = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(path, ["file not found (hint: pass --config PATH)"]) from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(path, [f"not valid TOML: {e}"]) from None
+    return parse_config(raw, path, need_ca)
+
+
+def parse_config(raw: dict, path: str | Path = "<config>", need_ca: bool = True) -> DeploymentConfig:
+    data = dict(raw.get("deployment", {}))
+    if "ca_certificate" in data and path != "<config>":
+        ca = Path(data["ca_certificate"])
+        data["ca_certificate"] = str(ca if ca.is_absolute() else Path(path).parent / ca)
+    for section in (k for k in raw if k != "deployment"):
+        data[section] = raw[section]
+    data["source_path"] = str(path)
+    try:
+        cfg = DeploymentConfig.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(path, _pydantic_problems(e)) from None
+    problems = _semantic_problems(cfg, need_ca)
+    if problems:
+        raise ConfigError(path, problems)
+    return cfg

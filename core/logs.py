@@ -1,0 +1,50 @@
+"""structlog for everything outside workflows: JSON when not on a terminal, console locally."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+import structlog
+
+_configured = False
+
+
+def configure(json: bool | None = None, level: str | None = None) -> None:
+    """Configure structlog and stdlib logging once per process."""
+    global _configured
+    if _configured:
+        return
+    _configured = True
+    if json is None:
+        json = os.environ.get("IOTFAILOVER_LOG_FORMAT", "") == "json" or not sys.stderr.isatty()
+    lvl = getattr(logging, (level or os.environ.get("IOTFAILOVER_LOG_LEVEL", "INFO")).upper(), logging.INFO)
+    renderer = structlog.processors.JSONRenderer() if json else structlog.dev.ConsoleRenderer(colors=False)
+    shared = [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+    ]
+    structlog.configure(
+        processors=[*shared, structlog.processors.format_exc_info, renderer],
+        wrapper_class=structlog.make_filtering_bound_logger(lvl),
+        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        cache_logger_on_first_use=True,
+    )
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            foreign_pre_chain=shared,
+            processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
+        )
+    )
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(lvl)
+    for noisy in ("botocore", "urllib3", "werkzeug", "aiohttp.access"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def get(name: str, **bound: object) -> structlog.stdlib.BoundLogger:
+    return structlog.get_logger(name).bind(**bound)

@@ -1,0 +1,148 @@
+"""One AWS emulator process per region: moto's server plus what the controller needs and moto lacks.
+
+Regions share nothing, exactly as in AWS: each region is its own process on its own port. On top of
+moto this adds, in one place: the device side of IoT Jobs (`iot-jobs-data`, see iot_jobs.py), the
+IoT gaps the controller relies on (iot_gaps.py), and the fault switch (outage, latency, throttling)
+that drills and tests flip per region through `/_emulator/fault`.
+
+Run: python -m rehearsal.emulator --region us-east-1 --port 4566
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from moto.backends import get_backend
+from moto.core.base_backend import BackendDict
+from moto.server import DomainDispatcherApplication, create_backend_app
+from werkzeug.serving import run_simple
+from werkzeug.wrappers import Request, Response
+
+from rehearsal.faults import Fault, FaultSwitch
+
+WsgiApp = Callable[[dict, Callable], Iterable[bytes]]
+_XML_SERVICES = {"route53", "sts", "iam", "cloudwatch"}
+
+
+def signing_service(environ: dict) -> str:
+    """The service a request is signed for: the credential scope of its SigV4 Authorization header."""
+    auth = environ.get("HTTP_AUTHORIZATION", "")
+    try:
+        return auth.split(",")[0].split()[1].split("/")[3].lower()
+    except (IndexError, ValueError):
+        return ""
+
+
+def _json(status: int, body: Any, headers: dict[str, str] | None = None) -> Response:
+    return Response(json.dumps(body), status=status, mimetype="application/json", headers=headers or {})
+
+
+def _error(service: str, status: int, code: str, message: str) -> Response:
+    if service in _XML_SERVICES:
+        xml = (
+            f"<ErrorResponse><Error><Type>Sender</Type><Code>{code}</Code>"
+            f"<Message>{message}</Message></Error><RequestId>emulator</RequestId></ErrorResponse>"
+        )
+        return Response(xml, status=status, mimetype="text/xml")
+    return _json(status, {"__type": code, "message": message}, {"x-amzn-ErrorType": code})
+
+
+class RegionEmulator:
+    """WSGI app: control endpoints, the fault switch, then iot-jobs-data or moto."""
+
+    def __init__(self, region: str):
+        self.region = region
+        self.faults = FaultSwitch()
+        self.moto: WsgiApp = DomainDispatcherApplication(create_backend_app)
+        self.started = time.time()
+        self.extensions: dict[str, WsgiApp] = {}
+        self._load_extensions()
+
+    def _load_extensions(self) -> None:
+        """Plug in the device-side Jobs API and moto's missing IoT features (when present)."""
+        try:
+            from rehearsal import iot_jobs
+
+            iot_jobs.install(self)
+        except ImportError:
+            pass
+        try:
+            from rehearsal import iot_gaps
+
+            iot_gaps.install(self)
+        except ImportError:
+            pass
+
+    def __call__(self, environ: dict, start_response: Callable) -> Iterable[bytes]:
+        path = environ.get("PATH_INFO", "")
+        if path.startswith("/_emulator/"):
+            return self._control(Request(environ))(environ, start_response)
+        service = signing_service(environ)
+        if self.faults.hits("outage"):
+            resp = _error(
+                service, 503, "ServiceUnavailableException", f"region {self.region} is down (fault switch)"
+            )
+            return resp(environ, start_response)
+        fault = self.faults.get()
+        if fault.mode == "latency":
+            time.sleep(fault.latency_ms / 1000)
+        if self.faults.hits("throttle"):
+            code = "Throttling" if service in _XML_SERVICES else "ThrottlingException"
+            status = 400 if service in _XML_SERVICES | {"dynamodb"} else 429
+            if service == "dynamodb":
+                code = "com.amazonaws.dynamodb.v20120810#ThrottlingException"
+            return _error(service, status, code, "Rate exceeded (fault switch)")(environ, start_response)
+        app = self.extensions.get(service, self.moto)
+        return app(environ, start_response)
+
+    def _control(self, request: Request) -> Response:
+        route = request.path.removeprefix("/_emulator/")
+        if route == "health":
+            return _json(
+                200,
+                {
+                    "region": self.region,
+                    "fault": vars(self.faults.get()),
+                    "uptime": time.time() - self.started,
+                },
+            )
+        if route == "fault" and request.method == "POST":
+            body = request.get_json(silent=True) or {}
+            try:
+                self.faults.set(Fault(**body))
+            except (TypeError, ValueError) as e:
+                return _json(400, {"error": str(e)})
+            logging.getLogger("emulator").warning("fault switch in %s: %s", self.region, body)
+            return _json(200, {"region": self.region, "fault": vars(self.faults.get())})
+        if route == "reset" and request.method == "POST":
+            reset_backends()
+            for ext in self.extensions.values():
+                getattr(ext, "reset", lambda: None)()
+            return _json(200, {"reset": True})
+        return _json(404, {"error": f"no control endpoint {request.method} {request.path}"})
+
+
+def reset_backends() -> None:
+    for name in ("iot", "iot-data", "dynamodb", "sqs", "route53", "sts", "iam"):
+        backend: BackendDict = get_backend(name)  # type: ignore[assignment]
+        backend.reset()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="AWS emulator for one region of the local stack")
+    parser.add_argument("--region", required=True)
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--host", default="127.0.0.1")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format=f"%(asctime)s emulator[{args.region}] %(message)s")
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)
+    run_simple(args.host, args.port, RegionEmulator(args.region), threaded=True, use_reloader=False)
+
+
+if __name__ == "__main__":
+    main()

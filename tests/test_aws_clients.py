@@ -1,0 +1,91 @@
+"""The per-region client factory against the emulators: endpoints, roles, throttles, paging."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from botocore.exceptions import ClientError
+from prometheus_client import REGISTRY
+
+from core.aws import AwsClients, all_items, fetch_page
+from core.config import DeploymentConfig
+from core.errors import is_throttle, to_application_error
+from core.ratelimit import RateLimiter
+from rehearsal import faults
+from tests.conftest import make_config
+
+
+def test_each_region_gets_its_own_clients(config: DeploymentConfig) -> None:
+    aws = AwsClients(config)
+    aws.iot("us-east-1").create_thing(thingName="east-thing")
+    assert aws.iot("us-east-1") is aws.iot("us-east-1")
+    assert [t["thingName"] for t in all_items(aws.iot("us-west-2"), "list_things", "things")] == []
+    aws.iot_data("us-east-1").update_thing_shadow(
+        thingName="east-thing", payload=json.dumps({"state": {"reported": {"x": 1}}})
+    )
+    shadow = json.loads(aws.iot_data("us-east-1").get_thing_shadow(thingName="east-thing")["payload"].read())
+    assert shadow["state"]["reported"] == {"x": 1}
+
+
+def test_role_is_assumed_per_region(emulators: dict[str, str], config: DeploymentConfig) -> None:
+    cfg = make_config(
+        emulators,
+        config.ca_certificate,
+        regions={
+            "us-east-1": {
+                "role": "primary",
+                "endpoint_url": emulators["us-east-1"],
+                "role_arn": "arn:aws:iam::123456789012:role/iotfailover-controller",
+                "external_id": "demo-external-id",
+            },
+            "us-west-2": {"role": "standby", "endpoint_url": emulators["us-west-2"]},
+        },
+    )
+    aws = AwsClients(cfg)
+    creds = aws._session("us-east-1").get_credentials().get_frozen_credentials()
+    assert creds.access_key != "testing" and creds.token  # temporary credentials from STS
+    aws.iot("us-east-1").list_things()
+
+
+def test_paging_walks_every_item(config: DeploymentConfig) -> None:
+    aws = AwsClients(config)
+    for i in range(25):
+        aws.iot("us-east-1").create_thing(thingName=f"t{i:02d}")
+    page, token = fetch_page(aws.iot("us-east-1"), "list_things", "things", page_size=10)
+    assert len(page) == 10 and token
+    names = [t["thingName"] for t in all_items(aws.iot("us-east-1"), "list_things", "things", page_size=10)]
+    assert sorted(names) == [f"t{i:02d}" for i in range(25)]
+
+
+def test_throttles_are_counted_and_slow_the_limiter(config: DeploymentConfig) -> None:
+    aws = AwsClients(config, max_attempts=2)
+    before = aws.limiter.rate("us-east-1", "ListThings")
+    faults.set_fault(config.regions["us-east-1"].endpoint_url, "throttle")
+    with pytest.raises(ClientError) as e:
+        aws.iot("us-east-1").list_things()
+    assert is_throttle(e.value)
+    assert aws.limiter.rate("us-east-1", "ListThings") < before
+    seen = REGISTRY.get_sample_value(
+        "iotfailover_aws_throttles_total", {"region": "us-east-1", "api": "ListThings"}
+    )
+    assert seen and seen >= 2
+    err = to_application_error(e.value, "listing things", "us-east-1")
+    assert not err.non_retryable
+
+
+def test_validation_errors_are_not_retried(config: DeploymentConfig) -> None:
+    aws = AwsClients(config)
+    with pytest.raises(ClientError) as e:
+        aws.iot("us-east-1").describe_thing(thingName="missing")
+    err = to_application_error(e.value, "describing thing", "us-east-1")
+    assert err.non_retryable and "hint" in str(err)
+
+
+def test_rate_limiter_recovers_after_throttle() -> None:
+    rl = RateLimiter({"X": 100}, 10)
+    rl.throttled("r", "X")
+    assert rl.rate("r", "X") == 50
+    for _ in range(20):
+        rl.acquire("r", "X")
+    assert rl.rate("r", "X") <= 100

@@ -1,0 +1,112 @@
+"""Deployment config validation: every problem reported with its field and a fix hint."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from core.config import ConfigError, load_config, parse_config
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _raw(ca: Path, **over: object) -> dict:
+    raw = {
+        "deployment": {"name": "fleet", "mode": "active-passive", "ca_certificate": str(ca)},
+        "regions": {
+            "us-east-1": {"role": "primary", "endpoint_url": "http://127.0.0.1:4566"},
+            "us-west-2": {"role": "standby"},
+        },
+        "fleet": {"thing_group": "fleet"},
+    }
+    raw.update(over)
+    return raw
+
+
+@pytest.fixture
+def ca(tmp_path: Path, local_ca) -> Path:
+    f = tmp_path / "ca.pem"
+    f.write_text(local_ca.cert_pem)
+    return f
+
+
+def _problems(raw: dict) -> list[str]:
+    with pytest.raises(ConfigError) as e:
+        parse_config(raw)
+    return e.value.problems
+
+
+def test_valid_config_parses(ca: Path) -> None:
+    cfg = parse_config(_raw(ca))
+    assert cfg.primary == "us-east-1"
+    assert cfg.standbys() == ["us-west-2"]
+    assert cfg.health.unhealthy_after == 3
+
+
+def test_shipped_configs_are_valid() -> None:
+    local = load_config(REPO / "deploy/local/deployment.toml", need_ca=False)
+    assert (local.name, local.primary, local.standbys()) == ("demo", "us-east-1", ["us-west-2"])
+    assert local.is_local
+    aa = load_config(REPO / "deploy/examples/active-active.toml", need_ca=False)
+    assert aa.mode == "active-active" and not aa.is_local
+    assert aa.standbys() == ["us-east-1"]
+
+
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        (
+            {"regions": {"mars-north-1": {"role": "primary"}, "us-west-2": {"role": "standby"}}},
+            "unknown AWS IoT region 'mars-north-1'",
+        ),
+        ({"regions": {"us-east-1": {"role": "primary"}}}, "at least two regions"),
+        (
+            {"regions": {"us-east-1": {"role": "primary"}, "us-west-2": {"role": "primary"}}},
+            'exactly one role = "primary", found 2',
+        ),
+        ({"health": {"interval_seconds": -5}}, "health.interval_seconds: Input should be greater than 0"),
+        ({"cutover": {"approval": "sometimes"}}, "cutover.approval"),
+        ({"fleet": {"thing_group": "g", "colour": "blue"}}, "fleet.colour: unknown setting"),
+        (
+            {"regions": {"us-east-1": {"role": "boss"}, "us-west-2": {"role": "standby"}}},
+            "regions.us-east-1.role",
+        ),
+        (
+            {"failover": {"standby_order": ["eu-west-1"]}},
+            "failover.standby_order: 'eu-west-1' is not a region",
+        ),
+    ],
+)
+def test_each_problem_is_named(ca: Path, change: dict, expected: str) -> None:
+    problems = _problems(_raw(ca, **change))
+    assert any(expected in p for p in problems), problems
+
+
+def test_missing_ca_file_and_fields_reported_together(tmp_path: Path) -> None:
+    raw = _raw(tmp_path / "nope.pem")
+    del raw["fleet"]
+    raw["deployment"]["mode"] = "active-sideways"
+    problems = _problems(raw)
+    assert any(p.startswith("fleet: is required") for p in problems)
+    assert any(p.startswith("deployment.mode:") and "hint" in p for p in problems)
+
+
+def test_missing_ca_file(tmp_path: Path) -> None:
+    problems = _problems(_raw(tmp_path / "nope.pem"))
+    assert any("deployment.ca_certificate: file not found" in p for p in problems)
+
+
+def test_private_key_is_refused_as_ca(tmp_path: Path, local_ca) -> None:
+    f = tmp_path / "ca.pem"
+    f.write_text(local_ca.cert_pem + "-----BEGIN PRIVATE KEY-----\nxx\n-----END PRIVATE KEY-----\n")
+    assert any("private key" in p for p in _problems(_raw(f)))
+
+
+def test_bad_toml_and_missing_file(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[deployment\nname=")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_config(bad)
+    with pytest.raises(ConfigError, match="file not found"):
+        load_config(tmp_path / "absent.toml")
