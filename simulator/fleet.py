@@ -74,6 +74,7 @@ class Fleet:
         self.stats = Stats()
         self.devices: list[Device] = []
         self.started = 0.0
+        self.stopped = False
         self._tasks: list[asyncio.Task] = []
         self._session: aiohttp.ClientSession | None = None
         self._gauge_keys: set[tuple[str, str]] = set()
@@ -120,6 +121,7 @@ class Fleet:
         self._tasks.clear()
         for d in self.devices:
             d.state = "stopped"
+        self.stopped = True
         self.write_status()
         if self._session is not None:
             await self._session.close()
@@ -137,6 +139,7 @@ class Fleet:
             "pid": os.getpid(),
             "updated": time.time(),
             "started": self.started,
+            "stopped": self.stopped,
             "devices": len(self.devices),
             "faulty": dict(Counter(d.spec.fault for d in self.devices if d.spec.fault)),
             "by_region": by_region,
@@ -160,7 +163,7 @@ def read_status(cfg: DeploymentConfig) -> dict | None:
         snap = json.loads(path.read_text())
         try:
             os.kill(int(snap["pid"]), 0)
-            snap["running"] = True
+            snap["running"] = not snap.get("stopped", False)
         except (ProcessLookupError, PermissionError, ValueError, KeyError):
             snap["running"] = False
         return snap

@@ -265,16 +265,21 @@ async def test_devices_fail_over_on_their_own_within_the_retry_budget(
         took = time.monotonic() - t0
     finally:
         await fleet.stop()
-    # budget: one keep-alive to notice, the retry timings (+skew) between the 3 attempts, call time
-    budget = FAST["keep_alive_seconds"] + (20 + 40 + 2 * 10) / 1000 + 3 * 0.5
+    # budget: one keep-alive to notice, the retry timings (+skew) between the 3 attempts, and the calls
+    # themselves (generous: the shared test machine is slow)
+    budget = FAST["keep_alive_seconds"] + (20 + 40 + 2 * 10) / 1000 + 6 * 1.0
     assert took < budget, f"failover took {took:.2f}s, budget {budget:.2f}s"
     assert west.hits > hits_before  # re-bootstrapped from the next bootstrap URL
     for d in fleet.devices:
         kinds = d.event_kinds()
-        exhausted = len(kinds) - 1 - kinds[::-1].index("retries-exhausted")
+        lost = kinds.index("link-error")
+        exhausted = kinds.index("retries-exhausted")
+        # exactly `retry` (3) consecutive failures in the primary: the lost link and 2 reconnects
+        assert kinds[lost:exhausted] == ["link-error", "connect-failed", "connect-failed"], kinds
         assert kinds[exhausted + 1] == "bootstrap", kinds  # re-bootstrap first...
-        assert "failover" in kinds[exhausted + 1 :], kinds  # ...then the next endpoint
-        assert kinds.count("connect-failed") + kinds.count("link-error") >= 3
+        assert kinds[exhausted + 2 : exhausted + 4] == ["connected", "failover"], (
+            kinds
+        )  # ...then the next one
     assert fleet.stats.totals["failovers"] == len(things)
     conn = shadow(emulators, WEST, "dev-f0")["state"]["reported"]["connectivity"]
     assert conn["region"] == WEST and conn["epoch"] == 2
