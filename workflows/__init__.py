@@ -9,5 +9,7 @@ def all_workflows() -> list[type]:
 
     names: list[tuple[str, str]] = [
         # (module, class)
+        ("deployment", "DeploymentWorkflow"),
+        ("cutover", "CutoverWorkflow"),
     ]
     return [getattr(importlib.import_module(f"workflows.{m}"), c) for m, c in names]
