@@ -17,6 +17,7 @@ _NAMES = [
     "local",
     "deployment",
     "cutover",
+    "drill",
 ]
 
 COMMAND_MODULES = [importlib.import_module(f"cli.{n}") for n in _NAMES]

@@ -11,5 +11,6 @@ def all_workflows() -> list[type]:
         # (module, class)
         ("deployment", "DeploymentWorkflow"),
         ("cutover", "CutoverWorkflow"),
+        ("drill", "DrillWorkflow"),
     ]
     return [getattr(importlib.import_module(f"workflows.{m}"), c) for m, c in names]
