@@ -65,6 +65,7 @@ class CutoverWorkflow:
         self._paused = False
         self._abort: OperatorAction | None = None
         self._hold: str | None = None  # a wave below its success threshold waits for approval
+        self._compensating = False  # rollback steps run to the end whatever arrives meanwhile
         self._health: dict[str, str] = {}
         self._jobs_running: list[tuple[str, str]] = []  # (region, job id)
 
@@ -379,9 +380,10 @@ class CutoverWorkflow:
 
     async def _retry_stragglers(self, inp: CutoverInput) -> None:
         """Retarget every unconfirmed device once, then report what is left."""
-        group = f"{inp.deployment}-{inp.epoch}-stragglers"
-        for wave in self.p.waves:
-            await self._act(
+        retry = WaveReport(index=-1, group=f"{inp.deployment}-{inp.epoch}-stragglers")
+        arn = None
+        for wave in [w for w in self.p.waves if w.index >= 0 and w.pending]:
+            out = await self._act(
                 "verify_devices",
                 VerifyInput(
                     inp.deployment,
@@ -391,26 +393,19 @@ class CutoverWorkflow:
                     inp.epoch,
                     0,
                     1,
-                    stragglers_group=group,
+                    stragglers_group=retry.group,
                 ),
                 VerifyOutcome,
                 timedelta(minutes=10),
                 f"collect stragglers of {wave.group}",
                 heartbeat=60,
             )
-        retry = WaveReport(index=-1, group=group)
-        arn_fill = await self._act(
-            "fill_group",
-            FillGroupInput(inp.deployment, inp.source, group, inp.source, group, 0),
-            FilledGroup,
-            timedelta(minutes=10),
-            "count stragglers",
-        )
-        retry.size = arn_fill.added
-        if retry.size:
+            retry.size += out.pending
+            arn = out.stragglers_arn or arn
+        if retry.size and arn:
             self.p.stragglers = []
-            await self._run_wave(inp, retry, arn_fill.group_arn, inp.source, inp.target, inp.epoch)
             self.p.waves.append(retry)
+            await self._run_wave(inp, retry, arn, inp.source, inp.target, inp.epoch)
             self._tally()
 
     async def _verify_scope(self, inp: CutoverInput) -> None:
@@ -450,6 +445,7 @@ class CutoverWorkflow:
     # ---- rollback ----
 
     async def _compensate(self, inp: CutoverInput, why: str) -> None:
+        self._compensating = True
         self.p.phase = "rolling-back"
         self.p.waiting_for = None
         workflow.upsert_search_attributes([SA_PHASE.value_set("rolling-back")])
@@ -532,7 +528,7 @@ class CutoverWorkflow:
                 summary=summary,
             )
         )
-        if not abortable:
+        if not abortable or self._compensating:
             return await task
         await workflow.wait_condition(lambda: task.done() or self._abort is not None)
         if not task.done():
@@ -569,10 +565,10 @@ class CutoverWorkflow:
             raise AbortRequested()
 
     def _tally(self) -> None:
-        self.p.confirmed = sum(w.confirmed for w in self.p.waves if w.index >= 0) + sum(
-            w.confirmed for w in self.p.waves if w.index == -1
-        )
-        self.p.failed = sum(len(w.failures) for w in self.p.waves if w.index >= 0)
+        forward = [w for w in self.p.waves if w.index >= 0]
+        retried = sum(w.confirmed for w in self.p.waves if w.index == -1)
+        self.p.confirmed = sum(w.confirmed for w in forward) + retried
+        self.p.failed = sum(w.pending for w in forward) - retried
 
     def _note(self, event: str) -> None:
         if self.p is not None:
