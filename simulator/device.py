@@ -52,7 +52,7 @@ class Device:
         self.assignment: Assignment | None = None
         self.epoch = -1
         self.conn: Connection | None = None
-        self.since = 0
+        self.since = 0.0
         self.seq = 0
         self.handled_jobs: set[str] = set()
         self.events: deque[tuple[float, str, str]] = deque(maxlen=32)  # (monotonic, kind, detail)
@@ -126,7 +126,7 @@ class Device:
     async def _try_connect(self, ep: Endpoint, epoch: int) -> Connection | None:
         """Connect and report connectivity there; None (counted, logged) when either fails."""
         await self._slow()
-        since = int(time.time())
+        since = round(time.time(), 3)
         try:
             self._flaky()
             conn = await self.transport.connect(self.thing, ep, self._topics(self.sim.subscribe_topics))
