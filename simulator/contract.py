@@ -18,6 +18,10 @@ class ContractError(ValueError):
     """A bootstrap answer or job document that does not follow the device contract."""
 
 
+class UnknownRegion(ContractError):
+    """A job leaves endpoints to bootstrap and names a region the device has no endpoint for."""
+
+
 @dataclass(frozen=True)
 class Endpoint:
     endpoint: str
@@ -90,13 +94,39 @@ def parse_assignment(raw: Any) -> Assignment:
     return Assignment(epoch, parsed, {str(k): str(v) for k, v in topics.items()})
 
 
-def parse_migrate_job(doc: Any) -> MigrateJob:
-    """A job document {"operation": "migrate-region", "epoch", "targetRegion", "endpoints", "topics"}."""
+def parse_migrate_job(doc: Any, known: Assignment | None = None) -> MigrateJob:
+    """A job document {"operation": "migrate-region", "epoch", "targetRegion", "endpoints", "topics"}.
+
+    A document that lists only the region order (`"regions": [...]`, endpoints left to bootstrap)
+    is completed from the endpoints and topics the device already knows (`known`).
+    """
     if not isinstance(doc, dict) or doc.get("operation") != MIGRATE:
         raise ContractError(f"not a {MIGRATE} job")
     target = doc.get("targetRegion")
     if not isinstance(target, str) or not target:
         raise ContractError("targetRegion is missing")
+    if "endpoints" not in doc:
+        doc = {**doc, **_from_known(doc, target, known)}
     job = MigrateJob(target, parse_assignment(doc))
     job.target()
     return job
+
+
+def _from_known(doc: dict, target: str, known: Assignment | None) -> dict:
+    by_region = {e.region: e for e in known.endpoints} if known else {}
+    if target not in by_region:
+        raise UnknownRegion(f"no endpoint known for targetRegion {target!r}")
+    order = doc.get("regions") if isinstance(doc.get("regions"), list) else []
+    order = [target, *[r for r in [*order, *by_region] if r != target]]
+    regions = list(dict.fromkeys(r for r in order if r in by_region))
+    endpoints = [
+        {
+            "endpoint": by_region[r].endpoint,
+            "region": r,
+            "primary": r == target,
+            "retry": by_region[r].retry,
+            "CAs": list(by_region[r].cas),
+        }
+        for r in regions
+    ]
+    return {"endpoints": endpoints, "topics": doc.get("topics") or (known.topics if known else {})}

@@ -16,7 +16,15 @@ from dataclasses import dataclass
 from core import logs
 from simulator.bootstrap_client import BootstrapClient
 from simulator.config import FaultKind, SimulatorConfig
-from simulator.contract import MIGRATE, Assignment, ContractError, Endpoint, MigrateJob, parse_migrate_job
+from simulator.contract import (
+    MIGRATE,
+    Assignment,
+    ContractError,
+    Endpoint,
+    MigrateJob,
+    UnknownRegion,
+    parse_migrate_job,
+)
 from simulator.metrics import Stats
 from simulator.transport import Connection, JobExecution, Transport, TransportError
 
@@ -219,7 +227,7 @@ class Device:
             self.stats.published(self.conn.region)
 
     async def _report_connectivity(
-        self, conn: Connection, epoch: int, since: int, full: bool = False
+        self, conn: Connection, epoch: int, since: float, full: bool = False
     ) -> None:
         if not self.sim.shadow:
             return
@@ -260,7 +268,7 @@ class Device:
         assert self.conn is not None
         self.handled_jobs.add(ex.job_id)
         try:
-            job = parse_migrate_job(ex.document)
+            job = await self._read_job(ex.document)
         except ContractError as e:
             is_migrate = isinstance(ex.document, dict) and ex.document.get("operation") == MIGRATE
             status = "FAILED" if is_migrate else "REJECTED"
@@ -283,6 +291,15 @@ class Device:
             raise
         finally:
             self.state = "connected"
+
+    async def _read_job(self, document: object) -> MigrateJob:
+        """Parse a migrate job; one that leaves endpoints to bootstrap and names an unknown region
+        sends the device to bootstrap first (the cutover flipped it before creating the job)."""
+        try:
+            return parse_migrate_job(document, self.assignment)
+        except UnknownRegion:
+            answer, _ = await self.bootstrap_client.fetch(self.thing)
+            return parse_migrate_job(document, answer or self.assignment)
 
     async def _migrate(self, job_id: str, job: MigrateJob) -> None:
         old = self.conn

@@ -11,6 +11,7 @@ import json
 import os
 import time
 from collections.abc import AsyncIterator, Callable
+from dataclasses import replace
 
 import boto3
 import pytest
@@ -21,7 +22,7 @@ from core.config import ConfigError, DeploymentConfig
 from rehearsal import faults
 from rehearsal.processes import free_port
 from simulator.config import FaultSettings, SimulatorConfig, load_simulator_config
-from simulator.contract import ContractError, parse_assignment, parse_migrate_job
+from simulator.contract import ContractError, UnknownRegion, parse_assignment, parse_migrate_job
 from simulator.device import DeviceSpec
 from simulator.fleet import Fleet, assign_faults, read_status, status_path
 from tests.conftest import make_config
@@ -168,6 +169,17 @@ def test_migrate_document_needs_an_endpoint_in_its_target_region() -> None:
         parse_migrate_job({**doc, "targetRegion": "eu-west-1"})
     with pytest.raises(ContractError, match="not a migrate-region job"):
         parse_migrate_job({**doc, "operation": "reboot"})
+
+
+def test_a_job_that_lists_only_regions_is_completed_from_the_known_endpoints() -> None:
+    known = parse_assignment(answer(2, EAST, retry=4))
+    doc = {"operation": "migrate-region", "epoch": 3, "targetRegion": WEST, "regions": [WEST, EAST]}
+    job = parse_migrate_job(doc, known)
+    assert job.epoch == 3 and job.target() == replace(known.endpoints[1], primary=True)
+    assert [e.region for e in job.assignment.ordered()] == [WEST, EAST]
+    assert job.assignment.topics == known.topics
+    with pytest.raises(UnknownRegion):
+        parse_migrate_job({**doc, "targetRegion": "eu-west-1"}, known)
 
 
 def test_faulty_share_is_reproducible_and_deals_every_kind() -> None:
