@@ -140,6 +140,7 @@ def main() -> int:
     parser.add_argument("--keep-alive", type=float, default=30)
     parser.add_argument("--telemetry", type=float, default=15)
     parser.add_argument("--job-poll", type=float, default=10)
+    parser.add_argument("--spread", type=float, default=10, help="seconds over which devices boot")
     parser.add_argument("--transport-calls", type=int, default=300)
     args = parser.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="simbench-"))
@@ -170,14 +171,14 @@ def main() -> int:
         (tmp / "simulator.toml").write_text(
             f'[simulator]\nmanifest = "{manifest}"\nkeep_alive_seconds = {args.keep_alive}\n'
             f"telemetry_interval_seconds = {args.telemetry}\njob_poll_seconds = {args.job_poll}\n"
-            f"start_spread_seconds = 10\n"
+            f"start_spread_seconds = {args.spread}\n"
         )
         sim = spawn_python("simulator", ["--config", str(cfg_path)], tmp / "simulator.log")
         procs.append(sim)
         status_file = tmp / "state" / "fleet" / "status.json"
         t0 = time.monotonic()
         while connected(status(status_file)) < args.devices:
-            if sim.poll() is not None or time.monotonic() - t0 > 180:
+            if sim.poll() is not None or time.monotonic() - t0 > 180 + args.devices / 20:
                 raise RuntimeError(f"simulator did not connect every device; see {tmp / 'simulator.log'}")
             time.sleep(0.5)
         ramp = time.monotonic() - t0

@@ -286,9 +286,12 @@ class Device:
             return
         try:
             await self._migrate(ex.job_id, job)
-        except TransportError:
-            self.handled_jobs.discard(ex.job_id)  # the old region's link failed: pick it up again later
-            raise
+        except TransportError as e:
+            if e.retryable:  # the old region's link failed: pick the job up again once reconnected
+                self.handled_jobs.discard(ex.job_id)
+                raise
+            self.stats.error(self.region, "job-update")  # e.g. the job was cancelled meanwhile
+            self.event("job-update-failed", f"{ex.job_id}: {e.code}")
         finally:
             self.state = "connected"
 
