@@ -219,7 +219,7 @@ def main() -> int:
         print(json.dumps(result, indent=1))
         return 0
     finally:
-        for p in procs:
+        for p in reversed(procs):  # the simulator first, so it never sees its regions vanish
             if p.poll() is None:
                 os.killpg(p.pid, signal.SIGTERM)
                 p.wait(timeout=15)

@@ -237,6 +237,46 @@ async def test_a_job_older_than_the_device_epoch_is_ignored(
     assert "migrating" not in device.event_kinds()
 
 
+@needs_jobs
+async def test_a_migration_that_cannot_connect_fails_with_a_reason_and_the_device_stays(
+    emulators: dict[str, str], deployment: DeploymentConfig, tmp_path: Path
+) -> None:
+    arns = {}
+    iot = _client("iot", emulators, EAST)
+    for t in ("x-unreachable", "x-other-job"):  # registered in the primary only: west refuses them
+        arns[t] = iot.create_thing(thingName=t, attributePayload={"attributes": {"application": APP}})[
+            "thingArn"
+        ]
+    fleet = fleet_of(deployment, tmp_path, [DeviceSpec("x-unreachable"), DeviceSpec("x-other-job")])
+    await fleet.start()
+    try:
+        await wait_for(lambda: all(d.state == "connected" for d in fleet.devices))
+        iot.create_job(
+            jobId="job-x", targets=[arns["x-unreachable"]], document=json.dumps(endpoints_doc(1, WEST, "x"))
+        )
+        iot.create_job(
+            jobId="job-reboot", targets=[arns["x-other-job"]], document=json.dumps({"operation": "reboot"})
+        )
+        await wait_for(
+            lambda: (
+                fleet.stats.totals["migrations_failed"] == 1
+                and fleet.stats.totals["migrations_rejected"] == 1
+            ),
+            what="both jobs answered",
+        )
+    finally:
+        await fleet.stop()
+    failed = execution(emulators, "job-x", "x-unreachable")
+    assert failed["status"] == "FAILED"
+    assert (
+        "cannot connect to e2e-ats.iot.us-west-2.amazonaws.com"
+        in failed["statusDetails"]["detailsMap"]["reason"]
+    )
+    device = fleet.devices[0]
+    assert device.region == EAST and device.epoch == 0 and "migrated" not in device.event_kinds()
+    assert execution(emulators, "job-reboot", "x-other-job")["status"] == "REJECTED"
+
+
 @needs_bootstrap
 async def test_devices_fail_over_on_their_own_through_the_real_bootstrap_service(
     emulators: dict[str, str], deployment: DeploymentConfig, tmp_path: Path
