@@ -78,7 +78,7 @@ class Fleet:
         self._tasks: list[asyncio.Task] = []
         self._session: aiohttp.ClientSession | None = None
         self._gauge_keys: set[tuple[str, str]] = set()
-        self._rng = random.Random()
+        self._rng = random.Random()  # one for all: devices share the event loop's thread
 
     async def start(self) -> None:
         """Create every device and start them spread over `start_spread_seconds`."""
@@ -88,8 +88,7 @@ class Fleet:
         bootstrap = BootstrapClient(self.sim.bootstrap_list(self.cfg), self._session)
         app = self.cfg.fleet.application
         for spec in self.specs:
-            rng = random.Random(self._rng.random())
-            self.devices.append(Device(spec, self.sim, app, self.transport, bootstrap, self.stats, rng))
+            self.devices.append(Device(spec, self.sim, app, self.transport, bootstrap, self.stats, self._rng))
         spread = self.sim.start_spread_seconds
         for i, d in enumerate(self.devices):
             delay = spread * i / len(self.devices) if spread else 0.0
