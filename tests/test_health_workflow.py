@@ -1,0 +1,207 @@
+"""RegionHealthWorkflow on the Temporal dev server against the real emulators.
+
+Checks are driven one at a time with the `probe_now` signal (the interval is an hour), so the tests
+count checks exactly. The "region_health" signals land in a tiny recorder workflow standing in for
+the DeploymentWorkflow.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+from temporalio import workflow
+from temporalio.api.sdk.v1 import WorkflowMetadata
+from temporalio.client import Client, WorkflowHandle
+from temporalio.testing import WorkflowEnvironment
+from temporalio.worker import Worker
+
+from activities.context import Deployments
+from activities.health import HealthProbes, ProbeInput
+from core.config import DeploymentConfig
+from rehearsal import faults, pki
+from tests.conftest import make_config
+from workflows.health import RegionHealthWorkflow
+from workflows.health_types import RegionHealthChange, RegionHealthInput, RegionHealthView, health_workflow_id
+
+EAST = "us-east-1"
+
+
+@dataclass
+class Recorded:
+    changes: list[RegionHealthChange] = field(default_factory=list)
+
+
+@workflow.defn(sandboxed=False)
+class RecordRegionHealth:
+    """Stands in for DeploymentWorkflow: records every "region_health" signal."""
+
+    def __init__(self) -> None:
+        self.recorded = Recorded()
+
+    @workflow.run
+    async def run(self) -> None:
+        await workflow.wait_condition(lambda: False)
+
+    @workflow.signal(name="region_health")
+    def region_health(self, change: RegionHealthChange) -> None:
+        self.recorded.changes.append(change)
+
+    @workflow.query
+    def changes(self) -> Recorded:
+        return self.recorded
+
+
+@pytest.fixture
+def cfg(emulators: dict[str, str], local_ca: pki.LocalCA, tmp_path: Path) -> DeploymentConfig:
+    ca_file = tmp_path / "ca.pem"
+    ca_file.write_text(local_ca.cert_pem)
+    # a generous probe timeout: the shared test machine is slow, and these tests count checks
+    health = {"interval_seconds": 3600, "probe_timeout_seconds": 10, "unhealthy_after": 2, "healthy_after": 2}
+    return make_config(emulators, ca_file, health=health)
+
+
+@pytest.fixture
+async def client(
+    temporal_env: WorkflowEnvironment, task_queue: str, cfg: DeploymentConfig
+) -> AsyncIterator[Client]:
+    probes = HealthProbes(Deployments([cfg]))
+    for probe in probes.activities():  # warm the clients and the emulator, as a running worker is
+        await asyncio.to_thread(probe, ProbeInput(cfg.name, EAST, cfg.health))
+    with ThreadPoolExecutor(max_workers=10) as pool:
+        async with Worker(
+            temporal_env.client,
+            task_queue=task_queue,
+            workflows=[RegionHealthWorkflow, RecordRegionHealth],
+            activities=probes.activities(),
+            activity_executor=pool,
+        ):
+            yield temporal_env.client
+
+
+async def start(
+    client: Client, cfg: DeploymentConfig, task_queue: str, deployment_wf: str, **kw: int
+) -> WorkflowHandle:
+    return await client.start_workflow(
+        RegionHealthWorkflow.run,
+        RegionHealthInput(cfg.name, EAST, cfg.health, deployment_wf, **kw),
+        id=health_workflow_id(cfg.name, EAST),
+        task_queue=task_queue,
+    )
+
+
+async def view(h: WorkflowHandle) -> RegionHealthView:
+    return await h.query(RegionHealthWorkflow.state)
+
+
+async def check(h: WorkflowHandle) -> RegionHealthView:
+    """Run one check now and wait for it to be recorded."""
+    before = (await view(h)).checks
+    await h.signal(RegionHealthWorkflow.probe_now)
+    for _ in range(300):
+        v = await view(h)
+        if v.checks > before:
+            return v
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"no check after probe_now (still {before})")
+
+
+async def first_check(h: WorkflowHandle) -> RegionHealthView:
+    for _ in range(300):
+        v = await view(h)
+        if v.checks:
+            return v
+        await asyncio.sleep(0.05)
+    raise AssertionError("the first check never ran")
+
+
+async def states(recorder: WorkflowHandle) -> list[str]:
+    return [c.state for c in (await recorder.query(RecordRegionHealth.changes)).changes]
+
+
+async def test_outage_then_recovery_signals_exactly_once_each(
+    client: Client, cfg: DeploymentConfig, task_queue: str, emulators: dict[str, str]
+) -> None:
+    recorder = await client.start_workflow(
+        RecordRegionHealth.run, id=f"rec-{uuid.uuid4()}", task_queue=task_queue
+    )
+    h = await start(client, cfg, task_queue, recorder.id)
+    v = await first_check(h)
+    assert v.state == "Healthy", v.last  # starting up: the first good check is reported
+    assert await states(recorder) == ["Healthy"]
+
+    faults.set_fault(emulators[EAST], "outage")
+    v = await check(h)
+    assert (v.state, v.last.assessed) == ("Healthy", "Unhealthy")  # one bad check is not enough
+    assert await states(recorder) == ["Healthy"]
+    v = await check(h)
+    assert (v.state, v.consecutive) == ("Unhealthy", 2)
+    changes = (await recorder.query(RecordRegionHealth.changes)).changes
+    assert [c.state for c in changes] == ["Healthy", "Unhealthy"]
+    assert changes[-1].consecutive == 2 and changes[-1].region == EAST
+    assert any("control_plane failed" in r for r in changes[-1].reasons)
+    await check(h)
+    assert await states(recorder) == ["Healthy", "Unhealthy"]  # no signal without a change
+
+    faults.set_fault(emulators[EAST], "clear")
+    assert (await check(h)).state == "Unhealthy"
+    v = await check(h)
+    assert (v.state, v.consecutive) == ("Healthy", 2)
+    assert await states(recorder) == ["Healthy", "Unhealthy", "Healthy"]
+
+    history = (await h.query(RegionHealthWorkflow.history)).checks
+    assert [c.assessed for c in history] == [
+        "Healthy",
+        "Unhealthy",
+        "Unhealthy",
+        "Unhealthy",
+        "Healthy",
+        "Healthy",
+    ]
+    assert {p.probe: p.status for p in history[1].probes}["data_plane"] == "failed"
+    meta = await h.query("__temporal_workflow_metadata", result_type=WorkflowMetadata)
+    assert meta.current_details.startswith(f"**{EAST}: Healthy**")  # what the UI shows
+    assert "| Healthy | Healthy |" in meta.current_details
+    await h.terminate()
+    await recorder.terminate()
+
+
+async def test_flapping_is_reported_once_and_state_survives_continue_as_new(
+    client: Client, cfg: DeploymentConfig, task_queue: str, emulators: dict[str, str]
+) -> None:
+    recorder = await client.start_workflow(
+        RecordRegionHealth.run, id=f"rec-{uuid.uuid4()}", task_queue=task_queue
+    )
+    h = await start(client, cfg, task_queue, recorder.id, checks_per_run=3)
+    await first_check(h)
+    first_run = (await h.describe()).run_id
+    for mode in ["outage", "clear"] * 4:
+        faults.set_fault(emulators[EAST], mode)
+        await check(h)
+    v = await view(h)
+    assert v.checks == 9 and v.state == "Degraded"  # flapping shows, once, and moves nothing
+    assert await states(recorder) == ["Healthy", "Degraded"]
+    assert (await h.describe()).run_id != first_run  # continued as new, state carried
+    assert len((await h.query(RegionHealthWorkflow.history)).checks) == 9
+    await h.terminate()
+    await recorder.terminate()
+
+
+async def test_missing_deployment_workflow_is_retried_not_fatal(
+    client: Client, cfg: DeploymentConfig, task_queue: str
+) -> None:
+    missing = f"deployment-missing-{uuid.uuid4().hex[:6]}"
+    h = await start(client, cfg, task_queue, missing)
+    v = await first_check(h)
+    assert v.state == "Healthy" and v.unsent and v.signal_error
+    recorder = await client.start_workflow(RecordRegionHealth.run, id=missing, task_queue=task_queue)
+    v = await check(h)
+    assert not v.unsent
+    assert await states(recorder) == ["Healthy"]  # delivered once it exists
+    await h.terminate()
+    await recorder.terminate()
