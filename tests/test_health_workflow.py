@@ -23,13 +23,14 @@ from temporalio.worker import Worker
 
 from activities.context import Deployments
 from activities.health import HealthProbes, ProbeInput
+from cli.health import show
 from core.config import DeploymentConfig
 from rehearsal import faults, pki
 from tests.conftest import make_config
 from workflows.health import RegionHealthWorkflow
 from workflows.health_types import RegionHealthChange, RegionHealthInput, RegionHealthView, health_workflow_id
 
-EAST = "us-east-1"
+EAST, WEST = "us-east-1", "us-west-2"
 
 
 @dataclass
@@ -205,3 +206,21 @@ async def test_missing_deployment_workflow_is_retried_not_fatal(
     assert await states(recorder) == ["Healthy"]  # delivered once it exists
     await h.terminate()
     await recorder.terminate()
+
+
+async def test_cli_shows_each_region_or_says_it_is_not_monitored(
+    client: Client, cfg: DeploymentConfig, task_queue: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    h = await start(client, cfg, task_queue, "")
+    await first_check(h)
+    assert await show(client, cfg, cfg.region_names) == 3
+    out = capsys.readouterr().out
+    assert f"{EAST:<14} Healthy since" in out and "control_plane ok" in out
+    assert f"/workflows/{health_workflow_id(cfg.name, EAST)}" in out
+    assert (
+        f"{WEST:<14} not monitored: RegionHealthWorkflow {health_workflow_id(cfg.name, WEST)} is not running"
+        in out
+    )
+    await h.terminate()
+    assert await show(client, cfg, [EAST]) == 3
+    assert "is terminated" in capsys.readouterr().out
