@@ -32,10 +32,10 @@ from core import logs
 from core.aws import AwsClients, fetch_page
 from core.config import HealthPolicy
 from core.errors import error_code, is_already_exists, is_not_found, is_throttle
+from workflows.health_types import LATENCY_PROBES
 
 OK, DEGRADED, FAILED, SKIPPED = "ok", "degraded", "failed", "skipped"
 CRITICAL_PROBES = ("control_plane", "data_plane")
-LATENCY_PROBES = ("control_plane", "data_plane", "bootstrap")  # their value is milliseconds
 WEIGHTS = {"control_plane": 3, "data_plane": 3, "bootstrap": 2, "heartbeats": 1, "cloudwatch": 1}
 _STATUS_SCORE = {OK: 1.0, DEGRADED: 0.5, FAILED: 0.0}
 

@@ -64,11 +64,9 @@ async def _query(client: Client, wf_id: str) -> RegionHealthView:
 
 def _render(v: RegionHealthView) -> str:
     since = f" since {v.since:%Y-%m-%d %H:%M:%S} UTC" if v.since else ""
-    lines = [f"{v.region:<14} {v.state}{since} ({v.consecutive} checks in a row, {v.checks} checks in all)"]
+    lines = [f"{v.region:<14} {v.state}{since} ({v.consecutive} in a row, {v.checks} checks in all)"]
     if v.last:
-        probes = " · ".join(
-            f"{p.probe} {p.status}" + (f" {p.value:g}" if p.value is not None else "") for p in v.last.probes
-        )
+        probes = " · ".join(p.brief() for p in v.last.probes)
         lines.append(
             f"{'':<14} last check {v.last.at:%H:%M:%S} UTC: {v.last.assessed}, score {v.last.score:.2f}"
         )

@@ -195,7 +195,7 @@ class RegionHealthWorkflow:
         lines += ["", "| time | assessed | reported | score | " + " | ".join(names) + " |"]
         lines.append("|---" * (4 + len(names)) + "|")
         for c in reversed(st.history[-5:]):
-            cells = [p.status + (f" {p.value:g}" if p.value is not None else "") for p in c.probes]
+            cells = [p.brief().removeprefix(p.probe + " ") for p in c.probes]
             lines.append(
                 f"| {c.at:%H:%M:%S} | {c.assessed} | {c.reported} | {c.score:.2f} | "
                 + " | ".join(cells)

@@ -13,6 +13,7 @@ from core.config import HealthPolicy
 
 HEALTHY, DEGRADED, UNHEALTHY, UNKNOWN = "Healthy", "Degraded", "Unhealthy", "Unknown"
 REGION_HEALTH_SIGNAL = "region_health"
+LATENCY_PROBES = ("control_plane", "data_plane", "bootstrap")  # their value is milliseconds; others a share
 
 
 def health_workflow_id(deployment: str, region: str) -> str:
@@ -42,6 +43,13 @@ class ProbeSummary:
     status: str
     value: float | None = None
     detail: str = ""
+
+    def brief(self) -> str:
+        """e.g. "data_plane ok 58 ms", "heartbeats ok 97%", "bootstrap skipped"."""
+        if self.value is None:
+            return f"{self.probe} {self.status}"
+        figure = f"{self.value:.0f} ms" if self.probe in LATENCY_PROBES else f"{self.value:.0%}"
+        return f"{self.probe} {self.status} {figure}"
 
 
 @dataclass
