@@ -11,6 +11,7 @@ from pathlib import Path
 
 import boto3
 import pytest
+from prometheus_client import REGISTRY
 
 from activities.context import Deployments
 from activities.health import (
@@ -57,6 +58,8 @@ def test_clear_region_is_healthy_and_the_canary_shadow_moves(cfg: DeploymentConf
     v1, v2 = (int(r["data_plane"].detail.rsplit(" ", 1)[1]) for r in (first, second))
     assert v2 > v1  # the canary exists now and its version moves on every check
     assert score_region(list(second.values()), HealthPolicy()).state == "Healthy"  # default 800 ms
+    labels = {"deployment": cfg.name, "region": EAST, "probe": "control_plane"}
+    assert REGISTRY.get_sample_value("iotfailover_probe_seconds_count", labels) == 2
 
 
 def test_outage_is_unhealthy(cfg: DeploymentConfig, emulators: dict[str, str]) -> None:

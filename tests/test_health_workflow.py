@@ -18,13 +18,15 @@ import pytest
 from temporalio import workflow
 from temporalio.api.sdk.v1 import WorkflowMetadata
 from temporalio.client import Client, WorkflowHandle
+from temporalio.runtime import MetricBuffer, Runtime, TelemetryConfig
 from temporalio.testing import WorkflowEnvironment
-from temporalio.worker import Worker
+from temporalio.worker import Replayer, Worker
 
 from activities.context import Deployments
 from activities.health import HealthProbes, ProbeInput
 from cli.health import show
 from core.config import DeploymentConfig
+from core.temporal import DATA_CONVERTER
 from rehearsal import faults, pki
 from tests.conftest import make_config
 from workflows.health import RegionHealthWorkflow
@@ -170,6 +172,9 @@ async def test_outage_then_recovery_signals_exactly_once_each(
     assert "| Healthy | Healthy |" in meta.current_details
     await h.terminate()
     await recorder.terminate()
+    await Replayer(workflows=[RegionHealthWorkflow], data_converter=DATA_CONVERTER).replay_workflow(
+        await h.fetch_history()
+    )  # deterministic: the recorded history replays
 
 
 async def test_flapping_is_reported_once_and_state_survives_continue_as_new(
@@ -224,3 +229,44 @@ async def test_cli_shows_each_region_or_says_it_is_not_monitored(
     await h.terminate()
     assert await show(client, cfg, [EAST]) == 3
     assert "is terminated" in capsys.readouterr().out
+
+
+async def test_health_state_and_score_metrics(
+    temporal_env: WorkflowEnvironment, cfg: DeploymentConfig, task_queue: str, emulators: dict[str, str]
+) -> None:
+    """The workflow's gauges go through the SDK runtime's meter (here a buffer, in the worker Prometheus)."""
+    buffer = MetricBuffer(10_000)
+    runtime = Runtime(telemetry=TelemetryConfig(metrics=buffer))
+    metered = await Client.connect(
+        temporal_env.client.service_client.config.target_host,
+        namespace=temporal_env.client.namespace,
+        data_converter=DATA_CONVERTER,
+        runtime=runtime,
+    )
+    faults.set_fault(emulators[EAST], "outage")
+    health = cfg.health.model_copy(update={"unhealthy_after": 1})
+    with ThreadPoolExecutor(max_workers=6) as pool:
+        async with Worker(
+            metered,
+            task_queue=task_queue,
+            workflows=[RegionHealthWorkflow],
+            activities=HealthProbes(Deployments([cfg])).activities(),
+            activity_executor=pool,
+        ):
+            h = await metered.start_workflow(
+                RegionHealthWorkflow.run,
+                RegionHealthInput(cfg.name, EAST, health),
+                id=health_workflow_id(cfg.name, EAST),
+                task_queue=task_queue,
+            )
+            assert (await first_check(h)).state == "Unhealthy"
+            await h.terminate()
+    seen = {
+        u.metric.name: u.value
+        for u in buffer.retrieve_updates()
+        if u.metric.name.startswith("iotfailover_region_health")
+        and u.attributes.get("region") == EAST
+        and u.attributes.get("deployment") == cfg.name
+    }
+    assert seen["iotfailover_region_health_state"] == 2
+    assert 0 <= seen["iotfailover_region_health_score"] < 0.5
