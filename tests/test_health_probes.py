@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import re
 import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -34,13 +36,16 @@ EAST, WEST = "us-east-1", "us-west-2"
 def cfg(emulators: dict[str, str], local_ca: pki.LocalCA, tmp_path: Path) -> DeploymentConfig:
     ca_file = tmp_path / "ca.pem"
     ca_file.write_text(local_ca.cert_pem)
-    return make_config(emulators, ca_file, health={"degraded_latency_ms": 100, "probe_timeout_seconds": 2})
+    # a generous timeout: the shared test machine can be slow; one test tightens it
+    return make_config(emulators, ca_file, health={"degraded_latency_ms": 100, "probe_timeout_seconds": 10})
 
 
 def probe_all(cfg: DeploymentConfig, region: str) -> list[ProbeResult]:
+    """Every probe at once, as the workflow runs them."""
     probes = HealthProbes(Deployments([cfg]))
     inp = ProbeInput(cfg.name, region, cfg.health)
-    return [fn(inp) for fn in probes.activities()]
+    with ThreadPoolExecutor(max_workers=5) as pool:
+        return list(pool.map(lambda fn: fn(inp), probes.activities()))
 
 
 def by_probe(results: list[ProbeResult]) -> dict[str, ProbeResult]:
@@ -55,7 +60,7 @@ def test_clear_region_is_healthy_and_the_canary_shadow_moves(cfg: DeploymentConf
     assert first["cloudwatch"].status == "skipped"  # local emulator
     assert first["heartbeats"].detail.startswith("n/a")
     second = by_probe(probe_all(cfg, EAST))
-    v1, v2 = (int(r["data_plane"].detail.rsplit(" ", 1)[1]) for r in (first, second))
+    v1, v2 = (int(re.search(r"version (\d+)", r["data_plane"].detail)[1]) for r in (first, second))
     assert v2 > v1  # the canary exists now and its version moves on every check
     assert score_region(list(second.values()), HealthPolicy()).state == "Healthy"  # default 800 ms
     labels = {"deployment": cfg.name, "region": EAST, "probe": "control_plane"}
@@ -80,6 +85,18 @@ def test_latency_below_the_timeout_is_degraded(cfg: DeploymentConfig, emulators:
     assert a.state == "Degraded", a.reasons
     assert by_probe(results)["control_plane"].value >= 300
     assert "control_plane slow" in a.reasons[0]
+
+
+def test_latency_near_the_timeout_is_still_degraded(cfg: DeploymentConfig, emulators: dict[str, str]) -> None:
+    """Each call below the 4 s timeout but two in a row above it: the probes stop in time."""
+    cfg = cfg.model_copy(update={"health": cfg.health.model_copy(update={"probe_timeout_seconds": 4})})
+    probe_all(cfg, EAST)
+    faults.set_fault(emulators[EAST], "latency", latency_ms=2500)
+    started = time.monotonic()
+    results = by_probe(probe_all(cfg, EAST))
+    assert time.monotonic() - started < cfg.health.probe_timeout_seconds
+    assert "no time left" in results["data_plane"].detail and results["data_plane"].value >= 2500
+    assert score_region(list(results.values()), cfg.health).state == "Degraded"
 
 
 def test_throttling_is_degraded_not_unhealthy(cfg: DeploymentConfig, emulators: dict[str, str]) -> None:
