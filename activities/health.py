@@ -4,8 +4,8 @@ Probes measure, `score_region` judges. Each probe is its own activity (own timeo
 concurrently by RegionHealthWorkflow) and returns a ProbeResult instead of raising: a failing region
 is data, not an error. Probes use their own client set with a single attempt, no client-side
 backoff and a read timeout of the probe timeout, so a probe measures one try of the region itself
-and the health interval is its retry. Throttling
-answers mean the service is up but pushing back: "degraded", never "failed".
+and the health interval is its retry. Throttling answers mean the service is up but pushing back:
+"degraded", never "failed".
 """
 
 from __future__ import annotations
@@ -54,6 +54,8 @@ PROBE_RESULTS = Counter(
 
 @dataclass
 class ProbeInput:
+    """One probe of one region; the policy gives its timeout, the canary thing and sample sizes."""
+
     deployment: str
     region: str
     policy: HealthPolicy

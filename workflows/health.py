@@ -85,13 +85,13 @@ def settle(reported: str, recent: list[str], unhealthy_after: int, healthy_after
 
 @workflow.defn
 class RegionHealthWorkflow:
-    def __init__(self) -> None:
-        self._inp: RegionHealthInput | None = None
+    @workflow.init
+    def __init__(self, inp: RegionHealthInput) -> None:
+        self._inp = inp
         self._probe_now = False
 
     @workflow.run
     async def run(self, inp: RegionHealthInput) -> None:
-        self._inp = inp
         workflow.upsert_search_attributes([SA_DEPLOYMENT.value_set(inp.deployment)])
         for _ in range(inp.checks_per_run):
             await self._check()
@@ -109,7 +109,6 @@ class RegionHealthWorkflow:
         """One round: probe, score, settle, tell the deployment on a change; the check counts
         once everything, the signal included, is done (what `state` shows is settled)."""
         inp = self._inp
-        assert inp is not None
         st, policy = inp.state, inp.policy
         results = await asyncio.gather(*(self._probe(name) for name in PROBE_ACTIVITIES))
         assessment = score_region(list(results), policy)
@@ -133,7 +132,6 @@ class RegionHealthWorkflow:
 
     async def _probe(self, activity: str) -> ProbeResult:
         inp = self._inp
-        assert inp is not None
         policy = inp.policy
         try:
             return await workflow.execute_activity(
@@ -150,7 +148,6 @@ class RegionHealthWorkflow:
 
     async def _tell_deployment(self, check: HealthCheck) -> None:
         inp = self._inp
-        assert inp is not None
         st = inp.state
         if not inp.deployment_workflow_id:
             return
@@ -167,7 +164,6 @@ class RegionHealthWorkflow:
 
     def _record_metrics(self, check: HealthCheck) -> None:
         inp = self._inp
-        assert inp is not None
         meter = workflow.metric_meter().with_additional_attributes(
             {"deployment": inp.deployment, "region": inp.region}
         )
@@ -182,7 +178,6 @@ class RegionHealthWorkflow:
 
     def _details(self) -> str:
         inp = self._inp
-        assert inp is not None
         st = inp.state
         lines = [
             f"**{inp.region}: {st.reported}** since {st.since:%H:%M:%S} UTC, check {st.checks}"
@@ -210,7 +205,6 @@ class RegionHealthWorkflow:
     @workflow.query(description="The region's reported health and its latest check")
     def state(self) -> RegionHealthView:
         inp = self._inp
-        assert inp is not None
         st = inp.state
         return RegionHealthView(
             inp.deployment,
@@ -227,5 +221,4 @@ class RegionHealthWorkflow:
 
     @workflow.query(description="The most recent checks, newest last")
     def history(self) -> HealthHistory:
-        assert self._inp is not None
         return HealthHistory(list(self._inp.state.history))
