@@ -26,11 +26,12 @@ from activities.context import Deployments
 from activities.health import HealthProbes, ProbeInput
 from cli.health import show
 from core.config import DeploymentConfig
+from core.models import RegionHealthChange
 from core.temporal import DATA_CONVERTER
 from rehearsal import faults, pki
 from tests.conftest import make_config
 from workflows.health import RegionHealthWorkflow
-from workflows.health_types import RegionHealthChange, RegionHealthInput, RegionHealthView, health_workflow_id
+from workflows.health_types import RegionHealthInput, RegionHealthView, health_workflow_id
 
 EAST, WEST = "us-east-1", "us-west-2"
 

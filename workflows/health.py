@@ -28,6 +28,7 @@ from temporalio.exceptions import ActivityError, ApplicationError
 
 with workflow.unsafe.imports_passed_through():
     from activities.health import ProbeInput, ProbeResult, score_region
+    from core.models import RegionHealthChange
     from core.temporal import SA_DEPLOYMENT
     from workflows.health_types import (
         DEGRADED,
@@ -38,7 +39,6 @@ with workflow.unsafe.imports_passed_through():
         HealthCheck,
         HealthHistory,
         ProbeSummary,
-        RegionHealthChange,
         RegionHealthInput,
         RegionHealthView,
     )

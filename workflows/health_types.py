@@ -1,7 +1,7 @@
-"""What region health monitoring hands to the rest of the controller.
+"""What region health monitoring shows the rest of the controller (queries, CLI, workflow input).
 
-Kept apart from workflows/health.py so that DeploymentWorkflow (which receives the "region_health"
-signal) imports plain dataclasses only, not the probes and their AWS dependencies.
+Kept apart from workflows/health.py so that callers import plain dataclasses only, not the probes
+and their AWS dependencies. The "region_health" signal's payload is core.models.RegionHealthChange.
 """
 
 from __future__ import annotations
@@ -18,21 +18,6 @@ LATENCY_PROBES = ("control_plane", "data_plane", "bootstrap")  # their value is 
 
 def health_workflow_id(deployment: str, region: str) -> str:
     return f"health-{deployment}-{region}"
-
-
-@dataclass
-class RegionHealthChange:
-    """Signal "region_health" to the DeploymentWorkflow: a region's reported state changed.
-
-    `consecutive` is how many checks in a row supported the new state when it was reported.
-    """
-
-    region: str
-    state: str
-    score: float
-    reasons: list[str]
-    at: datetime
-    consecutive: int
 
 
 @dataclass
