@@ -22,7 +22,7 @@ HEALTHY, UNHEALTHY = "Healthy", "Unhealthy"
 @dataclass
 class RegionStatus:
     state: str  # Healthy | Degraded | Unhealthy | Unknown, as reported by RegionHealthWorkflow
-    since: datetime
+    since: datetime | None = None  # when it entered that state (RegionHealthChange.at)
 
 
 @dataclass
@@ -121,6 +121,8 @@ def failback_offer(ctx: FailoverContext, policy: FailoverPolicy, now: datetime) 
     """The failback a person may start, once home has been Healthy for failback_offer_after_minutes."""
     home = ctx.regions.get(ctx.home)
     if ctx.active == ctx.home or ctx.cutover_running or home is None or home.state != HEALTHY:
+        return None
+    if home.since is None:  # Healthy, but since when is unknown: do not guess
         return None
     healthy_for = now - home.since
     if healthy_for < timedelta(minutes=policy.failback_offer_after_minutes):
