@@ -271,3 +271,29 @@ async def test_health_state_and_score_metrics(
     }
     assert seen["iotfailover_region_health_state"] == 2
     assert 0 <= seen["iotfailover_region_health_score"] < 0.5
+
+
+async def test_checks_run_on_the_interval(
+    client: Client, cfg: DeploymentConfig, task_queue: str, emulators: dict[str, str]
+) -> None:
+    """Without probe_now: an outage from the start is reported Unhealthy after 2 interval checks."""
+    recorder = await client.start_workflow(
+        RecordRegionHealth.run, id=f"rec-{uuid.uuid4()}", task_queue=task_queue
+    )
+    faults.set_fault(emulators[EAST], "outage")
+    policy = cfg.health.model_copy(update={"interval_seconds": 0.3})
+    h = await client.start_workflow(
+        RegionHealthWorkflow.run,
+        RegionHealthInput(cfg.name, EAST, policy, recorder.id),
+        id=health_workflow_id(cfg.name, EAST),
+        task_queue=task_queue,
+    )
+    for _ in range(300):
+        if await states(recorder):
+            break
+        await asyncio.sleep(0.05)
+    v = await view(h)
+    assert await states(recorder) == ["Unhealthy"]
+    assert v.state == "Unhealthy" and v.consecutive == 2
+    await h.terminate()
+    await recorder.terminate()
