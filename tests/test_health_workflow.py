@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from temporalio import workflow
+from temporalio import activity, workflow
 from temporalio.api.sdk.v1 import WorkflowMetadata
 from temporalio.client import Client, WorkflowHandle
 from temporalio.runtime import MetricBuffer, Runtime, TelemetryConfig
@@ -30,6 +30,7 @@ from core.models import RegionHealthChange
 from core.temporal import DATA_CONVERTER
 from rehearsal import faults, pki
 from tests.conftest import make_config
+from workflows.deployment import DeploymentInput, DeploymentWorkflow
 from workflows.health import RegionHealthWorkflow
 from workflows.health_types import RegionHealthInput, RegionHealthView, health_workflow_id
 
@@ -70,13 +71,20 @@ def cfg(emulators: dict[str, str], local_ca: pki.LocalCA, tmp_path: Path) -> Dep
     return make_config(emulators, ca_file, health=health)
 
 
+async def warm_probes(cfg: DeploymentConfig) -> HealthProbes:
+    """Probes with their clients made and the emulator warm, as in a running worker: the first
+    check of a cold process can be slow, and these tests count checks."""
+    probes = HealthProbes(Deployments([cfg]))
+    for probe in probes.activities():
+        await asyncio.to_thread(probe, ProbeInput(cfg.name, EAST, cfg.health))
+    return probes
+
+
 @pytest.fixture
 async def client(
     temporal_env: WorkflowEnvironment, task_queue: str, cfg: DeploymentConfig
 ) -> AsyncIterator[Client]:
-    probes = HealthProbes(Deployments([cfg]))
-    for probe in probes.activities():  # warm the clients and the emulator, as a running worker is
-        await asyncio.to_thread(probe, ProbeInput(cfg.name, EAST, cfg.health))
+    probes = await warm_probes(cfg)
     with ThreadPoolExecutor(max_workers=10) as pool:
         async with Worker(
             temporal_env.client,
@@ -297,3 +305,42 @@ async def test_checks_run_on_the_interval(
     assert v.state == "Unhealthy" and v.consecutive == 2
     await h.terminate()
     await recorder.terminate()
+
+
+@activity.defn(name="read_bootstrap")
+def read_bootstrap_stand_in(req: dict) -> dict | None:
+    """Stand-in for the bootstrap activity (tested with the bootstrap service): east is primary."""
+    return {"epoch": 1, "primary": EAST, "order": [EAST, WEST]}
+
+
+async def test_the_deployment_workflow_receives_the_change(
+    temporal_env: WorkflowEnvironment, cfg: DeploymentConfig, task_queue: str
+) -> None:
+    """The real DeploymentWorkflow takes the signal: same name, same payload type."""
+    probes = await warm_probes(cfg)
+    with ThreadPoolExecutor(max_workers=6) as pool:
+        worker = Worker(
+            temporal_env.client,
+            task_queue=task_queue,
+            workflows=[RegionHealthWorkflow, DeploymentWorkflow],
+            activities=[*probes.activities(), read_bootstrap_stand_in],
+            activity_executor=pool,
+        )
+        async with worker:
+            await _deployment_sees_health(temporal_env.client, cfg, task_queue)
+
+
+async def _deployment_sees_health(client: Client, cfg: DeploymentConfig, task_queue: str) -> None:
+    dep = await client.start_workflow(
+        DeploymentWorkflow.run, DeploymentInput(cfg), id=f"deployment-{cfg.name}", task_queue=task_queue
+    )
+    h = await start(client, cfg, task_queue, dep.id)
+    for _ in range(300):
+        seen = (await dep.query(DeploymentWorkflow.state)).health[EAST]
+        if seen.state != "Unknown":
+            break
+        await asyncio.sleep(0.05)
+    assert (seen.state, seen.since) == ("Healthy", (await view(h)).since)
+    assert not (await view(h)).unsent
+    await h.terminate()
+    await dep.terminate()
