@@ -7,14 +7,17 @@ import stat
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import boto3
 import pytest
 
+import starter
 from core.certs import device_identity
 from core.config import DeploymentConfig, load_config
 from rehearsal.processes import free_port
+from rehearsal.stack import components
 from simulator.fleet import read_status
 from simulator.provision import NAMED_SHADOW, Provisioner, device_name, fleet_dir
 
@@ -117,10 +120,22 @@ def test_provision_creates_the_demo_fleet_in_the_primary_region_idempotently(
     assert [d["id"] for d in manifest["devices"]] == [device_name(cfg, i) for i in range(1, 8)]
 
 
-def _starter(path: Path, *args: str) -> subprocess.CompletedProcess:
-    """The operator's CLI as its own process, as an operator runs it (the simulator outlives it)."""
+def test_the_local_stack_runs_the_fleet_only_once_provisioned(
+    fleet_config: tuple[Path, DeploymentConfig],
+) -> None:
+    path, cfg = fleet_config
+    assert "fleet" not in [c.name for c in components(cfg, str(path))]
+    (fleet_dir(cfg)).mkdir(parents=True)
+    (fleet_dir(cfg) / "manifest.json").write_text('{"devices": []}')
+    fleet = components(cfg, str(path))[-1]  # started last by `local up`, stopped first by `local down`
+    assert fleet.name == "fleet" and fleet.argv[-4:] == ["-m", "simulator", "--config", str(path)]
+    assert fleet.port == cfg.local.simulator_metrics_port
+
+
+def _run_in_background(path: Path) -> subprocess.CompletedProcess:
+    """`fleet run` as its own process, as an operator runs it: the simulator outlives it."""
     return subprocess.run(
-        [sys.executable, "starter.py", "--config", str(path), "fleet", *args],
+        [sys.executable, "starter.py", "--config", str(path), "fleet", "run"],
         capture_output=True,
         text=True,
         timeout=120,
@@ -129,30 +144,33 @@ def _starter(path: Path, *args: str) -> subprocess.CompletedProcess:
 
 
 def test_fleet_cli_runs_the_simulator_in_the_background_once(
-    emulators: dict[str, str], fleet_config: tuple[Path, DeploymentConfig]
+    emulators: dict[str, str], fleet_config: tuple[Path, DeploymentConfig], capsys: pytest.CaptureFixture
 ) -> None:
     path, cfg = fleet_config
-    refused = _starter(path, "run")
-    assert refused.returncode == 1 and "fleet provision" in refused.stderr
-    provisioned = _starter(path, "provision", "--devices", "3", "--workers", "2")
-    assert provisioned.returncode == 0, provisioned.stderr
-    assert "3 devices (3 created or repaired)" in provisioned.stdout
+    fleet = ["--config", str(path), "fleet"]
+    assert starter.main([*fleet, "run"]) == 1
+    assert "fleet provision" in capsys.readouterr().err
+    assert starter.main([*fleet, "provision", "--devices", "3", "--workers", "2"]) == 0
+    assert "3 devices (3 created or repaired)" in capsys.readouterr().out
     try:
-        started = _starter(path, "run")
+        started = _run_in_background(path)
         assert started.returncode == 0 and "fleet" in started.stdout and "started" in started.stdout, started
-        again = _starter(path, "run")
+        again = _run_in_background(path)
         assert again.returncode == 0 and "already running" in again.stdout, again
         pid = json.loads((cfg.state_dir / "run" / "fleet.json").read_text())["pid"]
         snap = _wait_status(cfg, pid)
         assert snap["devices"] == 3 and snap["running"]
-        status = _starter(path, "status")
-        assert status.returncode == 0 and "3 devices, simulator running" in status.stdout, status
+        assert starter.main([*fleet, "status"]) == 0
+        assert "3 devices, simulator running" in capsys.readouterr().out
+        with urllib.request.urlopen(f"http://127.0.0.1:{cfg.local.simulator_metrics_port}/metrics") as r:
+            exposed = r.read().decode()
+        assert "iotfailover_sim_devices{region=" in exposed and "iotfailover_sim_bootstraps_total" in exposed
     finally:
-        stopped = _starter(path, "stop")
-    assert stopped.returncode == 0 and "stopped" in stopped.stdout, stopped
+        assert starter.main([*fleet, "stop"]) == 0
+    assert "stopped" in capsys.readouterr().out
     assert not (cfg.state_dir / "run" / "fleet.json").exists()
     assert read_status(cfg)["running"] is False
-    assert _starter(path, "status").returncode == 3
+    assert starter.main([*fleet, "status"]) == 3
     assert (cfg.state_dir / "logs" / "fleet.log").exists()
 
 
