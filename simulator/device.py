@@ -114,22 +114,29 @@ class Device:
         self.assignment, self.epoch = answer, answer.epoch
 
     async def _connect_in_order(self, order: list[Endpoint], failed_region: str | None) -> bool:
-        """Each endpoint gets its `retry` attempts (with backoff between them) before the next one."""
+        """Each endpoint gets its `retry` attempts before the next one is tried."""
         self.state = "connecting"
         for ep in order:
-            for attempt in range(ep.retry):
-                if attempt:
-                    await self._backoff(attempt - 1)
-                conn = await self._try_connect(ep, self.epoch)
-                if conn is None:
-                    continue
-                await self._switch(conn)
-                if failed_region and conn.region != failed_region:
-                    self.stats.failed_over(failed_region, conn.region)
-                    self.event("failover", f"{failed_region} -> {conn.region}")
-                    self.log.info("failed over", source=failed_region, target=conn.region)
-                return True
+            conn = await self._attempts(ep, self.epoch)
+            if conn is None:
+                continue
+            await self._switch(conn)
+            if failed_region and conn.region != failed_region:
+                self.stats.failed_over(failed_region, conn.region)
+                self.event("failover", f"{failed_region} -> {conn.region}")
+                self.log.info("failed over", source=failed_region, target=conn.region)
+            return True
         return False
+
+    async def _attempts(self, ep: Endpoint, epoch: int, first: int = 0) -> Connection | None:
+        """Attempts `first`..`retry`-1 at one endpoint, the retry timings plus skew between them."""
+        for attempt in range(first, ep.retry):
+            if attempt:
+                await self._backoff(attempt - 1)
+            conn = await self._try_connect(ep, epoch)
+            if conn is not None:
+                return conn
+        return None
 
     async def _try_connect(self, ep: Endpoint, epoch: int) -> Connection | None:
         """Connect and report connectivity there; None (counted, logged) when either fails."""
@@ -188,17 +195,13 @@ class Device:
                 self.state = "connected"
 
     async def _reconnect(self) -> bool:
-        """The error that got us here is the first of `retry`; retry the same endpoint with backoff."""
+        """The error that got us here was attempt 0 of `retry`: retry the same endpoint."""
         assert self.conn is not None
         self.state = "reconnecting"
-        ep = self.conn.endpoint
-        for attempt in range(ep.retry - 1):
-            await self._backoff(attempt)
-            conn = await self._try_connect(ep, self.epoch)
-            if conn is not None:
-                await self._switch(conn)
-                return True
-        return False
+        conn = await self._attempts(self.conn.endpoint, self.epoch, first=1)
+        if conn is not None:
+            await self._switch(conn)
+        return conn is not None
 
     # ---- what a connected device does ----------------------------------------------------------
 
@@ -311,23 +314,18 @@ class Device:
         self.event("migrating", f"{job_id}: {old.region} -> {job.target_region}")
         await old.update_job(job_id, "IN_PROGRESS", {"step": "connecting", "targetRegion": job.target_region})
         target = job.target()
-        new: Connection | None = old if target.region == old.region else None
-        for attempt in range(target.retry):
-            if new is not None:
-                break
-            if attempt:
-                await self._backoff(attempt - 1)
-            new = await self._try_connect(target, job.epoch)
+        new = old if target.region == old.region else await self._attempts(target, job.epoch)
         if new is None:
             reason = f"cannot connect to {target.endpoint} ({target.region}) after {target.retry} attempts"
             await self._finish_job(old, job_id, "FAILED", {"reason": reason})
             self.stats.migration("failed")
             self.event("migrate-failed", reason)
             return
-        self.assignment, self.epoch = job.assignment, job.epoch
-        await self._switch(new)
+        self.assignment, self.epoch, self.conn = job.assignment, job.epoch, new
         details = {"region": new.region, "epoch": str(job.epoch)}
         await self._finish_job(old, job_id, "SUCCEEDED", details, attempts=target.retry)
+        if new is not old:
+            await old.close()  # only once the job's outcome is reported where the job lives
         self.stats.migration("succeeded")
         self.event("migrated", f"{job_id}: {new.region}")
 
