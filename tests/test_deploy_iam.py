@@ -40,7 +40,9 @@ def test_statements_scope_resources_where_iam_allows(principal: iam.Principal) -
             if types:
                 assert "*" not in resources, f"{principal.template} {st.get('Sid')}: {action} can be scoped"
             else:
-                assert resources == ["*"], f"{principal.template} {st.get('Sid')}: {action} needs Resource '*'"
+                assert resources == ["*"], (
+                    f"{principal.template} {st.get('Sid')}: {action} needs Resource '*'"
+                )
 
 
 def test_scanner_follows_clients_pagers_and_helpers() -> None:
@@ -132,6 +134,8 @@ def test_diff_names_what_to_add_and_write_fixes_it(scratch_repo: Path, capsys: p
     for template in sorted((scratch_repo / "deploy" / "aws").glob("*.yaml")):
         assert [str(m) for m in lint_file(template)] == []
 
-    (scratch_repo / "activities" / "fake.py").write_text("def run(aws, r):\n    aws.iot(r).create_thing(thingName='t')\n")
+    (scratch_repo / "activities" / "fake.py").write_text(
+        "def run(aws, r):\n    aws.iot(r).create_thing(thingName='t')\n"
+    )
     assert iam.main(["--root", str(scratch_repo)]) == 1
     assert "remove iot:RegisterCertificate" in capsys.readouterr().out
