@@ -7,6 +7,7 @@ import json
 import re
 import shutil
 import subprocess
+from functools import cache
 from pathlib import Path
 
 import pytest
@@ -50,6 +51,7 @@ SDK_METRICS = {
 METRIC = re.compile(r"\b((?:iotfailover|temporal)_[a-z0-9_]+)")
 
 
+@cache
 def _code_metrics() -> dict[str, str]:
     """iotfailover_* metrics defined with prometheus_client anywhere in the code."""
     kinds = {"Counter": "counter", "Gauge": "gauge", "Histogram": "histogram", "Summary": "histogram"}
@@ -70,13 +72,14 @@ def _code_metrics() -> dict[str, str]:
     return found
 
 
-def known_series() -> set[str]:
+@cache
+def known_series() -> frozenset[str]:
     series = set()
     for name, kind in {**APP_METRICS, **SDK_METRICS, **_code_metrics()}.items():
         series.add(name)
         if kind == "histogram":
             series |= {f"{name}_bucket", f"{name}_sum", f"{name}_count"}
-    return series
+    return frozenset(series)
 
 
 def unknown_metrics(expr: str) -> set[str]:
