@@ -78,6 +78,8 @@ OVERRIDES = {
     "sqs:ChangeMessageVisibilityBatch": ("sqs:ChangeMessageVisibility",),
 }
 PAGER_FUNCTIONS = {"fetch_page", "all_items"}
+# boto3 conveniences whose requests are another operation's.
+ALIASES = {("dynamodb", "batch_writer"): "batch_write_item"}
 # AwsClients helpers that call AWS themselves.
 HELPER_CALLS = {"device_endpoint": ("iot", "DescribeEndpoint")}
 
@@ -141,22 +143,32 @@ class _FileScan:
 
     def client_of(self, node: ast.AST) -> set[str]:
         """The services the expression may be a client of."""
-        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
-            attr, args = node.func.attr, node.args
-            if attr in CLIENT_METHODS and len(args) == 1:
-                return {CLIENT_METHODS[attr]}
-            if attr == "client" and len(args) == 2:  # AwsClients.client(region, "svc")
-                service = _const_str(args[1])
-                if service in KNOWN_SERVICES:
-                    return {service}
-            if attr == "client" and args and _const_str(args[0]) in KNOWN_SERVICES:  # session.client("sts")
-                return {_const_str(args[0])}
+        if isinstance(node, ast.Call):
+            return self._client_call(node)
         key = _dotted(node)
         if key is None:
             return set()
         if key in self.bindings:
             return self.bindings[key]
         service = _conventional(key)
+        return {service} if service else set()
+
+    def _client_call(self, node: ast.Call) -> set[str]:
+        func, args = node.func, node.args
+        name = func.attr if isinstance(func, ast.Attribute) else func.id if isinstance(func, ast.Name) else ""
+        if name in CLIENT_METHODS and len(args) == 1:
+            return {CLIENT_METHODS[name]}
+        first = _const_str(args[0]) if args else None
+        if name == "client" and len(args) == 2:  # AwsClients.client(region, "svc")
+            service = _const_str(args[1])
+            if service is None:
+                self.unresolved.append(f"{self.path}:{node.lineno}: client(..., <not a string literal>)")
+            return {service} if service in KNOWN_SERVICES else set()
+        if name in {"client", "resource"} and first in KNOWN_SERVICES:  # boto3 / session.client("sts")
+            return {first}
+        if name == "Table":  # a boto3 DynamoDB resource's table: same method names as the client
+            return {"dynamodb"}
+        service = _conventional(name.lstrip("_"))  # e.g. self._target_iot(region)
         return {service} if service else set()
 
     def run(self) -> _FileScan:
@@ -182,7 +194,7 @@ class _FileScan:
         if method is None:
             return
         for service in clients:
-            op = _operations(service).get(method)
+            op = _operations(service).get(ALIASES.get((service, method), method))
             if op is None:
                 continue
             for action in iam_actions_for(service, op):
@@ -212,11 +224,17 @@ def scan_source(source: str, path: str = "<string>") -> list[Call]:
 
 
 def scan(folders: Iterable[str] = SCANNED, root: Path = ROOT) -> list[Call]:
-    calls: list[Call] = []
-    for folder in folders:
-        for file in sorted((root / folder).rglob("*.py")):
-            calls += scan_source(file.read_text(), str(file.relative_to(root)))
-    return sorted(calls)
+    return sorted(c for f in _scan_files(folders, root) for c in f.calls)
+
+
+def unresolved(folders: Iterable[str] = SCANNED, root: Path = ROOT) -> list[str]:
+    """Client expressions whose service the scan cannot tell (their calls are not counted)."""
+    return [u for f in _scan_files(folders, root) for u in f.unresolved]
+
+
+def _scan_files(folders: Iterable[str], root: Path) -> list[_FileScan]:
+    files = [file for folder in folders for file in sorted((root / folder).rglob("*.py"))]
+    return [_FileScan(ast.parse(f.read_text()), str(f.relative_to(root))).run() for f in files]
 
 
 # ---- where the actions go: principals, their templates and the scopes of their statements ----
@@ -519,6 +537,8 @@ def main(argv: list[str] | None = None) -> int:
         sites = sorted({f"{c.path}:{c.line}" for c in calls if c.action == action})
         side = " (caller identity)" if any(c.caller for c in calls if c.action == action) else ""
         print(f"  {action}{side}: {', '.join(sites[:3])}{' ...' if len(sites) > 3 else ''}")
+    for where in unresolved(root=args.root):
+        print(f"warning: {where}: the scan cannot tell which service; pass the service name as a literal")
     bad = unknown_actions(calls)
     for a in bad:
         print(f"unknown IAM action {a}: add its real name(s) to OVERRIDES in deploy/iam_actions.py")

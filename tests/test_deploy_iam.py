@@ -72,6 +72,18 @@ def test_scanner_follows_clients_pagers_and_helpers() -> None:
         def assume(session):
             sts = session.client("sts")
             sts.assume_role(RoleArn="arn", RoleSessionName="s")
+
+        class Store:
+            def __init__(self, name):
+                self.table = boto3.resource("dynamodb").Table(name)
+
+            def read(self, key):
+                with self.table.batch_writer() as batch:
+                    pass
+                return self.table.get_item(Key=key)
+
+            def flip(self, region):
+                self._target_iot(region).update_thing(thingName="t")
         """
     )
     found = {c.action for c in iam.scan_source(source)}
@@ -88,8 +100,21 @@ def test_scanner_follows_clients_pagers_and_helpers() -> None:
         "iot:AttachThingPrincipal",
         "sqs:DeleteMessage",
         "sts:AssumeRole",
+        "dynamodb:BatchWriteItem",
+        "dynamodb:GetItem",
+        "iot:UpdateThing",
     }
     assert [c.caller for c in iam.scan_source(source) if c.action == "sts:AssumeRole"] == [True]
+
+
+def test_a_client_whose_service_is_not_a_literal_is_reported(tmp_path: Path) -> None:
+    (tmp_path / "activities").mkdir()
+    (tmp_path / "activities" / "x.py").write_text(
+        "def f(aws, r, svc):\n    aws.client(r, svc).list_things()\n"
+    )
+    assert iam.unresolved(["activities"], tmp_path) == [
+        "activities/x.py:2: client(..., <not a string literal>)"
+    ]
 
 
 @pytest.fixture
