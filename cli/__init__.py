@@ -15,6 +15,9 @@ class CliError(Exception):
 
 _NAMES = [
     "local",
+    "deployment",
+    "cutover",
+    "drill",
 ]
 
 COMMAND_MODULES = [importlib.import_module(f"cli.{n}") for n in _NAMES]
