@@ -181,14 +181,23 @@ class _FileScan:
             elif isinstance(node, ast.withitem) and node.optional_vars is not None:
                 targets, value = [node.optional_vars], node.context_expr
             for t in targets:
-                key = _dotted(t)
-                found = self.client_of(value) if key else set()
-                if found:
-                    self.bindings.setdefault(key, set()).update(found)
+                self._bind(t, value)
         for node in ast.walk(self.tree):  # pass 2: calls on them
             if isinstance(node, ast.Call):
                 self._call(node)
         return self
+
+    def _bind(self, target: ast.AST, value: ast.AST) -> None:
+        """Remember which services a name holds, unpacking `a, b = x, y` pairwise."""
+        sequence = ast.Tuple | ast.List
+        if isinstance(target, sequence) and isinstance(value, sequence) and len(target.elts) == len(value.elts):
+            for t, v in zip(target.elts, value.elts, strict=True):
+                self._bind(t, v)
+            return
+        key = _dotted(target)
+        found = self.client_of(value) if key else set()
+        if found:
+            self.bindings.setdefault(key, set()).update(found)
 
     def _record(self, clients: set[str], method: str | None, node: ast.AST) -> None:
         if method is None:

@@ -84,6 +84,8 @@ def test_scanner_follows_clients_pagers_and_helpers() -> None:
 
             def flip(self, region):
                 self._target_iot(region).update_thing(thingName="t")
+                src, dst = aws.iot(region), aws.sqs(region)
+                dst.send_message_batch(QueueUrl="q", Entries=[])
         """
     )
     found = {c.action for c in iam.scan_source(source)}
@@ -103,6 +105,7 @@ def test_scanner_follows_clients_pagers_and_helpers() -> None:
         "dynamodb:BatchWriteItem",
         "dynamodb:GetItem",
         "iot:UpdateThing",
+        "sqs:SendMessage",
     }
     assert [c.caller for c in iam.scan_source(source) if c.action == "sts:AssumeRole"] == [True]
 
