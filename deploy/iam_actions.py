@@ -190,7 +190,11 @@ class _FileScan:
     def _bind(self, target: ast.AST, value: ast.AST) -> None:
         """Remember which services a name holds, unpacking `a, b = x, y` pairwise."""
         sequence = ast.Tuple | ast.List
-        if isinstance(target, sequence) and isinstance(value, sequence) and len(target.elts) == len(value.elts):
+        if (
+            isinstance(target, sequence)
+            and isinstance(value, sequence)
+            and len(target.elts) == len(value.elts)
+        ):
             for t, v in zip(target.elts, value.elts, strict=True):
                 self._bind(t, v)
             return

@@ -188,6 +188,16 @@ def test_dashboard_is_valid_and_every_query_names_known_metrics() -> None:
     assert wanted <= used, f"dashboard lacks {wanted - used}"
 
 
+def test_dashboard_panels_do_not_overlap() -> None:
+    cells: dict[tuple[int, int], str] = {}
+    for p in panels(json.loads(DASHBOARD.read_text())):
+        g = p["gridPos"]
+        for x in range(g["x"], g["x"] + g["w"]):
+            for y in range(g["y"], g["y"] + g["h"]):
+                assert (x, y) not in cells, f"{p['title']} overlaps {cells[(x, y)]}"
+                cells[(x, y)] = p["title"]
+
+
 def test_unknown_metric_is_caught() -> None:
     assert unknown_metrics("rate(iotfailover_made_up_total[5m]) + temporal_workflow_completed") == {
         "iotfailover_made_up_total"
