@@ -1,4 +1,4 @@
-"""How the worker runs: Dockerfile (hadolint), compose file and Kubernetes manifests (kubernetes-validate).
+"""How the worker runs: Dockerfile (hadolint), compose file (compose spec) and Kubernetes (kubernetes-validate).
 
 Docker does not run on the build machines, so nothing here builds or starts an image; the files are
 linted and checked for the things the other parts rely on (ports, mounts, names).
@@ -53,6 +53,25 @@ def test_dockerfile_runs_the_worker_as_non_root_with_a_metrics_health_check() ->
     assert 'ENTRYPOINT ["python", "-m", "worker"]' in text
     ignored = (ROOT / ".dockerignore").read_text().split()
     assert {".venv", ".local", ".git", "tests"} <= set(ignored), "keep local state and keys out of the image"
+
+
+def _check_compose(path: Path) -> subprocess.CompletedProcess:
+    tool = Path(sys.executable).parent / "check-jsonschema"
+    if not tool.exists():
+        pytest.skip("check-jsonschema not installed (PyPI, in the dev extras)")
+    args = [str(tool), "--builtin-schema", "vendor.compose-spec", str(path)]
+    return subprocess.run(args, capture_output=True, text=True, timeout=60)
+
+
+def test_compose_file_follows_the_compose_spec() -> None:
+    result = _check_compose(DEPLOY / "compose.yaml")
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_compose_spec_check_catches_a_bad_file(tmp_path: Path) -> None:
+    bad = tmp_path / "compose.yaml"
+    bad.write_text("services:\n  a:\n    image: x\n    depends_on: {b: {condition: when-ready}}\n")
+    assert _check_compose(bad).returncode != 0
 
 
 def compose() -> dict:
