@@ -4,7 +4,8 @@ Least privilege is only as good as its list of actions, and a hand-kept list dri
 adds an activity. This module reads the list from the code instead: it parses (with `ast`) every
 Python file of the scanned folders, finds calls made on boto3 clients that come from
 `core.aws.AwsClients` (`iot`, `iot_data`, `jobs_data`, `dynamodb`, `sqs`, `client(region, "svc")`,
-names assigned from them, and parameters named after a service such as `iot` or `target_iot`),
+names assigned from them, parameters named after a service such as `iot` or `target_iot`, and boto3
+DynamoDB tables),
 including the pager's method strings (`fetch_page(iot, "list_things", ...)`), maps each method to its
 API name with botocore's service model and prefixes it with the IAM service prefix. Clients made
 straight from a boto3 session (`session.client("sts")`) count too. STS calls are the caller's own:
