@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
 
+import botocore.exceptions
 import botocore.session
 from botocore import xform_name
 
@@ -104,6 +105,16 @@ def _operations(service: str) -> dict[str, str]:
     """snake_case method name -> API operation name, from botocore's service model."""
     model = botocore.session.get_session().get_service_model(service)
     return {xform_name(op): op for op in model.operation_names}
+
+
+@cache
+def _waiters(service: str) -> dict[str, str]:
+    """snake_case waiter name -> the snake_case method it polls."""
+    try:
+        model = botocore.session.get_session().get_waiter_model(service)
+    except botocore.exceptions.UnknownServiceError:  # the service has no waiters
+        return {}
+    return {xform_name(n): xform_name(model.get_waiter(n).operation) for n in model.waiter_names}
 
 
 def iam_actions_for(service: str, operation: str) -> tuple[str, ...]:
@@ -228,6 +239,9 @@ class _FileScan:
             clients = self.client_of(func.value)
             if name == "get_paginator" and node.args:
                 self._record(clients, _const_str(node.args[0]), node)
+            elif name == "get_waiter" and node.args:  # a waiter polls one operation
+                for service in clients:
+                    self._record({service}, _waiters(service).get(_const_str(node.args[0]) or ""), node)
             elif clients:
                 self._record(clients, name, node)
 
@@ -299,7 +313,10 @@ _IOT_ARNS = {
     "client": f"{_IOT}:client/iotfailover-${{DeploymentName}}-*",
 }
 _TABLE = "arn:${AWS::Partition}:dynamodb:${AWS::Region}:${AWS::AccountId}:table"
-_ALL_TABLES = [f"{_TABLE}/${{{t}}}" for t in ("BootstrapTableName", "ClaimsTableName", "RoutingTableName")]
+_ALL_TABLES = [
+    f"{_TABLE}/${{{t}}}"
+    for t in ("BootstrapTableName", "ClaimsTableName", "RoutingTableName", "LedgerTableName")
+]
 CONTROLLER_SCOPES = (
     Scope("IotAccountLevel", "iot", False),
     Scope("IotDeploymentResources", "iot", True, _IOT_ARNS),

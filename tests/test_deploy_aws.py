@@ -102,7 +102,7 @@ def test_queue_redrives_to_the_dead_letter_queue_and_registry_events_are_enabled
 
 def test_tables_have_point_in_time_recovery_and_are_kept_on_delete() -> None:
     tables = resources("region.yaml", "AWS::DynamoDB::Table")
-    assert set(tables) == {"BootstrapTable", "ClaimsTable", "RoutingTable"}
+    assert set(tables) == {"BootstrapTable", "ClaimsTable", "RoutingTable", "LedgerTable"}
     for name, table in tables.items():
         assert table["Properties"]["PointInTimeRecoverySpecification"] == {
             "PointInTimeRecoveryEnabled": True

@@ -86,6 +86,8 @@ def test_scanner_follows_clients_pagers_and_helpers() -> None:
                 self._target_iot(region).update_thing(thingName="t")
                 src, dst = aws.iot(region), aws.sqs(region)
                 dst.send_message_batch(QueueUrl="q", Entries=[])
+                aws.dynamodb(region).get_waiter("table_exists").wait(TableName="t")
+                dst.get_waiter("no_such_waiter")
         """
     )
     found = {c.action for c in iam.scan_source(source)}
@@ -106,6 +108,7 @@ def test_scanner_follows_clients_pagers_and_helpers() -> None:
         "dynamodb:GetItem",
         "iot:UpdateThing",
         "sqs:SendMessage",
+        "dynamodb:DescribeTable",
     }
     assert [c.caller for c in iam.scan_source(source) if c.action == "sts:AssumeRole"] == [True]
 
