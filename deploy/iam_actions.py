@@ -52,19 +52,11 @@ CONVENTIONAL_NAMES = {
     "route53": "route53",
     "r53": "route53",
     "sts": "sts",
+    "cloudwatch": "cloudwatch",
 }
-KNOWN_SERVICES = {"iot", "iot-data", "iot-jobs-data", "dynamodb", "sqs", "route53", "sts"}
-# IAM service prefix per boto3 service: shadows and publish are `iot:` actions; the device-side jobs
-# API has its own prefix (the controller should not need it).
-IAM_PREFIX = {
-    "iot": "iot",
-    "iot-data": "iot",
-    "iot-jobs-data": "iotjobsdata",
-    "dynamodb": "dynamodb",
-    "sqs": "sqs",
-    "route53": "route53",
-    "sts": "sts",
-}
+# IAM service prefixes that differ from the boto3 service name: shadows and publish are `iot:`
+# actions; the device-side jobs API has its own prefix (the controller should not need it).
+IAM_PREFIX = {"iot-data": "iot", "iot-jobs-data": "iotjobsdata"}
 # API operations whose IAM action has another name (batch and transactional calls are authorized
 # by the single-item actions they perform).
 OVERRIDES = {
@@ -117,8 +109,14 @@ def _waiters(service: str) -> dict[str, str]:
     return {xform_name(n): xform_name(model.get_waiter(n).operation) for n in model.waiter_names}
 
 
+@cache
+def known_services() -> frozenset[str]:
+    """Every service botocore has a model for (so a new one, e.g. cloudwatch, is not missed)."""
+    return frozenset(botocore.session.get_session().get_available_services())
+
+
 def iam_actions_for(service: str, operation: str) -> tuple[str, ...]:
-    action = f"{IAM_PREFIX[service]}:{operation}"
+    action = f"{IAM_PREFIX.get(service, service)}:{operation}"
     return OVERRIDES.get(action, (action,))
 
 
@@ -175,8 +173,8 @@ class _FileScan:
             service = _const_str(args[1])
             if service is None:
                 self.unresolved.append(f"{self.path}:{node.lineno}: client(..., <not a string literal>)")
-            return {service} if service in KNOWN_SERVICES else set()
-        if name in {"client", "resource"} and first in KNOWN_SERVICES:  # boto3 / session.client("sts")
+            return {service} if service in known_services() else set()
+        if name in {"client", "resource"} and first in known_services():  # boto3 / session.client("sts")
             return {first}
         if name == "Table":  # a boto3 DynamoDB resource's table: same method names as the client
             return {"dynamodb"}
@@ -329,6 +327,7 @@ CONTROLLER_SCOPES = (
         {"table": _ALL_TABLES, "index": [f"{t}/index/*" for t in _ALL_TABLES]},
     ),
     Scope("SqsAccountLevel", "sqs", False),
+    Scope("CloudWatchMetricsRead", "cloudwatch", False),  # IoT's connect/publish metrics (health probe)
     Scope(
         "RegistryEventsQueue",
         "sqs",

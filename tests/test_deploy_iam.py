@@ -88,6 +88,7 @@ def test_scanner_follows_clients_pagers_and_helpers() -> None:
                 dst.send_message_batch(QueueUrl="q", Entries=[])
                 aws.dynamodb(region).get_waiter("table_exists").wait(TableName="t")
                 dst.get_waiter("no_such_waiter")
+                aws.client(region, "cloudwatch").get_metric_data(MetricDataQueries=[])
         """
     )
     found = {c.action for c in iam.scan_source(source)}
@@ -109,6 +110,7 @@ def test_scanner_follows_clients_pagers_and_helpers() -> None:
         "iot:UpdateThing",
         "sqs:SendMessage",
         "dynamodb:DescribeTable",
+        "cloudwatch:GetMetricData",
     }
     assert [c.caller for c in iam.scan_source(source) if c.action == "sts:AssumeRole"] == [True]
 
@@ -142,6 +144,7 @@ def scratch_repo(tmp_path: Path) -> Path:
                 r53 = aws.client(source, "route53")
                 r53.change_resource_record_sets(HostedZoneId="z", ChangeBatch={})
                 r53.get_change(Id="c")
+                aws.client(source, "cloudwatch").get_metric_data(MetricDataQueries=[])
             """
         )
     )
