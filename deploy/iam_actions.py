@@ -71,6 +71,9 @@ OVERRIDES = {
     "sqs:SendMessageBatch": ("sqs:SendMessage",),
     "sqs:ChangeMessageVisibilityBatch": ("sqs:ChangeMessageVisibility",),
 }
+# Actions the authorization reference lists with a resource type but that are granted on "*" in
+# practice (CloudWatch metric reads are not scoped to a resource).
+ACCOUNT_WIDE = {"cloudwatch:GetMetricData", "cloudwatch:GetMetricStatistics", "cloudwatch:ListMetrics"}
 PAGER_FUNCTIONS = {"fetch_page", "all_items"}
 # boto3 conveniences whose requests are another operation's.
 ALIASES = {("dynamodb", "batch_writer"): "batch_write_item"}
@@ -402,7 +405,9 @@ def resource_types(action: str) -> list[str] | None:
     """The resource types an IAM action can be scoped to ([] for none), None for an unknown action."""
     prefix, name = action.split(":", 1)
     found = _policy_data().get(prefix, {}).get("Actions", {}).get(name.lower())
-    return None if found is None else list(found.get("Resources", []))
+    if found is None:
+        return None
+    return [] if action in ACCOUNT_WIDE else list(found.get("Resources", []))
 
 
 def scope_for(action: str, scopes: Iterable[Scope]) -> Scope | None:
