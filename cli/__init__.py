@@ -18,6 +18,7 @@ _NAMES = [
     "deployment",
     "cutover",
     "drill",
+    "health",
 ]
 
 COMMAND_MODULES = [importlib.import_module(f"cli.{n}") for n in _NAMES]
