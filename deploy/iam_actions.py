@@ -195,9 +195,11 @@ class _FileScan:
                 targets, value = [node.optional_vars], node.context_expr
             for t in targets:
                 self._bind(t, value)
-        for node in ast.walk(self.tree):  # pass 2: calls on them
+        for node in ast.walk(self.tree):  # pass 2: their methods, called or passed on as callables
             if isinstance(node, ast.Call):
                 self._call(node)
+            elif isinstance(node, ast.Attribute):
+                self._record(self.client_of(node.value), node.attr, node)
         return self
 
     def _bind(self, target: ast.AST, value: ast.AST) -> None:
@@ -231,20 +233,26 @@ class _FileScan:
         name = (
             func.attr if isinstance(func, ast.Attribute) else func.id if isinstance(func, ast.Name) else None
         )
-        if (name in PAGER_FUNCTIONS or name == "getattr") and len(node.args) >= 2:  # method as a string
-            self._record(self.client_of(node.args[0]), _const_str(node.args[1]), node)
-        elif isinstance(func, ast.Attribute) and name in HELPER_CALLS:
+        args = node.args
+        if name in PAGER_FUNCTIONS or name == "getattr":  # method as a string: f(client, "method", ...)
+            self._record_string_method(args, 0, node)
+        for i, arg in enumerate(args):  # the pager passed on: retry(fetch_page, client, "method", ...)
+            if (arg.attr if isinstance(arg, ast.Attribute) else getattr(arg, "id", None)) in PAGER_FUNCTIONS:
+                self._record_string_method(args, i + 1, node)
+        if isinstance(func, ast.Attribute) and name in HELPER_CALLS:
             service, op = HELPER_CALLS[name]
             self.calls += [Call(a, self.path, node.lineno) for a in iam_actions_for(service, op)]
-        elif isinstance(func, ast.Attribute):
+        elif isinstance(func, ast.Attribute) and args:  # direct calls are counted as attributes
             clients = self.client_of(func.value)
-            if name == "get_paginator" and node.args:
-                self._record(clients, _const_str(node.args[0]), node)
-            elif name == "get_waiter" and node.args:  # a waiter polls one operation
+            if name == "get_paginator":
+                self._record(clients, _const_str(args[0]), node)
+            elif name == "get_waiter":  # a waiter polls one operation
                 for service in clients:
-                    self._record({service}, _waiters(service).get(_const_str(node.args[0]) or ""), node)
-            elif clients:
-                self._record(clients, name, node)
+                    self._record({service}, _waiters(service).get(_const_str(args[0]) or ""), node)
+
+    def _record_string_method(self, args: list[ast.expr], i: int, node: ast.AST) -> None:
+        if len(args) > i + 1:
+            self._record(self.client_of(args[i]), _const_str(args[i + 1]), node)
 
 
 def scan_source(source: str, path: str = "<string>") -> list[Call]:

@@ -89,6 +89,9 @@ def test_scanner_follows_clients_pagers_and_helpers() -> None:
                 aws.dynamodb(region).get_waiter("table_exists").wait(TableName="t")
                 dst.get_waiter("no_such_waiter")
                 aws.client(region, "cloudwatch").get_metric_data(MetricDataQueries=[])
+                data, watch = aws.iot_data(region), Watch()
+                watch.call(data.update_thing_shadow, thingName="canary", payload=b"{}")
+                watch.call(fetch_page, aws.iot(region), "list_things", "things", page_size=1)
         """
     )
     found = {c.action for c in iam.scan_source(source)}
@@ -111,6 +114,8 @@ def test_scanner_follows_clients_pagers_and_helpers() -> None:
         "sqs:SendMessage",
         "dynamodb:DescribeTable",
         "cloudwatch:GetMetricData",
+        "iot:UpdateThingShadow",
+        "iot:ListThings",
     }
     assert [c.caller for c in iam.scan_source(source) if c.action == "sts:AssumeRole"] == [True]
 
@@ -129,6 +134,8 @@ def test_a_client_whose_service_is_not_a_literal_is_reported(tmp_path: Path) -> 
 def scratch_repo(tmp_path: Path) -> Path:
     """A copy of the templates and core, plus an activity and a bootstrap module that call more of AWS."""
     shutil.copytree(ROOT / "deploy" / "aws", tmp_path / "deploy" / "aws")
+    for principal in iam.PRINCIPALS:  # start from empty policies, whatever the real code needs today
+        iam.write_template(principal, set(), tmp_path)
     shutil.copytree(ROOT / "core", tmp_path / "core")
     for folder in ("activities", "bootstrap", "workflows"):
         (tmp_path / folder).mkdir()
