@@ -124,6 +124,10 @@ class RegionEmulator:
             for ext in self.extensions.values():
                 getattr(ext, "reset", lambda: None)()
             return _json(200, {"reset": True})
+        for ext in {id(e): e for e in self.extensions.values()}.values():
+            handled = getattr(ext, "control", lambda *_: None)(route, request)
+            if handled is not None:
+                return handled
         return _json(404, {"error": f"no control endpoint {request.method} {request.path}"})
 
 

@@ -1,0 +1,605 @@
+"""IoT Jobs as AWS documents them, on top of moto's job models, and the device side (`iot-jobs-data`).
+
+Measured on moto 5.2.5, its jobs are static: a thing-group target becomes one execution of a "thing"
+named after the group, `jobProcessDetails` never change, a job never completes, every execution
+number and version is 123, `cancel_job` leaves executions untouched, `create_job` silently replaces
+an existing job, and there is no `iot-jobs-data` at all. This module patches moto's IoT backend
+inside the emulator process (only there) so that:
+- targets are expanded at creation: things, and the members of thing groups and of their child
+  groups; a CONTINUOUS job also reaches things added to a targeted group later, and marks the QUEUED
+  execution of a thing removed from it REMOVED;
+- every execution has its own execution number and a version incremented on every change, and all
+  status changes go through `Execution.set_status`, which keeps the job's per-status counts exact,
+  so `jobProcessDetails`, completion and abort checks are O(1) per device update;
+- a SNAPSHOT job is COMPLETED once every execution is terminal; the abort config (criteriaList:
+  FAILED/REJECTED/TIMED_OUT/ALL, thresholdPercentage of the executions that reached a terminal
+  status, once at least minNumberOfExecutedThings did) cancels the job and its QUEUED executions;
+- in-progress timeouts (`timeoutConfig.inProgressTimeoutInMinutes` from the start,
+  `stepTimeoutInMinutes` from the device's last update) move executions to TIMED_OUT, evaluated
+  lazily whenever a job or execution is read or updated;
+- `cancel_job` cancels QUEUED executions (and IN_PROGRESS ones with force=True); cancelling a
+  COMPLETED job is an InvalidRequestException, cancelling a CANCELED one again is allowed;
+  `delete_job` removes the executions; a second `create_job` with the same id is
+  ResourceAlreadyExistsException.
+The device side (`JobsDataApp`, routed on the SigV4 credential scope `iot-jobs-data` because its
+paths overlap the control plane's ListJobExecutionsForThing): GetPendingJobExecutions,
+StartNextPendingJobExecution, UpdateJobExecution (expectedVersion -> VersionConflictException,
+executionNumber, statusDetails replaced when given, stepTimeoutInMinutes with -1 to clear,
+includeJobExecutionState, includeJobDocument) and DescribeJobExecution (jobId `$next` too; no
+pending execution answers `{}`). Devices may set IN_PROGRESS, SUCCEEDED, FAILED or REJECTED from
+QUEUED or IN_PROGRESS; anything from a terminal status is InvalidStateTransitionException, any
+other status an InvalidRequestException. The emulator clock can be moved forward
+(`advance_clock`, POST /_emulator/jobs/clock) so tests can reach timeouts without waiting.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import itertools
+import json
+import threading
+import time
+import urllib.request
+from collections import Counter
+from typing import Any
+
+from moto.backends import get_backend
+from moto.iam.models import get_account_id_from
+from moto.iot.exceptions import (
+    InvalidRequestException,
+    InvalidStateTransitionException,
+    ResourceAlreadyExistsException,
+    ResourceNotFoundException,
+)
+from moto.iot.models import FakeJob, IoTBackend
+from moto.iot.utils import PAGINATION_MODEL
+from moto.core.exceptions import JsonRESTError
+from moto.utilities.paginator import paginate
+from werkzeug.wrappers import Request, Response
+
+from rehearsal.iot_gaps import group_things
+
+TERMINAL = frozenset({"SUCCEEDED", "FAILED", "REJECTED", "TIMED_OUT", "CANCELED", "REMOVED"})
+DEVICE_STATUSES = frozenset({"IN_PROGRESS", "SUCCEEDED", "FAILED", "REJECTED"})
+_EXECUTED = ("SUCCEEDED", "FAILED", "REJECTED", "TIMED_OUT")
+_FAILURES = {"FAILED": ("FAILED",), "REJECTED": ("REJECTED",), "TIMED_OUT": ("TIMED_OUT",), "ALL": _EXECUTED[1:]}
+_DETAILS = {
+    "QUEUED": "numberOfQueuedThings",
+    "IN_PROGRESS": "numberOfInProgressThings",
+    "SUCCEEDED": "numberOfSucceededThings",
+    "FAILED": "numberOfFailedThings",
+    "REJECTED": "numberOfRejectedThings",
+    "CANCELED": "numberOfCanceledThings",
+    "TIMED_OUT": "numberOfTimedOutThings",
+    "REMOVED": "numberOfRemovedThings",
+}
+_LOCK = threading.RLock()  # the emulator serves requests on threads; job state changes are atomic
+_clock = {"offset": 0.0}
+
+
+def now() -> float:
+    """The emulator's clock: wall time plus what tests advanced it by."""
+    return time.time() + _clock["offset"]
+
+
+def _utc(t: float | None) -> dt.datetime | None:
+    return None if t is None else dt.datetime.fromtimestamp(t, dt.UTC)
+
+
+class Execution:
+    """One thing's execution of one job (replaces moto's FakeJobExecution, same attribute names)."""
+
+    def __init__(self, job: FakeJob, thing_arn: str, number: int):
+        self.job = job
+        self.job_id = job.job_id
+        self.thing_arn = thing_arn
+        self.thing_name = thing_arn.rsplit("/", 1)[-1]
+        self.status = "QUEUED"
+        self.status_details_map: dict[str, str] = {}
+        self.force_canceled = False
+        self.queued_at = self.last_updated_at = now()
+        self.started_at: float | None = None
+        self.step_deadline: float | None = None
+        self.execution_number = number
+        self.version_number = 1
+        job.counts["QUEUED"] += 1
+
+    def set_status(self, status: str, details: dict[str, str] | None = None) -> None:
+        counts = self.job.counts
+        counts[self.status] -= 1
+        counts[status] += 1
+        self.job.running.pop(self.thing_name, None)
+        if status == "IN_PROGRESS":
+            self.job.running[self.thing_name] = self
+            self.started_at = self.started_at or now()
+        if status in TERMINAL:
+            self.step_deadline = None
+        self.status = status
+        if details is not None:
+            self.status_details_map = dict(details)
+        self.version_number += 1
+        self.last_updated_at = now()
+
+    def deadline(self) -> float | None:
+        if self.status != "IN_PROGRESS":
+            return None
+        minutes = (self.job.timeout_config or {}).get("inProgressTimeoutInMinutes")
+        limits = [self.step_deadline, self.started_at + minutes * 60 if minutes and self.started_at else None]
+        return min((t for t in limits if t is not None), default=None)
+
+    def expire(self) -> bool:
+        """Move to TIMED_OUT if a timer ran out; True when it did."""
+        deadline = self.deadline()
+        if deadline is None or now() < deadline:
+            return False
+        self.set_status("TIMED_OUT")
+        return True
+
+    def seconds_left(self) -> int | None:
+        deadline = self.deadline()
+        return None if deadline is None else max(0, int(deadline - now()))
+
+    def to_get_dict(self) -> dict[str, Any]:
+        """The control plane's JobExecution."""
+        return {
+            "jobId": self.job_id,
+            "status": self.status,
+            "forceCanceled": self.force_canceled,
+            "statusDetails": {"detailsMap": self.status_details_map},
+            "thingArn": self.thing_arn,
+            "queuedAt": _utc(self.queued_at),
+            "startedAt": _utc(self.started_at),
+            "lastUpdatedAt": _utc(self.last_updated_at),
+            "executionNumber": self.execution_number,
+            "versionNumber": self.version_number,
+            "approximateSecondsBeforeTimedOut": self.seconds_left(),
+        }
+
+    def to_dict(self) -> dict[str, Any]:
+        """The control plane's JobExecutionSummaryForJob / ForThing."""
+        return {
+            "jobId": self.job_id,
+            "thingArn": self.thing_arn,
+            "jobExecutionSummary": {
+                "status": self.status,
+                "queuedAt": _utc(self.queued_at),
+                "startedAt": _utc(self.started_at),
+                "lastUpdatedAt": _utc(self.last_updated_at),
+                "executionNumber": self.execution_number,
+            },
+        }
+
+    def device_summary(self) -> dict[str, Any]:
+        """iot-jobs-data JobExecutionSummary (times in epoch seconds)."""
+        out = {
+            "jobId": self.job_id,
+            "queuedAt": int(self.queued_at),
+            "lastUpdatedAt": int(self.last_updated_at),
+            "versionNumber": self.version_number,
+            "executionNumber": self.execution_number,
+        }
+        if self.started_at is not None:
+            out["startedAt"] = int(self.started_at)
+        return out
+
+    def device_dict(self, include_document: bool = True) -> dict[str, Any]:
+        """iot-jobs-data JobExecution."""
+        out = {**self.device_summary(), "thingName": self.thing_name, "status": self.status}
+        out["statusDetails"] = self.status_details_map
+        if (left := self.seconds_left()) is not None:
+            out["approximateSecondsBeforeTimedOut"] = left
+        if include_document and self.job.document is not None:
+            out["jobDocument"] = self.job.document
+        return out
+
+
+# --- job-level rules -----------------------------------------------------------------------------
+
+
+def _by_thing(backend: IoTBackend) -> dict[str, dict[str, Execution]]:
+    """thing name -> {job id: execution}, in queue order; lives on the backend so a reset clears it."""
+    if not hasattr(backend, "executions_by_thing"):
+        backend.executions_by_thing = {}
+        backend.execution_numbers = itertools.count(1)
+    return backend.executions_by_thing
+
+
+def _add_execution(backend: IoTBackend, job: FakeJob, thing_arn: str) -> None:
+    thing_name = thing_arn.rsplit("/", 1)[-1]
+    if thing_name in job.executions:
+        return
+    by_thing = _by_thing(backend)
+    ex = Execution(job, thing_arn, next(backend.execution_numbers))
+    job.executions[thing_name] = ex
+    by_thing.setdefault(thing_name, {})[job.job_id] = ex
+    backend.job_executions[(job.job_id, thing_name)] = ex
+
+
+def _settle(job: FakeJob) -> None:
+    """Apply the abort config and completion after executions changed; refresh the process details."""
+    counts = job.counts
+    if job.status == "IN_PROGRESS":
+        reason = _abort_reason(job)
+        if reason:
+            _cancel(job, force=False, reason_code=None, comment=reason)
+        elif job.target_selection == "SNAPSHOT" and not counts["QUEUED"] and not counts["IN_PROGRESS"]:
+            job.status = "COMPLETED"
+            job.completed_at = _utc(now())
+    job.job_process_details = {key: counts[status] for status, key in _DETAILS.items()}
+    job.last_updated_at = _utc(now())
+
+
+def _abort_reason(job: FakeJob) -> str | None:
+    executed = sum(job.counts[s] for s in _EXECUTED)
+    for rule in (job.abort_config or {}).get("criteriaList", []):
+        failures = sum(job.counts[s] for s in _FAILURES.get(rule.get("failureType"), ()))
+        enough = executed >= int(rule.get("minNumberOfExecutedThings", 1)) and executed > 0
+        if rule.get("action") == "CANCEL" and enough and failures * 100 >= float(rule["thresholdPercentage"]) * executed:
+            return (
+                f"aborted: {failures} of {executed} executed things {rule['failureType']} "
+                f"(threshold {rule['thresholdPercentage']}%)"
+            )
+    return None
+
+
+def _cancel(job: FakeJob, force: bool, reason_code: str | None, comment: str | None) -> None:
+    job.status = "CANCELED"
+    job.force = job.force or force
+    job.reason_code = reason_code or job.reason_code
+    job.comment = comment or job.comment
+    job.completed_at = job.completed_at or _utc(now())
+    for ex in job.executions.values():
+        if ex.status == "QUEUED" or (force and ex.status == "IN_PROGRESS"):
+            ex.force_canceled = ex.status == "IN_PROGRESS"
+            ex.set_status("CANCELED")
+
+
+def _refresh(job: FakeJob) -> FakeJob:
+    for ex in list(job.running.values()):
+        ex.expire()
+    _settle(job)
+    return job
+
+
+def _job(backend: IoTBackend, job_id: str) -> FakeJob:
+    job = backend.jobs.get(job_id)
+    if job is None:
+        raise ResourceNotFoundException(f"Job {job_id} does not exist")
+    return job
+
+
+def _execution(backend: IoTBackend, job_id: str, thing_name: str) -> Execution:
+    ex = _by_thing(backend).get(thing_name, {}).get(job_id)
+    if ex is None:
+        raise ResourceNotFoundException(f"No job execution of {job_id} for thing {thing_name}")
+    if ex.expire():
+        _settle(ex.job)
+    return ex
+
+
+class VersionConflict(JsonRESTError):
+    code = 409
+
+    def __init__(self, message: str):
+        super().__init__("VersionConflictException", message)
+
+
+def _locked(fn: Any) -> Any:
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        with _LOCK:
+            return fn(*args, **kwargs)
+
+    wrapper.__name__ = fn.__name__
+    wrapper.__doc__ = fn.__doc__
+    return wrapper
+
+
+# --- the control plane, patched into moto's IoTBackend ------------------------------------------
+
+
+def create_job(self: IoTBackend, job_id: str, targets: list[str], target_selection: str | None, **kw: Any):
+    if job_id in self.jobs:
+        job = self.jobs[job_id]
+        raise ResourceAlreadyExistsException(f"Job {job_id} already exists", job_id, job.job_arn)
+    job = FakeJob(
+        job_id=job_id,
+        targets=targets,
+        target_selection=target_selection or "SNAPSHOT",
+        account_id=self.account_id,
+        region_name=self.region_name,
+        **kw,
+    )
+    job.status = "IN_PROGRESS"
+    job.counts, job.executions, job.running = Counter(), {}, {}
+    things: list[str] = []
+    for target in targets:
+        if ":thinggroup/" in target:
+            if target not in self.thing_groups:
+                raise ResourceNotFoundException(f"Thing group {target} does not exist")
+            things.extend(t.arn for t in group_things(self, self.thing_groups[target], recursive=True))
+        else:
+            things.append(target)
+    self.jobs[job_id] = job
+    for arn in things:
+        _add_execution(self, job, arn)
+    _settle(job)
+    return job.job_arn, job_id, job.description
+
+
+def describe_job(self: IoTBackend, job_id: str) -> FakeJob:
+    return _refresh(_job(self, job_id))
+
+
+def cancel_job(self: IoTBackend, job_id: str, reason_code: str, comment: str, force: bool) -> FakeJob:
+    job = _refresh(_job(self, job_id))
+    if job.status == "COMPLETED":
+        raise InvalidRequestException(f"Job {job_id} is COMPLETED and cannot be canceled")
+    _cancel(job, bool(force), reason_code, comment)
+    _settle(job)
+    return job
+
+
+def delete_job(self: IoTBackend, job_id: str, force: bool) -> None:
+    job = _refresh(_job(self, job_id))
+    if not force and (job.status == "IN_PROGRESS" or job.counts["IN_PROGRESS"]):
+        raise InvalidStateTransitionException(f"Job {job_id} is in progress; delete it with force")
+    by_thing = _by_thing(self)
+    for thing_name in job.executions:
+        by_thing.get(thing_name, {}).pop(job_id, None)
+        self.job_executions.pop((job_id, thing_name), None)
+    del self.jobs[job_id]
+
+
+def describe_job_execution(self: IoTBackend, job_id: str, thing_name: str, execution_number: int | None):
+    ex = _execution(self, job_id, thing_name)
+    if execution_number is not None and ex.execution_number != execution_number:
+        raise ResourceNotFoundException(f"No execution number {execution_number} of {job_id} for {thing_name}")
+    return ex
+
+
+def cancel_job_execution(self: IoTBackend, job_id: str, thing_name: str, force: bool) -> None:
+    ex = _execution(self, job_id, thing_name)
+    if ex.status in TERMINAL or (ex.status == "IN_PROGRESS" and not force):
+        raise InvalidStateTransitionException(f"Cannot cancel an execution that is {ex.status}")
+    ex.force_canceled = ex.status == "IN_PROGRESS"
+    ex.set_status("CANCELED")
+    _settle(ex.job)
+
+
+def delete_job_execution(self: IoTBackend, job_id: str, thing_name: str, execution_number: int, force: bool):
+    ex = describe_job_execution(self, job_id, thing_name, execution_number)
+    if ex.status not in TERMINAL and not force:
+        raise InvalidStateTransitionException(f"Execution is {ex.status}; delete it with force")
+    ex.job.counts[ex.status] -= 1
+    ex.job.running.pop(thing_name, None)
+    del ex.job.executions[thing_name]
+    del _by_thing(self)[thing_name][job_id]
+    del self.job_executions[(job_id, thing_name)]
+    _settle(ex.job)
+
+
+@paginate(PAGINATION_MODEL)
+def list_job_executions_for_job(self: IoTBackend, job_id: str, status: str | None) -> list[Execution]:
+    job = _refresh(_job(self, job_id))
+    return [ex for ex in job.executions.values() if not status or ex.status == status]
+
+
+@paginate(PAGINATION_MODEL)
+def list_job_executions_for_thing(self: IoTBackend, thing_name: str, status: str | None) -> list[Execution]:
+    out = []
+    for ex in list(_by_thing(self).get(thing_name, {}).values()):
+        if ex.expire():
+            _settle(ex.job)
+        if not status or ex.status == status:
+            out.append(ex)
+    return out
+
+
+def _continuous_jobs_for(backend: IoTBackend, group_arn: str) -> list[FakeJob]:
+    group = backend.thing_groups.get(group_arn)
+    if group is None:
+        return []
+    arns = {group_arn, *(g["groupArn"] for g in group.metadata.get("rootToParentThingGroups", []))}
+    return [
+        j
+        for j in backend.jobs.values()
+        if j.target_selection == "CONTINUOUS" and j.status == "IN_PROGRESS" and arns & set(j.targets)
+    ]
+
+
+def _group_change(original: Any, added: bool) -> Any:
+    def change(self: IoTBackend, thing_group_name: str, thing_group_arn: str | None, **kw: Any) -> None:
+        original(self, thing_group_name=thing_group_name, thing_group_arn=thing_group_arn, **kw)
+        group = self._identify_thing_group(thing_group_name, thing_group_arn)
+        thing = self._identify_thing(kw.get("thing_name"), kw.get("thing_arn"))
+        for job in _continuous_jobs_for(self, group.arn):
+            if added:
+                _add_execution(self, job, thing.arn)
+            elif (ex := job.executions.get(thing.thing_name)) and ex.status == "QUEUED":
+                ex.set_status("REMOVED")
+            _settle(job)
+
+    change.__name__ = original.__name__
+    return change
+
+
+def _list_jobs(original: Any) -> Any:
+    def list_jobs(self: IoTBackend, **kw: Any) -> Any:
+        for job in self.jobs.values():
+            _refresh(job)
+        return original(self, **kw)
+
+    return list_jobs
+
+
+# --- the device side: iot-jobs-data --------------------------------------------------------------
+
+
+def _pending(backend: IoTBackend, thing_name: str) -> list[Execution]:
+    """The thing's QUEUED and IN_PROGRESS executions, oldest first (timeouts applied)."""
+    out = []
+    for ex in list(_by_thing(backend).get(thing_name, {}).values()):
+        if ex.expire():
+            _settle(ex.job)
+        if ex.status in ("QUEUED", "IN_PROGRESS"):
+            out.append(ex)
+    return out
+
+
+def _next(backend: IoTBackend, thing_name: str) -> Execution | None:
+    pending = _pending(backend, thing_name)
+    return next((e for e in pending if e.status == "IN_PROGRESS"), pending[0] if pending else None)
+
+
+def _step(ex: Execution, minutes: int | None) -> None:
+    if minutes == -1:
+        ex.step_deadline = None
+    elif minutes is not None:
+        if not 1 <= int(minutes) <= 10080:
+            raise InvalidRequestException("stepTimeoutInMinutes must be between 1 and 10080, or -1")
+        ex.step_deadline = now() + int(minutes) * 60
+
+
+def start_next(backend: IoTBackend, thing_name: str, body: dict) -> dict:
+    ex = _next(backend, thing_name)
+    if ex is None:
+        return {}
+    if ex.status == "QUEUED":
+        ex.set_status("IN_PROGRESS", body.get("statusDetails"))
+        _step(ex, body.get("stepTimeoutInMinutes"))
+        _settle(ex.job)
+    return {"execution": ex.device_dict()}
+
+
+def update_execution(backend: IoTBackend, thing_name: str, job_id: str, body: dict) -> dict:
+    ex = _execution(backend, job_id, thing_name)
+    status = body.get("status")
+    number = body.get("executionNumber")
+    if number is not None and int(number) != ex.execution_number:
+        raise ResourceNotFoundException(f"No execution number {number} of {job_id} for {thing_name}")
+    expected = body.get("expectedVersion")
+    if expected is not None and int(expected) != ex.version_number:
+        raise VersionConflict(f"expected version {expected}, the execution is at {ex.version_number}")
+    if ex.status in TERMINAL:
+        raise InvalidStateTransitionException(f"Execution of {job_id} on {thing_name} is already {ex.status}")
+    if status not in DEVICE_STATUSES:
+        raise InvalidRequestException(f"A device cannot set status {status!r}; use one of {sorted(DEVICE_STATUSES)}")
+    _step(ex, body.get("stepTimeoutInMinutes"))
+    ex.set_status(status, body.get("statusDetails"))
+    _settle(ex.job)
+    out: dict[str, Any] = {}
+    if body.get("includeJobExecutionState"):
+        state = {"status": ex.status, "statusDetails": ex.status_details_map, "versionNumber": ex.version_number}
+        out["executionState"] = state
+    if body.get("includeJobDocument") and ex.job.document is not None:
+        out["jobDocument"] = ex.job.document
+    return out
+
+
+def describe_execution(backend: IoTBackend, thing_name: str, job_id: str, query: dict) -> dict:
+    include_document = query.get("includeJobDocument", "true").lower() != "false"
+    if job_id == "$next":
+        ex = _next(backend, thing_name)
+        return {"execution": ex.device_dict(include_document)} if ex else {}
+    number = query.get("executionNumber")
+    ex = describe_job_execution(backend, job_id, thing_name, int(number) if number else None)
+    return {"execution": ex.device_dict(include_document)}
+
+
+def pending_executions(backend: IoTBackend, thing_name: str) -> dict:
+    pending = _pending(backend, thing_name)
+    return {
+        "inProgressJobs": [e.device_summary() for e in pending if e.status == "IN_PROGRESS"],
+        "queuedJobs": [e.device_summary() for e in pending if e.status == "QUEUED"],
+    }
+
+
+class JobsDataApp:
+    """WSGI app for `iot-jobs-data` requests: the four device-side Jobs calls over moto's backend."""
+
+    def __call__(self, environ: dict, start_response: Any) -> Any:
+        request = Request(environ)
+        try:
+            with _LOCK:
+                body = self._dispatch(request)
+            resp = Response(json.dumps(body), status=200, mimetype="application/json")
+        except JsonRESTError as e:
+            return e(environ, start_response)
+        return resp(environ, start_response)
+
+    def _dispatch(self, request: Request) -> dict:
+        parts = request.path.strip("/").split("/")
+        if len(parts) < 3 or parts[0] != "things" or parts[2] != "jobs" or len(parts) > 4:
+            raise ResourceNotFoundException(f"no iot-jobs-data operation {request.method} {request.path}")
+        backend = self._backend(request)
+        thing, job_id = parts[1], parts[3] if len(parts) == 4 else None
+        body = request.get_json(silent=True) or {}
+        if job_id is None and request.method == "GET":
+            return pending_executions(backend, thing)
+        if job_id == "$next" and request.method == "PUT":
+            return start_next(backend, thing, body)
+        if job_id and request.method == "GET":
+            return describe_execution(backend, thing, job_id, dict(request.args))
+        if job_id and request.method == "POST":
+            return update_execution(backend, thing, job_id, body)
+        raise ResourceNotFoundException(f"no iot-jobs-data operation {request.method} {request.path}")
+
+    @staticmethod
+    def _backend(request: Request) -> IoTBackend:
+        """moto's IoT backend for the account and region the request is signed for."""
+        scope = request.headers.get("Authorization", "").split("Credential=")[-1].split(",")[0].split("/")
+        if len(scope) < 3:
+            raise InvalidRequestException("request is not signed with SigV4")
+        return get_backend("iot")[get_account_id_from(scope[0])][scope[2]]
+
+    def control(self, route: str, request: Request) -> Response | None:
+        """POST /_emulator/jobs/clock {"advance_seconds": N}: move the Jobs clock forward (tests)."""
+        if route != "jobs/clock" or request.method != "POST":
+            return None
+        seconds = float((request.get_json(silent=True) or {}).get("advance_seconds", 0))
+        if seconds < 0:
+            return Response(json.dumps({"error": "advance_seconds must be >= 0"}), status=400)
+        _clock["offset"] += seconds
+        return Response(json.dumps({"offset": _clock["offset"]}), mimetype="application/json")
+
+    def reset(self) -> None:
+        _clock["offset"] = 0.0
+
+
+def advance_clock(endpoint_url: str, seconds: float) -> None:
+    """Move the emulator's Jobs clock forward so timeouts fire without waiting (tests and drills)."""
+    req = urllib.request.Request(
+        endpoint_url.rstrip("/") + "/_emulator/jobs/clock",
+        data=json.dumps({"advance_seconds": seconds}).encode(),
+        method="POST",
+        headers={"Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(req, timeout=5):  # noqa: S310 (local emulator only)
+        pass
+
+
+def install(emulator: Any) -> None:
+    """Patch moto's IoT backend in this process and serve `iot-jobs-data` from the emulator."""
+    emulator.extensions["iot-jobs-data"] = JobsDataApp()
+    if getattr(IoTBackend, "jobs_as_documented", False):
+        return
+    IoTBackend.jobs_as_documented = True
+    patches = {
+        f.__name__: f
+        for f in (
+            create_job,
+            describe_job,
+            cancel_job,
+            delete_job,
+            describe_job_execution,
+            cancel_job_execution,
+            delete_job_execution,
+            list_job_executions_for_job,
+            list_job_executions_for_thing,
+            _list_jobs(IoTBackend.list_jobs),
+            _group_change(IoTBackend.add_thing_to_thing_group, added=True),
+            _group_change(IoTBackend.remove_thing_from_thing_group, added=False),
+        )
+    }
+    for name, fn in patches.items():
+        setattr(IoTBackend, name, _locked(fn))
