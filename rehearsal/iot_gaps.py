@@ -113,7 +113,11 @@ def _description(original: Any) -> Any:
 
 def _register_certificate(original: Any) -> Any:
     def register_certificate(
-        self: IoTBackend, certificate_pem: str, ca_certificate_pem: str | None, set_as_active: bool, status: str
+        self: IoTBackend,
+        certificate_pem: str,
+        ca_certificate_pem: str | None,
+        set_as_active: bool,
+        status: str,
     ) -> FakeCertificate:
         cert = original(self, certificate_pem, ca_certificate_pem, set_as_active, status or "INACTIVE")
         ca = _issuing_ca(self, certificate_pem, ca_certificate_pem)
@@ -125,7 +129,9 @@ def _register_certificate(original: Any) -> Any:
 
 
 def _register_certificate_without_ca(original: Any) -> Any:
-    def register_certificate_without_ca(self: IoTBackend, certificate_pem: str, status: str) -> FakeCertificate:
+    def register_certificate_without_ca(
+        self: IoTBackend, certificate_pem: str, status: str
+    ) -> FakeCertificate:
         cert = original(self, certificate_pem, status or "INACTIVE")
         cert.certificate_mode = "SNI_ONLY"
         return cert
@@ -162,7 +168,9 @@ def _update_ca_certificate(original: Any) -> Any:
 
 
 def _certificate_page(response: IoTResponse, certs: Iterable[FakeCertificate]) -> tuple[list, str | None]:
-    ordered = sorted(certs, key=lambda c: c.creation_date, reverse=not response._get_bool_param("isAscendingOrder"))
+    ordered = sorted(
+        certs, key=lambda c: c.creation_date, reverse=not response._get_bool_param("isAscendingOrder")
+    )
     return _page(ordered, response._get_int_param("pageSize"), response._get_param("marker"))
 
 
@@ -189,7 +197,9 @@ def list_certificates_by_ca(self: IoTResponse) -> ActionResult:
 
 def list_things_in_thing_group(self: IoTResponse) -> ActionResult:
     group = self.iot_backend.describe_thing_group(self._get_param("thingGroupName"))
-    names = [t.thing_name for t in group_things(self.iot_backend, group, self._get_bool_param("recursive", False))]
+    names = [
+        t.thing_name for t in group_things(self.iot_backend, group, self._get_bool_param("recursive", False))
+    ]
     page, token = _page(names, self._get_int_param("maxResults"), self._get_param("nextToken"))
     return ActionResult({"things": page, "nextToken": token})
 
@@ -231,7 +241,9 @@ def _metadata(state: Any, previous: Any, update: Any, ts: int, fresh: Any) -> An
 
 
 def _shadow_versions(original: Any) -> Any:
-    def create_from_previous_version(cls: type, previous: FakeShadow | None, payload: dict | None) -> FakeShadow:
+    def create_from_previous_version(
+        cls: type, previous: FakeShadow | None, payload: dict | None
+    ) -> FakeShadow:
         shadow = original(cls, previous, payload)
         state = (payload or {}).get("state")
         if previous is None or previous.deleted or not isinstance(state, dict):
@@ -240,7 +252,11 @@ def _shadow_versions(original: Any) -> Any:
         for part in ("desired", "reported"):
             current = getattr(shadow, part)
             before = getattr(previous, f"metadata_{part}")
-            meta = _metadata(current, before, state.get(part) or {}, shadow.timestamp, fresh) if current else None
+            meta = (
+                _metadata(current, before, state.get(part) or {}, shadow.timestamp, fresh)
+                if current
+                else None
+            )
             setattr(shadow, f"metadata_{part}", meta)
         return shadow
 

@@ -44,6 +44,7 @@ from collections import Counter
 from typing import Any
 
 from moto.backends import get_backend
+from moto.core.exceptions import JsonRESTError
 from moto.iam.models import get_account_id_from
 from moto.iot.exceptions import (
     InvalidRequestException,
@@ -53,7 +54,6 @@ from moto.iot.exceptions import (
 )
 from moto.iot.models import FakeJob, IoTBackend
 from moto.iot.utils import PAGINATION_MODEL
-from moto.core.exceptions import JsonRESTError
 from moto.utilities.paginator import paginate
 from werkzeug.wrappers import Request, Response
 
@@ -62,7 +62,12 @@ from rehearsal.iot_gaps import group_things
 TERMINAL = frozenset({"SUCCEEDED", "FAILED", "REJECTED", "TIMED_OUT", "CANCELED", "REMOVED"})
 DEVICE_STATUSES = frozenset({"IN_PROGRESS", "SUCCEEDED", "FAILED", "REJECTED"})
 _EXECUTED = ("SUCCEEDED", "FAILED", "REJECTED", "TIMED_OUT")
-_FAILURES = {"FAILED": ("FAILED",), "REJECTED": ("REJECTED",), "TIMED_OUT": ("TIMED_OUT",), "ALL": _EXECUTED[1:]}
+_FAILURES = {
+    "FAILED": ("FAILED",),
+    "REJECTED": ("REJECTED",),
+    "TIMED_OUT": ("TIMED_OUT",),
+    "ALL": _EXECUTED[1:],
+}
 _DETAILS = {
     "QUEUED": "numberOfQueuedThings",
     "IN_PROGRESS": "numberOfInProgressThings",
@@ -234,7 +239,11 @@ def _abort_reason(job: FakeJob) -> str | None:
     for rule in (job.abort_config or {}).get("criteriaList", []):
         failures = sum(job.counts[s] for s in _FAILURES.get(rule.get("failureType"), ()))
         enough = executed >= int(rule.get("minNumberOfExecutedThings", 1)) and executed > 0
-        if rule.get("action") == "CANCEL" and enough and failures * 100 >= float(rule["thresholdPercentage"]) * executed:
+        if (
+            rule.get("action") == "CANCEL"
+            and enough
+            and failures * 100 >= float(rule["thresholdPercentage"]) * executed
+        ):
             return (
                 f"aborted: {failures} of {executed} executed things {rule['failureType']} "
                 f"(threshold {rule['thresholdPercentage']}%)"
@@ -353,7 +362,9 @@ def delete_job(self: IoTBackend, job_id: str, force: bool) -> None:
 def describe_job_execution(self: IoTBackend, job_id: str, thing_name: str, execution_number: int | None):
     ex = _execution(self, job_id, thing_name)
     if execution_number is not None and ex.execution_number != execution_number:
-        raise ResourceNotFoundException(f"No execution number {execution_number} of {job_id} for {thing_name}")
+        raise ResourceNotFoundException(
+            f"No execution number {execution_number} of {job_id} for {thing_name}"
+        )
     return ex
 
 
@@ -483,13 +494,19 @@ def update_execution(backend: IoTBackend, thing_name: str, job_id: str, body: di
     if ex.status in TERMINAL:
         raise InvalidStateTransitionException(f"Execution of {job_id} on {thing_name} is already {ex.status}")
     if status not in DEVICE_STATUSES:
-        raise InvalidRequestException(f"A device cannot set status {status!r}; use one of {sorted(DEVICE_STATUSES)}")
+        raise InvalidRequestException(
+            f"A device cannot set status {status!r}; use one of {sorted(DEVICE_STATUSES)}"
+        )
     _step(ex, body.get("stepTimeoutInMinutes"))
     ex.set_status(status, body.get("statusDetails"))
     _settle(ex.job)
     out: dict[str, Any] = {}
     if body.get("includeJobExecutionState"):
-        state = {"status": ex.status, "statusDetails": ex.status_details_map, "versionNumber": ex.version_number}
+        state = {
+            "status": ex.status,
+            "statusDetails": ex.status_details_map,
+            "versionNumber": ex.version_number,
+        }
         out["executionState"] = state
     if body.get("includeJobDocument") and ex.job.document is not None:
         out["jobDocument"] = ex.job.document
