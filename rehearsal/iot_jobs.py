@@ -419,10 +419,16 @@ def _continuous_jobs_for(backend: IoTBackend, group_arn: str) -> list[FakeJob]:
 
 
 def _group_change(original: Any, added: bool) -> Any:
-    def change(self: IoTBackend, thing_group_name: str, thing_group_arn: str | None, **kw: Any) -> None:
-        original(self, thing_group_name=thing_group_name, thing_group_arn=thing_group_arn, **kw)
+    def change(
+        self: IoTBackend,
+        thing_group_name: str,
+        thing_group_arn: str | None,
+        thing_name: str,
+        thing_arn: str | None,
+    ) -> None:
+        original(self, thing_group_name, thing_group_arn, thing_name, thing_arn)
         group = self._identify_thing_group(thing_group_name, thing_group_arn)
-        thing = self._identify_thing(kw.get("thing_name"), kw.get("thing_arn"))
+        thing = self._identify_thing(thing_name, thing_arn)
         for job in _continuous_jobs_for(self, group.arn):
             if added:
                 _add_execution(self, job, thing.arn)

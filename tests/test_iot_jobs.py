@@ -243,6 +243,9 @@ def test_continuous_job_reaches_things_added_later(east: Region) -> None:
     assert [j["jobId"] for j in east.jobs.get_pending_job_executions(thingName="late")["queuedJobs"]] == [
         "cont"
     ]
+    east.iot.create_thing(thingName="later")
+    east.iot.update_thing_groups_for_thing(thingName="later", thingGroupsToAdd=["g"])
+    assert east.jobs.get_pending_job_executions(thingName="later")["queuedJobs"][0]["jobId"] == "cont"
     east.iot.remove_thing_from_thing_group(thingGroupName="g", thingName="late")
     assert east.details("cont")["numberOfRemovedThings"] == 1
     east.jobs.update_job_execution(thingName="dev0", jobId="cont", status="SUCCEEDED")
