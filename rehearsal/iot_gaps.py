@@ -40,7 +40,7 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from moto.core.config import default_user_config
 from moto.core.responses import ActionResult
-from moto.iot.exceptions import ResourceAlreadyExistsException
+from moto.iot.exceptions import InvalidRequestException, ResourceAlreadyExistsException
 from moto.iot.models import FakeCertificate, FakeThing, FakeThingGroup, IoTBackend
 from moto.iot.responses import IoTResponse
 from moto.iotdata.models import FakeShadow, IoTDataPlaneBackend
@@ -70,6 +70,8 @@ def group_things(backend: IoTBackend, group: FakeThingGroup, recursive: bool) ->
 
 def _page(items: list, size: int | None, token: str | None, default: int = 100) -> tuple[list, str | None]:
     """An offset page of `items`: (page, token of the next page or None)."""
+    if token and not token.isdigit():
+        raise InvalidRequestException(f"invalid pagination token {token!r}")
     start = int(token or 0)
     end = start + (size or default)
     return items[start:end], (str(end) if end < len(items) else None)

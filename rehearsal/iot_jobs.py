@@ -20,7 +20,8 @@ inside the emulator process (only there) so that:
 - `cancel_job` cancels QUEUED executions (and IN_PROGRESS ones with force=True); cancelling a
   COMPLETED job is an InvalidRequestException, cancelling a CANCELED one again is allowed;
   `delete_job` removes the executions; a second `create_job` with the same id is
-  ResourceAlreadyExistsException.
+  ResourceAlreadyExistsException. Not emulated: schedulingConfig, jobExecutionsRetryConfig, and the
+  rollout rate (jobExecutionsRolloutConfig is kept and echoed back; every execution is queued at once).
 The device side (`JobsDataApp`, routed on the SigV4 credential scope `iot-jobs-data` because its
 paths overlap the control plane's ListJobExecutionsForThing): GetPendingJobExecutions,
 StartNextPendingJobExecution, UpdateJobExecution (expectedVersion -> VersionConflictException,
@@ -66,7 +67,7 @@ _FAILURES = {
     "FAILED": ("FAILED",),
     "REJECTED": ("REJECTED",),
     "TIMED_OUT": ("TIMED_OUT",),
-    "ALL": _EXECUTED[1:],
+    "ALL": ("FAILED", "REJECTED", "TIMED_OUT"),
 }
 _DETAILS = {
     "QUEUED": "numberOfQueuedThings",
@@ -222,7 +223,7 @@ def _add_execution(backend: IoTBackend, job: FakeJob, thing_arn: str) -> None:
 
 def _settle(job: FakeJob) -> None:
     """Apply the abort config and completion after executions changed; refresh the process details."""
-    counts = job.counts
+    counts, before = job.counts, (job.status, job.job_process_details)
     if job.status == "IN_PROGRESS":
         reason = _abort_reason(job)
         if reason:
@@ -231,7 +232,8 @@ def _settle(job: FakeJob) -> None:
             job.status = "COMPLETED"
             job.completed_at = _utc(now())
     job.job_process_details = {key: counts[status] for status, key in _DETAILS.items()}
-    job.last_updated_at = _utc(now())
+    if (job.status, job.job_process_details) != before:
+        job.last_updated_at = _utc(now())
 
 
 def _abort_reason(job: FakeJob) -> str | None:

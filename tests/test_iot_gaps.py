@@ -149,6 +149,9 @@ def test_things_in_thing_group_recursive_and_paged(iot: Any) -> None:
         maxResults=3,
     )
     assert pages == 2 and sorted(things) == ["a", "b", "c", "d"]
+    with pytest.raises(ClientError) as e:
+        iot.list_things_in_thing_group(thingGroupName="fleet", nextToken="not-a-token")
+    assert e.value.response["Error"]["Code"] == "InvalidRequestException"
     sub = iot.describe_thing_group(thingGroupName="sub")["thingGroupMetadata"]
     assert sub["parentGroupName"] == "wave"
     assert [g["groupName"] for g in sub["rootToParentThingGroups"]] == ["fleet", "wave"]
