@@ -11,6 +11,8 @@ import pytest
 from botocore.config import Config
 from botocore.exceptions import ClientError
 
+from core.aws import AwsClients
+from core.config import DeploymentConfig
 from rehearsal.iot_jobs import advance_clock
 
 
@@ -51,11 +53,6 @@ def _region(emulators: dict[str, str], name: str) -> Region:
 @pytest.fixture
 def east(emulators: dict[str, str]) -> Region:
     return _region(emulators, "us-east-1")
-
-
-@pytest.fixture
-def west(emulators: dict[str, str]) -> Region:
-    return _region(emulators, "us-west-2")
 
 
 def _code(e: pytest.ExceptionInfo[ClientError]) -> str:
@@ -286,8 +283,16 @@ def _device(region: Region, thing: str, succeed: bool) -> None:
     )
 
 
-def test_cutover_job_path_end_to_end_in_two_regions(east: Region, west: Region) -> None:
-    """Same job id in both regions: each region's executions are its own, as in AWS."""
+def test_cutover_job_path_end_to_end_in_two_regions(config: DeploymentConfig) -> None:
+    """Same job id in both regions: each region's executions are its own, as in AWS.
+
+    Through the project's own client factory, as the controller and the simulator will call it.
+    """
+    aws = AwsClients(config, max_attempts=1)
+    east, west = (
+        Region(str(config.regions[n].endpoint_url), aws.iot(n), aws.jobs_data(n))
+        for n in ("us-east-1", "us-west-2")
+    )
     rollout = {"maximumPerMinute": 50}
     abort = {
         "criteriaList": [
