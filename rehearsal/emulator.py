@@ -124,7 +124,7 @@ class RegionEmulator:
             for ext in self.extensions.values():
                 getattr(ext, "reset", lambda: None)()
             return _json(200, {"reset": True})
-        for ext in {id(e): e for e in self.extensions.values()}.values():
+        for ext in {id(e): e for e in self.extensions.values()}.values():  # e.g. iot_jobs' clock
             handled = getattr(ext, "control", lambda *_: None)(route, request)
             if handled is not None:
                 return handled

@@ -19,8 +19,10 @@ this module patches into the emulator process (only there):
 - DeleteThing left the thing in its thing groups (so jobs and listings still saw it): removed.
 - DescribeThing, behind every shadow call, scanned all things: an O(1) lookup by ARN.
 - iot-data: ListNamedShadowsForThing listed deleted shadows and had no timestamp; every update reset
-  the metadata timestamp of every field (AWS keeps each field's last update time); Publish kept
-  every payload forever. Fixed; publish keeps the last 10,000 messages.
+  the metadata timestamp of every field (AWS keeps each field's last update time); a conditional
+  update (`version` in the payload) of a shadow that does not exist answered 500; Publish kept every
+  payload forever. Fixed (the conditional update is a ConflictException); publish keeps the last
+  10,000 messages.
 Probed and already right, so left alone: get_registration_code, update_certificate
 (ACTIVE/INACTIVE/REVOKED), describe_endpoint (iot:Data-ATS, iot:Jobs), list_things paging,
 list_thing_groups_for_thing, thing groups with parentGroupName (rootToParentThingGroups), thing
@@ -43,6 +45,7 @@ from moto.core.responses import ActionResult
 from moto.iot.exceptions import InvalidRequestException, ResourceAlreadyExistsException
 from moto.iot.models import FakeCertificate, FakeThing, FakeThingGroup, IoTBackend
 from moto.iot.responses import IoTResponse
+from moto.iotdata.exceptions import ConflictException
 from moto.iotdata.models import FakeShadow, IoTDataPlaneBackend
 from moto.iotdata.responses import IoTDataPlaneResponse
 from moto.utilities.utils import get_partition
@@ -265,6 +268,22 @@ def _shadow_versions(original: Any) -> Any:
     return create_from_previous_version
 
 
+def _conditional_update(original: Any) -> Any:
+    def update_thing_shadow(
+        self: IoTDataPlaneBackend, thing_name: str, payload: str, shadow_name: str | None
+    ):
+        shadow = self.iot_backend.describe_thing(thing_name).thing_shadows.get(shadow_name)
+        try:
+            version = json.loads(payload).get("version")
+        except (ValueError, AttributeError):
+            version = None  # moto answers the invalid payload
+        if version is not None and (shadow is None or shadow.deleted):
+            raise ConflictException("Version conflict")
+        return original(self, thing_name, payload, shadow_name)
+
+    return update_thing_shadow
+
+
 def list_named_shadows_for_thing(self: IoTDataPlaneBackend, thing_name: str) -> list[str]:
     thing = self.iot_backend.describe_thing(thing_name)
     return [name for name, s in thing.thing_shadows.items() if name is not None and not s.deleted]
@@ -305,5 +324,6 @@ def install(emulator: Any) -> None:
         _shadow_versions(FakeShadow.create_from_previous_version.__func__)
     )
     IoTDataPlaneBackend.list_named_shadows_for_thing = list_named_shadows_for_thing
+    IoTDataPlaneBackend.update_thing_shadow = _conditional_update(IoTDataPlaneBackend.update_thing_shadow)
     IoTDataPlaneBackend.publish = publish
     IoTDataPlaneResponse.list_named_shadows_for_thing = list_named_shadows_response

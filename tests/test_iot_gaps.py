@@ -195,6 +195,23 @@ def test_named_shadows_are_listed_until_deleted_and_keep_field_timestamps(iot: A
     data.publish(topic="data/test/dev", qos=1, payload=b'{"t": 1}')
 
 
+def test_conditional_shadow_updates(iot: Any, data: Any) -> None:
+    iot.create_thing(thingName="dev")
+    for version in (1, 5):  # no shadow yet: any expected version conflicts
+        with pytest.raises(ClientError) as e:
+            data.update_thing_shadow(thingName="dev", payload=json.dumps({"state": {}, "version": version}))
+        assert e.value.response["Error"]["Code"] == "ConflictException"
+    data.update_thing_shadow(thingName="dev", payload=json.dumps({"state": {"reported": {"epoch": 1}}}))
+    data.update_thing_shadow(
+        thingName="dev", payload=json.dumps({"state": {"reported": {"epoch": 2}}, "version": 1})
+    )
+    with pytest.raises(ClientError) as e:
+        data.update_thing_shadow(
+            thingName="dev", payload=json.dumps({"state": {"reported": {"epoch": 3}}, "version": 1})
+        )
+    assert e.value.response["Error"]["Code"] == "ConflictException"
+
+
 def test_other_calls_the_controller_uses_answer_with_aws_shapes(iot: Any) -> None:
     """Already right in moto; kept here so a moto upgrade that breaks one is caught."""
     assert (
