@@ -19,7 +19,9 @@ inside the emulator process (only there) so that:
   lazily whenever a job or execution is read or updated;
 - `cancel_job` cancels QUEUED executions (and IN_PROGRESS ones with force=True); cancelling a
   COMPLETED job is an InvalidRequestException, cancelling a CANCELED one again is allowed;
-  `delete_job` removes the executions; a second `create_job` with the same id is
+  `delete_job` removes the executions; `list_jobs` filters on status, targetSelection and
+  thingGroupName, and its paging ends (moto's token names a missing attribute, so a client paging
+  ListJobs got the first page forever); a second `create_job` with the same id is
   ResourceAlreadyExistsException. Not emulated: schedulingConfig, jobExecutionsRetryConfig, and the
   rollout rate (jobExecutionsRolloutConfig is kept and echoed back; every execution is queued at once).
 The device side (`JobsDataApp`, routed on the SigV4 credential scope `iot-jobs-data` because its
@@ -46,6 +48,7 @@ from typing import Any
 
 from moto.backends import get_backend
 from moto.core.exceptions import JsonRESTError
+from moto.core.responses import ActionResult
 from moto.iam.models import get_account_id_from
 from moto.iot.exceptions import (
     InvalidRequestException,
@@ -54,6 +57,7 @@ from moto.iot.exceptions import (
     ResourceNotFoundException,
 )
 from moto.iot.models import FakeJob, IoTBackend
+from moto.iot.responses import IoTResponse
 from moto.iot.utils import PAGINATION_MODEL
 from moto.utilities.paginator import paginate
 from werkzeug.wrappers import Request, Response
@@ -442,13 +446,30 @@ def _group_change(original: Any, added: bool) -> Any:
     return change
 
 
-def _list_jobs(original: Any) -> Any:
-    def list_jobs(self: IoTBackend, **kw: Any) -> Any:
-        for job in self.jobs.values():
-            _refresh(job)
-        return original(self, **kw)
+@paginate({"list_jobs": {**PAGINATION_MODEL["list_jobs"], "unique_attribute": "job_id"}})
+def list_jobs(
+    self: IoTBackend, status: str | None, target_selection: str | None, thing_group_name: str | None
+) -> list[FakeJob]:
+    group = self.describe_thing_group(thing_group_name).arn if thing_group_name else None
+    return [
+        job
+        for job in map(_refresh, self.jobs.values())
+        if (not status or job.status == status)
+        and (not target_selection or job.target_selection == target_selection)
+        and (not group or group in job.targets)
+    ]
 
-    return list_jobs
+
+def list_jobs_response(self: IoTResponse) -> ActionResult:
+    """ListJobs with the status, targetSelection and thingGroupName filters moto ignores."""
+    jobs, token = self.iot_backend.list_jobs(
+        status=self._get_param("status"),
+        target_selection=self._get_param("targetSelection"),
+        thing_group_name=self._get_param("thingGroupName"),
+        max_results=self._get_int_param("maxResults", 50),
+        next_token=self._get_param("nextToken"),
+    )
+    return ActionResult({"jobs": [job.to_dict() for job in jobs], "nextToken": token})
 
 
 # --- the device side: iot-jobs-data --------------------------------------------------------------
@@ -621,10 +642,11 @@ def install(emulator: Any) -> None:
             delete_job_execution,
             list_job_executions_for_job,
             list_job_executions_for_thing,
-            _list_jobs(IoTBackend.list_jobs),
+            list_jobs,
             _group_change(IoTBackend.add_thing_to_thing_group, added=True),
             _group_change(IoTBackend.remove_thing_from_thing_group, added=False),
         )
     }
     for name, fn in patches.items():
         setattr(IoTBackend, name, _locked(fn))
+    IoTResponse.list_jobs = list_jobs_response

@@ -251,7 +251,7 @@ def test_continuous_job_reaches_things_added_later(east: Region) -> None:
     )  # continuous jobs never complete
 
 
-def test_child_groups_are_targets_too_and_delete_job_removes_executions(east: Region) -> None:
+def test_child_groups_are_targets_list_jobs_filters_and_delete_job_removes_executions(east: Region) -> None:
     parent = east.fleet("parent", 1)
     east.iot.create_thing_group(thingGroupName="child", parentGroupName="parent")
     east.iot.create_thing(thingName="kid")
@@ -261,6 +261,18 @@ def test_child_groups_are_targets_too_and_delete_job_removes_executions(east: Re
     with pytest.raises(ClientError) as e:
         east.iot.delete_job(jobId="j")
     assert _code(e) == "InvalidStateTransitionException"
+    east.job("other", [east.fleet("elsewhere", 1, prefix="x")], targetSelection="CONTINUOUS")
+    in_progress, token = [], None
+    for _ in range(4):  # bounded: a token that never ends must fail the test, not hang it
+        page = east.iot.list_jobs(
+            status="IN_PROGRESS", maxResults=1, **({"nextToken": token} if token else {})
+        )
+        in_progress += [j["jobId"] for j in page["jobs"]]
+        if not (token := page.get("nextToken")):
+            break
+    assert in_progress == ["j", "other"]
+    assert [j["jobId"] for j in east.iot.list_jobs(thingGroupName="parent")["jobs"]] == ["j"]
+    assert [j["jobId"] for j in east.iot.list_jobs(targetSelection="CONTINUOUS")["jobs"]] == ["other"]
     east.iot.delete_job(jobId="j", force=True)
     assert east.iot.list_job_executions_for_thing(thingName="kid")["executionSummaries"] == []
     assert east.jobs.get_pending_job_executions(thingName="kid")["queuedJobs"] == []
