@@ -67,6 +67,10 @@ def test_group_target_is_expanded_and_a_device_update_shows_in_the_control_plane
     listed = east.iot.list_job_executions_for_job(jobId="demo-7-0")["executionSummaries"]
     assert sorted(e["thingArn"].rsplit("/", 1)[1] for e in listed) == ["dev0", "dev1", "dev2"]
     assert len({e["jobExecutionSummary"]["executionNumber"] for e in listed}) == 3
+    first = east.iot.list_job_executions_for_job(jobId="demo-7-0", maxResults=2)
+    rest = east.iot.list_job_executions_for_job(jobId="demo-7-0", maxResults=2, nextToken=first["nextToken"])
+    assert len(first["executionSummaries"]) == 2 and rest["executionSummaries"] == listed[2:]
+    assert "nextToken" not in rest
 
     pending = east.jobs.get_pending_job_executions(thingName="dev0")
     assert [j["jobId"] for j in pending["queuedJobs"]] == ["demo-7-0"] and pending["inProgressJobs"] == []
