@@ -20,6 +20,9 @@ def _load() -> list:
 
     names = [
         # each concern adds its module here
+        "jobs",
+        "drill",
+        "health",
     ]
     return [importlib.import_module(f"activities.{n}") for n in names]
 

@@ -15,6 +15,10 @@ class CliError(Exception):
 
 _NAMES = [
     "local",
+    "deployment",
+    "cutover",
+    "drill",
+    "health",
 ]
 
 COMMAND_MODULES = [importlib.import_module(f"cli.{n}") for n in _NAMES]

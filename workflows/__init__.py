@@ -9,5 +9,9 @@ def all_workflows() -> list[type]:
 
     names: list[tuple[str, str]] = [
         # (module, class)
+        ("deployment", "DeploymentWorkflow"),
+        ("cutover", "CutoverWorkflow"),
+        ("drill", "DrillWorkflow"),
+        ("health", "RegionHealthWorkflow"),
     ]
     return [getattr(importlib.import_module(f"workflows.{m}"), c) for m, c in names]
