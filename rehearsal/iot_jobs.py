@@ -24,32 +24,20 @@ inside the emulator process (only there) so that:
   ListJobs got the first page forever); a second `create_job` with the same id is
   ResourceAlreadyExistsException. Not emulated: schedulingConfig, jobExecutionsRetryConfig, and the
   rollout rate (jobExecutionsRolloutConfig is kept and echoed back; every execution is queued at once).
-The device side (`JobsDataApp`, routed on the SigV4 credential scope `iot-jobs-data` because its
-paths overlap the control plane's ListJobExecutionsForThing): GetPendingJobExecutions,
-StartNextPendingJobExecution, UpdateJobExecution (expectedVersion -> VersionConflictException,
-executionNumber, statusDetails replaced when given, stepTimeoutInMinutes with -1 to clear,
-includeJobExecutionState, includeJobDocument) and DescribeJobExecution (jobId `$next` too; no
-pending execution answers `{}`). Devices may set IN_PROGRESS, SUCCEEDED, FAILED or REJECTED from
-QUEUED or IN_PROGRESS; anything from a terminal status is InvalidStateTransitionException, any
-other status an InvalidRequestException. The emulator clock can be moved forward
-(`advance_clock`, POST /_emulator/jobs/clock) so tests can reach timeouts without waiting.
+The device side, `iot-jobs-data`, is jobs_data.py, over the executions kept here; `install` plugs both
+into the emulator. The Jobs clock (`now`) can be moved forward by tests (jobs_data.advance_clock).
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import itertools
-import json
 import threading
 import time
-import urllib.request
 from collections import Counter
 from typing import Any
 
-from moto.backends import get_backend
-from moto.core.exceptions import JsonRESTError
 from moto.core.responses import ActionResult
-from moto.iam.models import get_account_id_from
 from moto.iot.exceptions import (
     InvalidRequestException,
     InvalidStateTransitionException,
@@ -60,7 +48,6 @@ from moto.iot.models import FakeJob, IoTBackend
 from moto.iot.responses import IoTResponse
 from moto.iot.utils import PAGINATION_MODEL
 from moto.utilities.paginator import paginate
-from werkzeug.wrappers import Request, Response
 
 from rehearsal.iot_gaps import group_things
 
@@ -83,13 +70,13 @@ _DETAILS = {
     "TIMED_OUT": "numberOfTimedOutThings",
     "REMOVED": "numberOfRemovedThings",
 }
-_LOCK = threading.RLock()  # the emulator serves requests on threads; job state changes are atomic
-_clock = {"offset": 0.0}
+LOCK = threading.RLock()  # the emulator serves requests on threads; job state changes are atomic
+CLOCK = {"offset": 0.0}
 
 
 def now() -> float:
     """The emulator's clock: wall time plus what tests advanced it by."""
-    return time.time() + _clock["offset"]
+    return time.time() + CLOCK["offset"]
 
 
 def _utc(t: float | None) -> dt.datetime | None:
@@ -206,7 +193,7 @@ class Execution:
 # --- job-level rules -----------------------------------------------------------------------------
 
 
-def _by_thing(backend: IoTBackend) -> dict[str, dict[str, Execution]]:
+def executions_of(backend: IoTBackend) -> dict[str, dict[str, Execution]]:
     """thing name -> {job id: execution}, in queue order; lives on the backend so a reset clears it."""
     if not hasattr(backend, "executions_by_thing"):
         backend.executions_by_thing = {}
@@ -218,14 +205,14 @@ def _add_execution(backend: IoTBackend, job: FakeJob, thing_arn: str) -> None:
     thing_name = thing_arn.rsplit("/", 1)[-1]
     if thing_name in job.executions:
         return
-    by_thing = _by_thing(backend)
+    by_thing = executions_of(backend)
     ex = Execution(job, thing_arn, next(backend.execution_numbers))
     job.executions[thing_name] = ex
     by_thing.setdefault(thing_name, {})[job.job_id] = ex
     backend.job_executions[(job.job_id, thing_name)] = ex
 
 
-def _settle(job: FakeJob) -> None:
+def settle(job: FakeJob) -> None:
     """Apply the abort config and completion after executions changed; refresh the process details."""
     counts, before = job.counts, (job.status, job.job_process_details)
     if job.status == "IN_PROGRESS":
@@ -272,7 +259,7 @@ def _cancel(job: FakeJob, force: bool, reason_code: str | None, comment: str | N
 def _refresh(job: FakeJob) -> FakeJob:
     for ex in list(job.running.values()):
         ex.expire()
-    _settle(job)
+    settle(job)
     return job
 
 
@@ -283,25 +270,18 @@ def _job(backend: IoTBackend, job_id: str) -> FakeJob:
     return job
 
 
-def _execution(backend: IoTBackend, job_id: str, thing_name: str) -> Execution:
-    ex = _by_thing(backend).get(thing_name, {}).get(job_id)
+def find_execution(backend: IoTBackend, job_id: str, thing_name: str) -> Execution:
+    ex = executions_of(backend).get(thing_name, {}).get(job_id)
     if ex is None:
         raise ResourceNotFoundException(f"No job execution of {job_id} for thing {thing_name}")
     if ex.expire():
-        _settle(ex.job)
+        settle(ex.job)
     return ex
-
-
-class VersionConflict(JsonRESTError):
-    code = 409
-
-    def __init__(self, message: str):
-        super().__init__("VersionConflictException", message)
 
 
 def _locked(fn: Any) -> Any:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        with _LOCK:
+        with LOCK:
             return fn(*args, **kwargs)
 
     wrapper.__name__ = fn.__name__
@@ -337,7 +317,7 @@ def create_job(self: IoTBackend, job_id: str, targets: list[str], target_selecti
     self.jobs[job_id] = job
     for arn in things:
         _add_execution(self, job, arn)
-    _settle(job)
+    settle(job)
     return job.job_arn, job_id, job.description
 
 
@@ -350,7 +330,7 @@ def cancel_job(self: IoTBackend, job_id: str, reason_code: str, comment: str, fo
     if job.status == "COMPLETED":
         raise InvalidRequestException(f"Job {job_id} is COMPLETED and cannot be canceled")
     _cancel(job, bool(force), reason_code, comment)
-    _settle(job)
+    settle(job)
     return job
 
 
@@ -358,7 +338,7 @@ def delete_job(self: IoTBackend, job_id: str, force: bool) -> None:
     job = _refresh(_job(self, job_id))
     if not force and (job.status == "IN_PROGRESS" or job.counts["IN_PROGRESS"]):
         raise InvalidStateTransitionException(f"Job {job_id} is in progress; delete it with force")
-    by_thing = _by_thing(self)
+    by_thing = executions_of(self)
     for thing_name in job.executions:
         by_thing.get(thing_name, {}).pop(job_id, None)
         self.job_executions.pop((job_id, thing_name), None)
@@ -366,7 +346,7 @@ def delete_job(self: IoTBackend, job_id: str, force: bool) -> None:
 
 
 def describe_job_execution(self: IoTBackend, job_id: str, thing_name: str, execution_number: int | None):
-    ex = _execution(self, job_id, thing_name)
+    ex = find_execution(self, job_id, thing_name)
     if execution_number is not None and ex.execution_number != execution_number:
         raise ResourceNotFoundException(
             f"No execution number {execution_number} of {job_id} for {thing_name}"
@@ -375,12 +355,12 @@ def describe_job_execution(self: IoTBackend, job_id: str, thing_name: str, execu
 
 
 def cancel_job_execution(self: IoTBackend, job_id: str, thing_name: str, force: bool) -> None:
-    ex = _execution(self, job_id, thing_name)
+    ex = find_execution(self, job_id, thing_name)
     if ex.status in TERMINAL or (ex.status == "IN_PROGRESS" and not force):
         raise InvalidStateTransitionException(f"Cannot cancel an execution that is {ex.status}")
     ex.force_canceled = ex.status == "IN_PROGRESS"
     ex.set_status("CANCELED")
-    _settle(ex.job)
+    settle(ex.job)
 
 
 def delete_job_execution(self: IoTBackend, job_id: str, thing_name: str, execution_number: int, force: bool):
@@ -390,9 +370,9 @@ def delete_job_execution(self: IoTBackend, job_id: str, thing_name: str, executi
     ex.job.counts[ex.status] -= 1
     ex.job.running.pop(thing_name, None)
     del ex.job.executions[thing_name]
-    del _by_thing(self)[thing_name][job_id]
+    del executions_of(self)[thing_name][job_id]
     del self.job_executions[(job_id, thing_name)]
-    _settle(ex.job)
+    settle(ex.job)
 
 
 @paginate(PAGINATION_MODEL)
@@ -404,9 +384,9 @@ def list_job_executions_for_job(self: IoTBackend, job_id: str, status: str | Non
 @paginate(PAGINATION_MODEL)
 def list_job_executions_for_thing(self: IoTBackend, thing_name: str, status: str | None) -> list[Execution]:
     out = []
-    for ex in list(_by_thing(self).get(thing_name, {}).values()):
+    for ex in list(executions_of(self).get(thing_name, {}).values()):
         if ex.expire():
-            _settle(ex.job)
+            settle(ex.job)
         if not status or ex.status == status:
             out.append(ex)
     return out
@@ -440,7 +420,7 @@ def _group_change(original: Any, added: bool) -> Any:
                 _add_execution(self, job, thing.arn)
             elif (ex := job.executions.get(thing.thing_name)) and ex.status == "QUEUED":
                 ex.set_status("REMOVED")
-            _settle(job)
+            settle(job)
 
     change.__name__ = original.__name__
     return change
@@ -472,160 +452,10 @@ def list_jobs_response(self: IoTResponse) -> ActionResult:
     return ActionResult({"jobs": [job.to_dict() for job in jobs], "nextToken": token})
 
 
-# --- the device side: iot-jobs-data --------------------------------------------------------------
-
-
-def _pending(backend: IoTBackend, thing_name: str) -> list[Execution]:
-    """The thing's QUEUED and IN_PROGRESS executions, oldest first (timeouts applied)."""
-    out = []
-    for ex in list(_by_thing(backend).get(thing_name, {}).values()):
-        if ex.expire():
-            _settle(ex.job)
-        if ex.status in ("QUEUED", "IN_PROGRESS"):
-            out.append(ex)
-    return out
-
-
-def _next(backend: IoTBackend, thing_name: str) -> Execution | None:
-    pending = _pending(backend, thing_name)
-    return next((e for e in pending if e.status == "IN_PROGRESS"), pending[0] if pending else None)
-
-
-def _step(ex: Execution, minutes: int | None) -> None:
-    if minutes == -1:
-        ex.step_deadline = None
-    elif minutes is not None:
-        if not 1 <= int(minutes) <= 10080:
-            raise InvalidRequestException("stepTimeoutInMinutes must be between 1 and 10080, or -1")
-        ex.step_deadline = now() + int(minutes) * 60
-
-
-def start_next(backend: IoTBackend, thing_name: str, body: dict) -> dict:
-    ex = _next(backend, thing_name)
-    if ex is None:
-        return {}
-    if ex.status == "QUEUED":
-        ex.set_status("IN_PROGRESS", body.get("statusDetails"))
-        _step(ex, body.get("stepTimeoutInMinutes"))
-        _settle(ex.job)
-    return {"execution": ex.device_dict()}
-
-
-def update_execution(backend: IoTBackend, thing_name: str, job_id: str, body: dict) -> dict:
-    ex = _execution(backend, job_id, thing_name)
-    status = body.get("status")
-    number = body.get("executionNumber")
-    if number is not None and int(number) != ex.execution_number:
-        raise ResourceNotFoundException(f"No execution number {number} of {job_id} for {thing_name}")
-    expected = body.get("expectedVersion")
-    if expected is not None and int(expected) != ex.version_number:
-        raise VersionConflict(f"expected version {expected}, the execution is at {ex.version_number}")
-    if ex.status in TERMINAL:
-        raise InvalidStateTransitionException(f"Execution of {job_id} on {thing_name} is already {ex.status}")
-    if status not in DEVICE_STATUSES:
-        raise InvalidRequestException(
-            f"A device cannot set status {status!r}; use one of {sorted(DEVICE_STATUSES)}"
-        )
-    _step(ex, body.get("stepTimeoutInMinutes"))
-    ex.set_status(status, body.get("statusDetails"))
-    _settle(ex.job)
-    out: dict[str, Any] = {}
-    if body.get("includeJobExecutionState"):
-        state = {
-            "status": ex.status,
-            "statusDetails": ex.status_details_map,
-            "versionNumber": ex.version_number,
-        }
-        out["executionState"] = state
-    if body.get("includeJobDocument") and ex.job.document is not None:
-        out["jobDocument"] = ex.job.document
-    return out
-
-
-def describe_execution(backend: IoTBackend, thing_name: str, job_id: str, query: dict) -> dict:
-    include_document = query.get("includeJobDocument", "true").lower() != "false"
-    if job_id == "$next":
-        ex = _next(backend, thing_name)
-        return {"execution": ex.device_dict(include_document)} if ex else {}
-    number = query.get("executionNumber")
-    ex = describe_job_execution(backend, job_id, thing_name, int(number) if number else None)
-    return {"execution": ex.device_dict(include_document)}
-
-
-def pending_executions(backend: IoTBackend, thing_name: str) -> dict:
-    pending = _pending(backend, thing_name)
-    return {
-        "inProgressJobs": [e.device_summary() for e in pending if e.status == "IN_PROGRESS"],
-        "queuedJobs": [e.device_summary() for e in pending if e.status == "QUEUED"],
-    }
-
-
-class JobsDataApp:
-    """WSGI app for `iot-jobs-data` requests: the four device-side Jobs calls over moto's backend."""
-
-    def __call__(self, environ: dict, start_response: Any) -> Any:
-        request = Request(environ)
-        try:
-            with _LOCK:
-                body = self._dispatch(request)
-            resp = Response(json.dumps(body), status=200, mimetype="application/json")
-        except JsonRESTError as e:
-            return e(environ, start_response)
-        return resp(environ, start_response)
-
-    def _dispatch(self, request: Request) -> dict:
-        parts = request.path.strip("/").split("/")
-        if len(parts) < 3 or parts[0] != "things" or parts[2] != "jobs" or len(parts) > 4:
-            raise ResourceNotFoundException(f"no iot-jobs-data operation {request.method} {request.path}")
-        backend = self._backend(request)
-        thing, job_id = parts[1], parts[3] if len(parts) == 4 else None
-        body = request.get_json(silent=True) or {}
-        if job_id is None and request.method == "GET":
-            return pending_executions(backend, thing)
-        if job_id == "$next" and request.method == "PUT":
-            return start_next(backend, thing, body)
-        if job_id and request.method == "GET":
-            return describe_execution(backend, thing, job_id, dict(request.args))
-        if job_id and request.method == "POST":
-            return update_execution(backend, thing, job_id, body)
-        raise ResourceNotFoundException(f"no iot-jobs-data operation {request.method} {request.path}")
-
-    @staticmethod
-    def _backend(request: Request) -> IoTBackend:
-        """moto's IoT backend for the account and region the request is signed for."""
-        scope = request.headers.get("Authorization", "").split("Credential=")[-1].split(",")[0].split("/")
-        if len(scope) < 3:
-            raise InvalidRequestException("request is not signed with SigV4")
-        return get_backend("iot")[get_account_id_from(scope[0])][scope[2]]
-
-    def control(self, route: str, request: Request) -> Response | None:
-        """POST /_emulator/jobs/clock {"advance_seconds": N}: move the Jobs clock forward (tests)."""
-        if route != "jobs/clock" or request.method != "POST":
-            return None
-        seconds = float((request.get_json(silent=True) or {}).get("advance_seconds", 0))
-        if seconds < 0:
-            return Response(json.dumps({"error": "advance_seconds must be >= 0"}), status=400)
-        _clock["offset"] += seconds
-        return Response(json.dumps({"offset": _clock["offset"]}), mimetype="application/json")
-
-    def reset(self) -> None:
-        _clock["offset"] = 0.0
-
-
-def advance_clock(endpoint_url: str, seconds: float) -> None:
-    """Move the emulator's Jobs clock forward so timeouts fire without waiting (tests and drills)."""
-    req = urllib.request.Request(
-        endpoint_url.rstrip("/") + "/_emulator/jobs/clock",
-        data=json.dumps({"advance_seconds": seconds}).encode(),
-        method="POST",
-        headers={"Content-Type": "application/json"},
-    )
-    with urllib.request.urlopen(req, timeout=5):  # noqa: S310 (local emulator only)
-        pass
-
-
 def install(emulator: Any) -> None:
     """Patch moto's IoT backend in this process and serve `iot-jobs-data` from the emulator."""
+    from rehearsal.jobs_data import JobsDataApp  # the device side builds on this module
+
     emulator.extensions["iot-jobs-data"] = JobsDataApp()
     if getattr(IoTBackend, "jobs_as_documented", False):
         return

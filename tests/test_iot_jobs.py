@@ -13,7 +13,7 @@ from botocore.exceptions import ClientError
 
 from core.aws import AwsClients
 from core.config import DeploymentConfig
-from rehearsal.iot_jobs import advance_clock
+from rehearsal.jobs_data import advance_clock
 
 
 @dataclass
