@@ -1,9 +1,10 @@
 """One AWS emulator process per region: moto's server plus what the controller needs and moto lacks.
 
 Regions share nothing, exactly as in AWS: each region is its own process on its own port. On top of
-moto this adds, in one place: the device side of IoT Jobs (`iot-jobs-data`, see iot_jobs.py), the
-IoT gaps the controller relies on (iot_gaps.py), and the fault switch (outage, latency, throttling)
-that drills and tests flip per region through `/_emulator/fault`.
+moto this adds, in one place: the device side of IoT Jobs (`iot-jobs-data`, jobs_data.py), IoT Jobs
+behaving as AWS documents them (iot_jobs.py), the IoT gaps the controller relies on (iot_gaps.py),
+and the fault switch (outage, latency, throttling) that drills and tests flip per region through
+`/_emulator/fault`.
 
 Run: python -m rehearsal.emulator --region us-east-1 --port 4566
 """
