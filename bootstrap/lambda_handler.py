@@ -25,6 +25,7 @@ def service() -> BootstrapService:
     if _service is None:
         cfg = load_config(os.environ.get("IOTFAILOVER_CONFIG", "deployment.toml"))
         _service = BootstrapService(cfg, os.environ["AWS_REGION"], float(os.environ.get("CACHE_TTL", "5")))
+        _service.warm()
     return _service
 
 

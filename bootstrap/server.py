@@ -86,6 +86,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     logs.configure()
     service = BootstrapService(load_config(args.config), args.region, cache_ttl=args.cache_ttl)
+    service.warm()
     logs.get("bootstrap", region=args.region).info("bootstrap service starting", port=args.port)
     web.run_app(build_app(service), host=args.host, port=args.port, print=None, access_log=None)
 

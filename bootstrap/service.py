@@ -8,6 +8,7 @@ devices costs a few table scans per TTL, not one read per device.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import threading
@@ -197,13 +198,14 @@ class BootstrapService:
             "scope": chosen.scope,
             "endpoints": [
                 {
-                    "endpoint": self._endpoint(region),
+                    "endpoint": endpoint,
                     "region": region,
                     "CAs": self._cas,
                     "primary": region == chosen.primary,
                     "retry": chosen.retry,
                 }
                 for region in chosen.order
+                if (endpoint := self._endpoint(region))
             ],
             "topics": {"configurations": f"cmd/{app}/config/{thing}/", "sensor": f"data/{app}/{thing}/"},
         }
@@ -218,10 +220,22 @@ class BootstrapService:
             reason="deployment config (never flipped)",
         )
 
-    def _endpoint(self, region: str) -> str:
+    def warm(self) -> None:
+        """Resolve every region's device endpoint now, while the regions answer (they never change)."""
+        for region in self.cfg.region_names:
+            with contextlib.suppress(ClientError, BotoCoreError):  # own region down: resolved later
+                self._endpoint(region)
+
+    def _endpoint(self, region: str) -> str | None:
+        """A region's device endpoint; None (left out of answers) while another region cannot say."""
         endpoint = self._endpoints.get(region)
         if endpoint is None:
-            endpoint = self._endpoints[region] = self.aws.device_endpoint(region)
+            try:
+                endpoint = self._endpoints[region] = self.aws.device_endpoint(region)
+            except (ClientError, BotoCoreError) as e:
+                if region == self.region:
+                    raise
+                self._log.warning("device endpoint unknown, left out", other_region=region, error=str(e))
         return endpoint
 
     def _describe_thing(self, thing: str) -> dict[str, str] | None:

@@ -40,7 +40,11 @@ def write_config(cfg: DeploymentConfig, path: Path, bootstrap_urls: dict[str, st
         lines += [f"[regions.{name}]", f'role = "{r.role}"', f'endpoint_url = "{r.endpoint_url}"']
         if bootstrap_urls and name in bootstrap_urls:
             lines.append(f'bootstrap_url = "{bootstrap_urls[name]}"')
-    lines += ["[fleet]", f'thing_group = "{cfg.fleet.thing_group}"', f'application = "{cfg.fleet.application}"']
+    lines += [
+        "[fleet]",
+        f'thing_group = "{cfg.fleet.thing_group}"',
+        f'application = "{cfg.fleet.application}"',
+    ]
     path.write_text("\n".join(lines) + "\n")
     return path
 

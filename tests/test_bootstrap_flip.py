@@ -31,11 +31,22 @@ def run(fn, inp):
     return ActivityEnvironment().run(fn, inp)
 
 
+_services: dict[tuple[str, str], BootstrapService] = {}
+
+
+def service(cfg: DeploymentConfig, region: str) -> BootstrapService:
+    """An uncached service per deployment and region (building boto3 clients is the slow part)."""
+    key = (cfg.name, region)
+    if key not in _services:
+        _services[key] = BootstrapService(cfg, region, cache_ttl=0)
+    return _services[key]
+
+
 def primary_seen(cfg: DeploymentConfig, thing: str) -> dict[str, tuple[int, str]]:
     """(epoch, primary region) that a device gets from each region's service."""
     seen = {}
     for region in cfg.region_names:
-        ans = BootstrapService(cfg, region, cache_ttl=0).answer(thing)
+        ans = service(cfg, region).answer(thing)
         assert ans.status == 200, ans.body
         primary = [e["region"] for e in ans.body["endpoints"] if e["primary"]]
         assert len(primary) == 1
@@ -76,7 +87,10 @@ def test_stale_epoch_is_refused_and_counted(acts: BootstrapActivities, config: D
             run(acts.flip_bootstrap, flip(config, epoch, EAST))
         assert e.value.type == "StaleEpoch" and e.value.non_retryable
         assert sorted(e.value.details[0]["refused"]) == [EAST, WEST]
-    assert sample("iotfailover_config_flips_total", kind="bootstrap", region=EAST, outcome="refused") == before + 2
+    assert (
+        sample("iotfailover_config_flips_total", kind="bootstrap", region=EAST, outcome="refused")
+        == before + 2
+    )
     assert run(acts.read_bootstrap, ReadBootstrapInput(config.name, WEST)).primary == WEST
 
 
@@ -87,7 +101,7 @@ def test_region_down_during_flip_is_caught_up(acts: BootstrapActivities, config:
     faults.set_fault(west_url, "outage")
     result = run(acts.flip_bootstrap, flip(config, 2, WEST))
     assert result.written == [EAST] and result.unreachable == [WEST]
-    assert BootstrapService(config, WEST, cache_ttl=0).answer("dev-2").status == 503
+    assert service(config, WEST).answer("dev-2").status == 503
     faults.set_fault(west_url, "clear")
     assert primary_seen(config, "dev-2")[WEST] == (1, EAST)  # back, but behind
     caught_up = run(acts.flip_bootstrap, flip(config, 2, WEST, regions=[WEST]))
@@ -100,10 +114,10 @@ def test_rollback_restores_the_previous_answer_under_a_higher_epoch(
 ) -> None:
     register_thing(acts.deployments.aws(config.name), "dev-3")
     run(acts.flip_bootstrap, flip(config, 1, EAST))
-    before = BootstrapService(config, EAST, cache_ttl=0).answer("dev-3").body
+    before = service(config, EAST).answer("dev-3").body
     run(acts.flip_bootstrap, flip(config, 2, WEST))
     run(acts.flip_bootstrap, flip(config, 3, EAST, reason="rollback of epoch 2"))
-    after = BootstrapService(config, EAST, cache_ttl=0).answer("dev-3").body
+    after = service(config, EAST).answer("dev-3").body
     layout = lambda body: [(e["region"], e["primary"], e["retry"]) for e in body["endpoints"]]  # noqa: E731
     assert after["epoch"] == 3 and layout(after) == layout(before) == [(EAST, True, 5), (WEST, False, 5)]
 
@@ -124,7 +138,9 @@ def test_scope_override_applies_to_its_group_until_cleared(
         run(acts.flip_bootstrap, flip(config, 2, WEST, scope="group:canary"))
 
 
-def test_newer_default_flip_supersedes_an_older_scope(acts: BootstrapActivities, config: DeploymentConfig) -> None:
+def test_newer_default_flip_supersedes_an_older_scope(
+    acts: BootstrapActivities, config: DeploymentConfig
+) -> None:
     register_thing(acts.deployments.aws(config.name), "canary-2", groups=("canary",))
     run(acts.flip_bootstrap, flip(config, 1, WEST, scope="group:canary"))
     run(acts.flip_bootstrap, flip(config, 2, WEST))
