@@ -1,10 +1,12 @@
-"""The bootstrap service as a Lambda handler behind API Gateway (REST API, mutual TLS).
+"""The bootstrap service as a Lambda handler behind API Gateway with mutual TLS.
 
 API Gateway checks the device certificate against the customer CA (its truststore) before the
 handler runs; the handler then only lets a device ask for its own thing: the certificate's JSON
-common name `{"id": ...}` must name the thing requested. Environment: IOTFAILOVER_CONFIG (path of
-the deployment config bundled with the function) and AWS_REGION (set by Lambda). The service and
-its cache live as long as the warm execution environment.
+common name `{"id": ...}` must name the thing requested. Both event formats are read: REST APIs
+(payload 1.0: `path`, `requestContext.identity.clientCert`) and HTTP APIs (2.0: `rawPath`,
+`requestContext.authentication.clientCert`). Environment: IOTFAILOVER_CONFIG (path of the
+deployment config bundled with the function), IOTFAILOVER_CACHE_SECONDS, and AWS_REGION (set by
+Lambda). The service and its cache live as long as the warm execution environment.
 """
 
 from __future__ import annotations
@@ -24,7 +26,8 @@ def service() -> BootstrapService:
     global _service
     if _service is None:
         cfg = load_config(os.environ.get("IOTFAILOVER_CONFIG", "deployment.toml"))
-        _service = BootstrapService(cfg, os.environ["AWS_REGION"], float(os.environ.get("CACHE_TTL", "5")))
+        ttl = float(os.environ.get("IOTFAILOVER_CACHE_SECONDS", "5"))
+        _service = BootstrapService(cfg, os.environ["AWS_REGION"], cache_ttl=ttl)
         _service.warm()
     return _service
 
@@ -42,12 +45,15 @@ def _forbidden(svc: BootstrapService, reason: str, message: str) -> dict[str, An
 
 def handler(event: dict[str, Any], context: Any = None) -> dict[str, Any]:
     svc = service()
-    path = event.get("path") or ""
+    path = event.get("rawPath") or event.get("path") or ""
     if path.rstrip("/") == "/healthz":
         ok, body = svc.health()
         return _response(Answer(200 if ok else 503, body))
-    thing = (event.get("pathParameters") or {}).get("thing") or path.rsplit("/", 1)[-1]
-    cert = ((event.get("requestContext") or {}).get("identity") or {}).get("clientCert")
+    params = event.get("pathParameters") or {}
+    thing = params.get("thingName") or params.get("thing") or path.rsplit("/", 1)[-1]
+    context_ = event.get("requestContext") or {}
+    tls = context_.get("authentication") or context_.get("identity") or {}
+    cert = tls.get("clientCert")
     if cert:
         try:
             device = device_identity(cert.get("clientCertPem", "")).device_id

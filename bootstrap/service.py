@@ -170,6 +170,19 @@ class BootstrapService:
             self._log.error("bootstrap lookup failed", thing=thing, error=str(e))
             return Answer(500, {"error": f"bootstrap lookup failed in {self.region}: {error_code(e)}: {e}"})
 
+    def from_cache(self, thing: str) -> bool:
+        """Whether answer(thing) needs no AWS call, so a server may answer it on its event loop."""
+        if not THING_NAME.match(thing) or not self.available:
+            return True
+        attributes, records = self.things.peek(thing), self.records.peek("all")
+        if attributes is _MISSING or records is _MISSING:
+            return False
+        if attributes is None:
+            return True
+        if any(scope != DEFAULT_SCOPE for scope in records) and self.groups.peek(thing) is _MISSING:
+            return False
+        return len(self._endpoints) == len(self.cfg.regions)
+
     def _unavailable(self, why: str) -> Answer:
         return Answer(
             503,

@@ -104,6 +104,8 @@ def test_cache_serves_a_boot_storm_without_rereading(
     svc = BootstrapService(config, EAST, cache_ttl=60)
     calls_before = sample("iotfailover_aws_calls_total", region=EAST, api="Scan", outcome="ok")
     hits_before = sample("iotfailover_bootstrap_cache_total", region=EAST, kind="thing", result="hit")
+    assert not svc.from_cache("sensor-4")
+    svc.warm()
     for _ in range(20):
         assert svc.answer("sensor-4").status == 200
     assert sample("iotfailover_aws_calls_total", region=EAST, api="Scan", outcome="ok") == calls_before + 1
@@ -123,14 +125,23 @@ def test_ttl_cache_expires_and_loads_once_per_key() -> None:
     assert len(loads) == 2
 
 
-def _event(thing: str, cert_pem: str | None = None) -> dict:
-    ctx: dict = {"identity": {"clientCert": {"clientCertPem": cert_pem}}} if cert_pem else {}
+def _event(thing: str, cert_pem: str | None = None, http_api: bool = False) -> dict:
+    """An API Gateway proxy event: REST API (payload 1.0) or HTTP API (2.0), with mTLS when cert_pem."""
+    tls = {"clientCert": {"clientCertPem": cert_pem}} if cert_pem else {}
+    if http_api:
+        return {
+            "version": "2.0",
+            "routeKey": "GET /v1/bootstrap/{thingName}",
+            "rawPath": f"/v1/bootstrap/{thing}",
+            "pathParameters": {"thingName": thing},
+            "requestContext": {"authentication": tls, "http": {"method": "GET"}},
+        }
     return {
         "resource": "/v1/bootstrap/{thing}",
         "path": f"/v1/bootstrap/{thing}",
         "httpMethod": "GET",
         "pathParameters": {"thing": thing},
-        "requestContext": ctx,
+        "requestContext": {"identity": tls},
     }
 
 
@@ -151,8 +162,10 @@ def test_lambda_handler_answers_api_gateway_events(
         "primary": True,
         "retry": 3,
     }
+    assert lambda_handler.handler(_event("sensor-5", own_cert, http_api=True))["statusCode"] == 200
     other_cert, _ = pki.issue_device_cert(local_ca, "sensor-6")
     assert lambda_handler.handler(_event("sensor-5", other_cert))["statusCode"] == 403
+    assert lambda_handler.handler(_event("sensor-5", other_cert, http_api=True))["statusCode"] == 403
     assert lambda_handler.handler(_event("nobody"))["statusCode"] == 404
     assert lambda_handler.handler(_event("bad name"))["statusCode"] == 400
     health = lambda_handler.handler({"path": "/healthz", "httpMethod": "GET"})
