@@ -7,7 +7,7 @@ clears the scope with a tombstone at a new epoch (so a late, older write cannot 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from botocore.exceptions import BotoCoreError, ClientError
@@ -15,13 +15,21 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from activities.context import Deployments
-from activities.fencing import EnsureTablesResult, FlipResult, ensure_tables, flip_regions
+from activities.fencing import (
+    EnsureTablesResult,
+    FlipResult,
+    ensure_tables,
+    flip_regions,
+    put_one,
+    unreachable,
+)
 from bootstrap.records import (
     DEFAULT_SCOPE,
     BootstrapRecord,
     MalformedRecord,
     from_item,
     parse_record,
+    scan_records,
     scope_problem,
     to_item,
 )
@@ -64,6 +72,21 @@ class ReadBootstrapInput:
     deployment: str
     region: str
     scope: str = DEFAULT_SCOPE
+
+
+@dataclass
+class CatchUpBootstrapInput:
+    deployment: str
+    region: str  # a region that missed flips (it was unreachable) and answers again
+
+
+@dataclass
+class CatchUpResult:
+    region: str
+    sources: list[str] = field(default_factory=list)  # the regions its records were taken from
+    written: list[str] = field(default_factory=list)  # scopes brought up to date
+    current: list[str] = field(default_factory=list)  # scopes that already were
+    ahead: list[str] = field(default_factory=list)  # scopes where it holds a newer epoch (left alone)
 
 
 def _bad(source: str, reason: str, message: str) -> ApplicationError:
@@ -127,6 +150,36 @@ class BootstrapActivities:
         return self._write(cfg, record, inp.regions)
 
     @activity.defn
+    def catch_up_bootstrap(self, inp: CatchUpBootstrapInput) -> CatchUpResult:
+        """Copy the newest record of every scope from the other regions into one that was down.
+
+        The same fencing applies, so the copy never overwrites a newer epoch, and the caller needs
+        no memory of the flips the region missed.
+        """
+        cfg = self.deployments.config(inp.deployment)
+        region = _regions(cfg, [inp.region], "catch_up_bootstrap")[0]
+        aws = self.deployments.aws(cfg.name)
+        out = CatchUpResult(region=region)
+        newest: dict[str, dict] = {}
+        for other in (r for r in cfg.region_names if r != region):
+            try:
+                records = scan_records(aws.dynamodb(other), cfg.bootstrap_table)
+            except (ClientError, BotoCoreError) as e:
+                if is_not_found(e) or unreachable(e):
+                    continue
+                raise to_application_error(e, "reading bootstrap records", other) from e
+            out.sources.append(other)
+            for scope, values in records.items():
+                if scope not in newest or values["epoch"] > newest[scope]["epoch"]:
+                    newest[scope] = values
+        for scope, values in sorted(newest.items()):
+            outcome = put_one(aws, "bootstrap", region, cfg.bootstrap_table, "scope", values)
+            if outcome == "unreachable":
+                raise ApplicationError(f"{region} does not answer yet; will retry", type="RegionUnreachable")
+            {"written": out.written, "unchanged": out.current}.get(outcome, out.ahead).append(scope)
+        return out
+
+    @activity.defn
     def read_bootstrap(self, inp: ReadBootstrapInput) -> BootstrapRecord | None:
         """The record of a scope in one region's table (None: never flipped there)."""
         cfg = self.deployments.config(inp.deployment)
@@ -188,4 +241,10 @@ class BootstrapActivities:
 
 def activities(deployments: Deployments) -> list:
     a = BootstrapActivities(deployments)
-    return [a.ensure_bootstrap_tables, a.flip_bootstrap, a.clear_bootstrap_scope, a.read_bootstrap]
+    return [
+        a.ensure_bootstrap_tables,
+        a.flip_bootstrap,
+        a.clear_bootstrap_scope,
+        a.catch_up_bootstrap,
+        a.read_bootstrap,
+    ]

@@ -76,13 +76,13 @@ def ensure_tables(aws: AwsClients, regions: list[str], tables: dict[str, str]) -
                     f"{region}/{table}"
                 )
         except (ClientError, BotoCoreError) as e:
-            if not _unreachable(e):
+            if not unreachable(e):
                 raise to_application_error(e, f"creating config tables {list(tables)}", region) from e
             out.unreachable.append(region)
     return out
 
 
-def _unreachable(exc: BaseException) -> bool:
+def unreachable(exc: BaseException) -> bool:
     """A region that does not answer (connection error, 5xx, emulator outage) after botocore's tries."""
     return is_retryable(exc) and not is_throttle(exc)
 
@@ -126,8 +126,7 @@ def flip_regions(
     log = logs.get("fencing", deployment=aws.cfg.name, kind=kind, epoch=epoch)
     result = FlipResult(epoch=epoch)
     for region in regions:
-        outcome = _flip_one(aws, region, table, key, values)
-        FLIPS.labels(kind=kind, region=region, outcome=outcome).inc()
+        outcome = put_one(aws, kind, region, table, key, values)
         log.info("config flip", region=region, outcome=outcome, key=values[key])
         {"written": result.written, "unchanged": result.written, "refused": result.refused}.get(
             outcome, result.unreachable
@@ -145,7 +144,14 @@ def flip_regions(
     return result
 
 
-def _flip_one(aws: AwsClients, region: str, table: str, key: str, values: dict[str, Any]) -> str:
+def put_one(aws: AwsClients, kind: str, region: str, table: str, key: str, values: dict[str, Any]) -> str:
+    """fenced_put, creating a missing table, with 'unreachable' for a region that does not answer."""
+    outcome = _put_one(aws, region, table, key, values)
+    FLIPS.labels(kind=kind, region=region, outcome=outcome).inc()
+    return outcome
+
+
+def _put_one(aws: AwsClients, region: str, table: str, key: str, values: dict[str, Any]) -> str:
     doing = f"writing {table}[{values[key]}] at epoch {values['epoch']}"
     try:
         try:
@@ -156,6 +162,6 @@ def _flip_one(aws: AwsClients, region: str, table: str, key: str, values: dict[s
             ensure_table(aws, region, table, key)
             return fenced_put(aws, region, table, key, values)
     except (ClientError, BotoCoreError) as e:
-        if _unreachable(e):
+        if unreachable(e):
             return "unreachable"
         raise to_application_error(e, doing, region) from e

@@ -94,6 +94,20 @@ class _Fields:
         return ""
 
 
+def scan_records(ddb: Any, table: str) -> dict[str, dict[str, Any]]:
+    """Every scope's item of one region's table (one item per scope, so it stays tiny), by scope."""
+    records: dict[str, dict[str, Any]] = {}
+    args: dict[str, Any] = {"TableName": table}
+    while True:
+        page = ddb.scan(**args)
+        for item in page.get("Items", []):
+            values = from_item(item)
+            records[str(values.get("scope"))] = values
+        if not page.get("LastEvaluatedKey"):
+            return records
+        args["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+
+
 def parse_record(values: dict[str, Any], known_regions: list[str]) -> BootstrapRecord:
     """A record from a deserialized item, checked against the deployment's regions.
 

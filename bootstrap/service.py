@@ -24,9 +24,9 @@ from bootstrap.records import (
     DEFAULT_SCOPE,
     BootstrapRecord,
     MalformedRecord,
-    from_item,
     group_scope,
     parse_record,
+    scan_records,
 )
 from core import logs
 from core.aws import AwsClients, all_items
@@ -267,19 +267,9 @@ class BootstrapService:
         ]
 
     def _scan_records(self) -> dict[str, dict]:
-        """Every scope's item (one per scope, so the table stays tiny); {} before the first flip."""
-        ddb = self.aws.dynamodb(self.region)
-        records: dict[str, dict] = {}
-        args: dict[str, Any] = {"TableName": self.cfg.bootstrap_table}
+        """Every scope's item; {} before the first flip (no table yet)."""
         try:
-            while True:
-                page = ddb.scan(**args)
-                for item in page.get("Items", []):
-                    values = from_item(item)
-                    records[str(values.get("scope"))] = values
-                if not page.get("LastEvaluatedKey"):
-                    return records
-                args["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+            return scan_records(self.aws.dynamodb(self.region), self.cfg.bootstrap_table)
         except ClientError as e:
             if is_not_found(e):
                 return {}

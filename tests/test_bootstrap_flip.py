@@ -8,6 +8,7 @@ from temporalio.testing import ActivityEnvironment
 
 from activities.bootstrap import (
     BootstrapActivities,
+    CatchUpBootstrapInput,
     ClearBootstrapScopeInput,
     EnsureTablesInput,
     FlipBootstrapInput,
@@ -107,6 +108,25 @@ def test_region_down_during_flip_is_caught_up(acts: BootstrapActivities, config:
     caught_up = run(acts.flip_bootstrap, flip(config, 2, WEST, regions=[WEST]))
     assert caught_up.written == [WEST]
     assert primary_seen(config, "dev-2") == {EAST: (2, WEST), WEST: (2, WEST)}
+
+
+def test_catch_up_copies_what_a_returning_region_missed(
+    acts: BootstrapActivities, config: DeploymentConfig
+) -> None:
+    register_thing(acts.deployments.aws(config.name), "dev-4", groups=("wave-1",))
+    run(acts.flip_bootstrap, flip(config, 1, EAST))
+    faults.set_fault(config.regions[WEST].endpoint_url, "outage")
+    try:
+        run(acts.flip_bootstrap, flip(config, 2, WEST, scope="group:wave-1"))
+        run(acts.flip_bootstrap, flip(config, 3, WEST, scope="group:wave-2"))
+    finally:
+        faults.set_fault(config.regions[WEST].endpoint_url, "clear")
+    result = run(acts.catch_up_bootstrap, CatchUpBootstrapInput(config.name, WEST))
+    assert result.sources == [EAST] and result.current == ["default"]
+    assert result.written == ["group:wave-1", "group:wave-2"] and result.ahead == []
+    assert primary_seen(config, "dev-4")[WEST] == (2, WEST)
+    again = run(acts.catch_up_bootstrap, CatchUpBootstrapInput(config.name, WEST))
+    assert again.written == [] and len(again.current) == 3
 
 
 def test_rollback_restores_the_previous_answer_under_a_higher_epoch(
