@@ -20,6 +20,8 @@ def _load() -> list:
 
     names = [
         # each concern adds its module here
+        "jobs",
+        "drill",
         "bootstrap",
         "routing",
     ]

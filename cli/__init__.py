@@ -15,6 +15,9 @@ class CliError(Exception):
 
 _NAMES = [
     "local",
+    "deployment",
+    "cutover",
+    "drill",
     "bootstrap",
 ]
 

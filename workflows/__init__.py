@@ -9,5 +9,8 @@ def all_workflows() -> list[type]:
 
     names: list[tuple[str, str]] = [
         # (module, class)
+        ("deployment", "DeploymentWorkflow"),
+        ("cutover", "CutoverWorkflow"),
+        ("drill", "DrillWorkflow"),
     ]
     return [getattr(importlib.import_module(f"workflows.{m}"), c) for m, c in names]
