@@ -97,10 +97,8 @@ def _bad(source: str, reason: str, message: str) -> ApplicationError:
 def _regions(cfg: DeploymentConfig, wanted: list[str] | None, source: str) -> list[str]:
     regions = cfg.region_names if wanted is None else wanted
     unknown = [r for r in regions if r not in cfg.regions]
-    if unknown or not regions:
-        raise _bad(
-            source, "region", f"regions {unknown or regions} are not regions of deployment {cfg.name!r}"
-        )
+    if unknown:
+        raise _bad(source, "region", f"regions {unknown} are not regions of deployment {cfg.name!r}")
     return regions
 
 
@@ -215,7 +213,7 @@ class BootstrapActivities:
         if problem:
             raise _bad("flip_bootstrap", "scope", problem)
         order = [inp.primary, *[r for r in inp.order if r != inp.primary]]
-        _regions(cfg, order, "flip_bootstrap")
+        _regions(cfg, order, "flip_bootstrap")  # the primary is always in it, so never empty
         if len(set(order)) != len(order):
             raise _bad("flip_bootstrap", "order", f"order lists a region twice: {inp.order}")
         if inp.retry < 1:

@@ -26,7 +26,9 @@ FLIPS = Counter(
     "Fenced config writes by table kind, region and outcome (written, unchanged, refused, unreachable)",
     ["kind", "region", "outcome"],
 )
-_VOLATILE = {"updated_at"}  # differs between retries of the same write
+# Not part of what a write means: a replay (a retry, or a catch-up by another caller) of the same
+# epoch that differs only in these is the same write.
+_VOLATILE = {"updated_at", "reason", "deployment"}
 
 
 @dataclass

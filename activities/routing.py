@@ -32,6 +32,7 @@ from core.metrics import BAD_INPUT
 
 _APPLICATION = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
 _STREAM = re.compile(r"^[a-zA-Z0-9_.-]{1,128}$")
+DEFAULT_STREAM_PREFIX = "iotfailover-telemetry-"  # the streams deploy/aws/region.yaml lets rules write
 _DNS_TTL = 60
 _INSYNC_WAIT_SECONDS = 300
 
@@ -42,7 +43,7 @@ class FlipRoutingInput:
     epoch: int
     application: str
     region: str  # the region that processes this application's telemetry from now on
-    stream: str  # the stream the IoT rule of that region forwards to
+    stream: str = ""  # the stream the IoT rule forwards to; "" is iotfailover-telemetry-<application>
     regions: list[str] | None = None  # tables to write; None: every region
 
 
@@ -109,12 +110,13 @@ class RoutingActivities:
             raise _bad("flip_routing", "epoch", f"epoch must be >= 1, got {inp.epoch}")
         if not _APPLICATION.match(inp.application):
             raise _bad("flip_routing", "application", f"application {inp.application!r}: use [A-Za-z0-9_-]")
-        if not _STREAM.match(inp.stream):
-            raise _bad("flip_routing", "stream", f"stream {inp.stream!r} is not a valid stream name")
+        stream = inp.stream or f"{DEFAULT_STREAM_PREFIX}{inp.application}"
+        if not _STREAM.match(stream):
+            raise _bad("flip_routing", "stream", f"stream {stream!r} is not a valid stream name")
         values = {
             "applicationId": inp.application,
             "region": inp.region,
-            "stream": inp.stream,
+            "stream": stream,
             "epoch": inp.epoch,
             "deployment": cfg.name,
             "updated_at": datetime.now(UTC).isoformat(timespec="seconds"),

@@ -76,8 +76,9 @@ def test_flip_is_visible_in_every_region(acts: BootstrapActivities, config: Depl
     assert primary_seen(config, "dev-1") == {EAST: (1, WEST), WEST: (1, WEST)}
     record = run(acts.read_bootstrap, ReadBootstrapInput(config.name, EAST))
     assert (record.epoch, record.primary, record.order, record.reason) == (1, WEST, [WEST, EAST], "drill")
-    # a retry of the same flip is success, not a refusal
-    assert sorted(run(acts.flip_bootstrap, flip(config, 1, WEST, reason="drill")).written) == [EAST, WEST]
+    # a replay of the same flip (a retry, or a catch-up with another reason) is success, not a refusal
+    assert sorted(run(acts.flip_bootstrap, flip(config, 1, WEST, reason="catch-up")).written) == [EAST, WEST]
+    assert run(acts.flip_bootstrap, flip(config, 1, WEST, regions=[])).written == []  # nothing left to write
 
 
 def test_stale_epoch_is_refused_and_counted(acts: BootstrapActivities, config: DeploymentConfig) -> None:

@@ -22,7 +22,11 @@ def run(fn, inp):
 def test_routing_flip_is_fenced_and_caught_up(config: DeploymentConfig) -> None:
     acts = RoutingActivities(Deployments([config]))
     assert run(acts.read_routing, ReadRoutingInput(config.name, EAST, "argus")) is None
-    run(acts.flip_routing, FlipRoutingInput(config.name, 1, "argus", EAST, "telemetry-east"))
+    run(acts.flip_routing, FlipRoutingInput(config.name, 1, "argus", EAST))
+    assert (
+        run(acts.read_routing, ReadRoutingInput(config.name, WEST, "argus")).stream
+        == "iotfailover-telemetry-argus"
+    )
     faults.set_fault(config.regions[WEST].endpoint_url, "outage")
     try:
         result = run(acts.flip_routing, FlipRoutingInput(config.name, 2, "argus", WEST, "telemetry-west"))
