@@ -15,6 +15,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from decimal import Decimal
 from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
@@ -157,7 +158,7 @@ class BootstrapService:
                 return Answer(404, {"error": f"device {thing!r} is not registered in {self.region}"})
             records = self.records.get("all", self._scan_records)
             groups: list[str] = []
-            if any(scope != DEFAULT_SCOPE for scope in records):
+            if _groups_matter(records):
                 groups = self.groups.get(thing, lambda: self._thing_groups(thing))
             return Answer(200, self.contract(thing, attributes, records, groups))
         except MalformedRecord as e:
@@ -179,7 +180,7 @@ class BootstrapService:
             return False
         if attributes is None:
             return True
-        if any(scope != DEFAULT_SCOPE for scope in records) and self.groups.peek(thing) is _MISSING:
+        if _groups_matter(records) and self.groups.peek(thing) is _MISSING:
             return False
         return len(self._endpoints) == len(self.cfg.regions)
 
@@ -290,6 +291,18 @@ class BootstrapService:
         self.available = ok
         body["status"] = "ok" if ok else "unavailable"
         return ok, body
+
+
+def _groups_matter(records: dict[str, dict]) -> bool:
+    """Whether a thing's groups can change its answer: only a group scope newer than the default can
+    (so retired canaries cost no registry lookups); a record without a numeric epoch is looked at."""
+
+    def epoch(values: dict | None) -> float:
+        v = (values or {}).get("epoch", -1)
+        return float(v) if isinstance(v, int | Decimal) and not isinstance(v, bool) else float("inf")
+
+    default = epoch(records.get(DEFAULT_SCOPE)) if DEFAULT_SCOPE in records else -1
+    return any(epoch(v) > default for scope, v in records.items() if scope != DEFAULT_SCOPE)
 
 
 def _service_config(cfg: DeploymentConfig) -> DeploymentConfig:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from decimal import Decimal
 
 import pytest
 
@@ -11,7 +12,7 @@ from activities.bootstrap import BootstrapActivities, FlipBootstrapInput
 from activities.context import Deployments
 from bootstrap import lambda_handler
 from bootstrap.records import to_item
-from bootstrap.service import BootstrapService, TtlCache
+from bootstrap.service import BootstrapService, TtlCache, _groups_matter
 from core.config import DeploymentConfig
 from rehearsal import pki
 from tests.bootstrap_support import register_thing, sample, write_config
@@ -113,6 +114,15 @@ def test_cache_serves_a_boot_storm_without_rereading(
         sample("iotfailover_bootstrap_cache_total", region=EAST, kind="thing", result="hit")
         == hits_before + 19
     )
+
+
+def test_only_group_scopes_newer_than_the_default_need_the_things_groups() -> None:
+    default = {"scope": "default", "epoch": Decimal(5)}
+    assert not _groups_matter({})
+    assert not _groups_matter({"default": default, "group:old": {"epoch": Decimal(4)}})
+    assert _groups_matter({"default": default, "group:canary": {"epoch": Decimal(6)}})
+    assert _groups_matter({"group:canary": {"epoch": Decimal(0)}})  # never flipped by default
+    assert _groups_matter({"default": default, "group:broken": {"epoch": "six"}})  # surfaces as 500
 
 
 def test_ttl_cache_expires_and_loads_once_per_key() -> None:
