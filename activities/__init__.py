@@ -22,6 +22,7 @@ def _load() -> list:
         # each concern adds its module here
         "jobs",
         "drill",
+        "health",
         "bootstrap",
         "routing",
     ]

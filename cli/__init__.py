@@ -18,6 +18,7 @@ _NAMES = [
     "deployment",
     "cutover",
     "drill",
+    "health",
     "bootstrap",
 ]
 

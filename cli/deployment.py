@@ -13,6 +13,7 @@ from cli.common import client_for, config_of, run_async, ui_link
 from core.config import DeploymentConfig
 from core.models import CutoverProgress
 from workflows.deployment import DeploymentInput, DeploymentState
+from workflows.health_types import RegionHealthInput, health_workflow_id
 
 
 def deployment_id(cfg: DeploymentConfig) -> str:
@@ -48,7 +49,19 @@ async def start_deployment(client: Client, cfg: DeploymentConfig) -> WorkflowHan
 
 def _companions(cfg: DeploymentConfig) -> list:
     """The long-running workflows that serve a deployment besides its entity (health, replication)."""
-    return []
+    return [start_health_monitors]
+
+
+async def start_health_monitors(client: Client, cfg: DeploymentConfig) -> None:
+    for region in cfg.regions:
+        await client.start_workflow(
+            "RegionHealthWorkflow",
+            RegionHealthInput(cfg.name, region, cfg.health, deployment_id(cfg)),
+            id=health_workflow_id(cfg.name, region),
+            task_queue=cfg.temporal.task_queue,
+            id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+            static_summary=f"health of {region} for deployment {cfg.name}",
+        )
 
 
 async def cmd_start(args: argparse.Namespace) -> int:

@@ -12,5 +12,6 @@ def all_workflows() -> list[type]:
         ("deployment", "DeploymentWorkflow"),
         ("cutover", "CutoverWorkflow"),
         ("drill", "DrillWorkflow"),
+        ("health", "RegionHealthWorkflow"),
     ]
     return [getattr(importlib.import_module(f"workflows.{m}"), c) for m, c in names]

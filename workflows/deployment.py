@@ -23,6 +23,7 @@ with workflow.unsafe.imports_passed_through():
     from core.models import CutoverProgress, CutoverRequest, CutoverStarted, RegionHealthChange
     from core.temporal import SA_DEPLOYMENT, SA_MODE, SA_PHASE, SA_SOURCE, SA_TARGET
     from workflows.cutover_steps import CutoverInput, bootstrap_order
+    from workflows.failover_policy import FailoverContext, RegionStatus, decide_failover, failback_offer
 
 KEEP_HISTORY = 20
 KEEP_DECISIONS = 50
@@ -106,6 +107,7 @@ class DeploymentWorkflow:
         self._child: workflow.ChildWorkflowHandle | None = None
         self._auto: CutoverRequest | None = None
         self._lock = asyncio.Lock()
+        self._last_refusal = ""
 
     # ---- handlers ----
 
@@ -161,6 +163,7 @@ class DeploymentWorkflow:
                 lambda: self._child is not None or self._auto is not None or self._should_continue(),
                 timeout=timedelta(minutes=1),
             )
+            self._evaluate_failover()
             if self._auto is not None and self._child is None:
                 req, self._auto = self._auto, None
                 async with self._lock:
@@ -408,7 +411,44 @@ class DeploymentWorkflow:
             await self._child.signal("region_health", {change.region: change.state})
         if change.state == "Healthy" and self.s.catch_up.get(change.region):
             await self._catch_up(change.region)
+        self._evaluate_failover()
         self._report()
+
+    def _failover_context(self) -> FailoverContext:
+        s = self.s
+        return FailoverContext(
+            active=s.active_region,
+            home=self.cfg.primary,
+            regions={r: RegionStatus(v.state, v.since) for r, v in s.health.items()},
+            standby_order=self.cfg.standbys(),
+            automatic_cutovers=list(s.automatic_at),
+            last_cutover_end=s.last_cutover_end,
+            cutover_running=self._child is not None or self._auto is not None,
+            cooldown_minutes=self.cfg.cutover.cooldown_minutes,
+        )
+
+    def _evaluate_failover(self) -> None:
+        """Health-triggered failover under the safety rules; every refusal is recorded once with its rule."""
+        ctx, now = self._failover_context(), workflow.now()
+        self.s.failback_offer = failback_offer(ctx, self.cfg.failover, now)
+        decision = decide_failover(ctx, self.cfg.failover, now)
+        meter = workflow.metric_meter().create_counter(
+            "iotfailover_failover_decisions_total", "Automatic failover decisions, taken and refused"
+        )
+        if decision.take and decision.target:
+            self._auto = CutoverRequest(
+                target=decision.target,
+                mode="emergency",
+                automatic=True,
+                reason=decision.reason,
+                requested_by="health-triggered failover",
+            )
+            self._last_refusal = ""
+            meter.add(1, {"deployment": self.cfg.name, "decision": "taken", "reason": decision.rule})
+        elif decision.rule != "active_not_unhealthy" and decision.reason != self._last_refusal:
+            self._last_refusal = decision.reason
+            self._decide("refused", decision.reason, rule=decision.rule, target=decision.target)
+            meter.add(1, {"deployment": self.cfg.name, "decision": "refused", "reason": decision.rule})
 
     async def _catch_up(self, region: str) -> None:
         """Replay the latest bootstrap answers into a region that missed them while it was down."""
