@@ -129,7 +129,14 @@ class BootstrapService:
         if region not in cfg.regions:
             raise ValueError(f"region {region!r} is not part of deployment {cfg.name!r}")
         self.cfg, self.region = cfg, region
-        self.aws = aws or AwsClients(_service_config(cfg), max_pool_connections=64, max_attempts=2)
+        # fail fast: a device waiting on a slow region is better served by its next endpoint
+        self.aws = aws or AwsClients(
+            _service_config(cfg),
+            max_pool_connections=64,
+            max_attempts=2,
+            read_timeout=5,
+            retry_mode="standard",
+        )
         self.available = True  # set by the server's health probe: False answers 503 at once
         self.things = TtlCache(cache_ttl, region, "thing")
         self.groups = TtlCache(cache_ttl, region, "groups")
