@@ -19,6 +19,7 @@ _NAMES = [
     "cutover",
     "drill",
     "health",
+    "bootstrap",
 ]
 
 COMMAND_MODULES = [importlib.import_module(f"cli.{n}") for n in _NAMES]
