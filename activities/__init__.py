@@ -23,6 +23,8 @@ def _load() -> list:
         "jobs",
         "drill",
         "health",
+        "bootstrap",
+        "routing",
     ]
     return [importlib.import_module(f"activities.{n}") for n in names]
 

@@ -80,6 +80,13 @@ class WaveJobInput:
     abort_failure_percent: float = 20
     in_progress_timeout_minutes: int = 10
     description: str = ""
+    wave_size: int = 0
+
+
+def abort_minimum(wave_size: int) -> int:
+    """Executions that must finish before the abort threshold applies: a single early faulty device
+    must not cancel a wave, a systematic failure must still stop a large one early."""
+    return max(10, wave_size // 10)
 
 
 @dataclass
@@ -292,7 +299,7 @@ class JobActivities:
                             "failureType": "ALL",
                             "action": "CANCEL",
                             "thresholdPercentage": inp.abort_failure_percent,
-                            "minNumberOfExecutedThings": 1,
+                            "minNumberOfExecutedThings": abort_minimum(inp.wave_size),
                         }
                     ]
                 },

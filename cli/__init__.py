@@ -19,6 +19,7 @@ _NAMES = [
     "cutover",
     "drill",
     "health",
+    "bootstrap",
     "fleet",
 ]
 

@@ -337,6 +337,7 @@ class CutoverWorkflow:
                 inp.policy.abort_failure_percent,
                 inp.policy.in_progress_timeout_minutes,
                 f"{inp.cutover_id}: {wave.group} to {target}",
+                wave.size,
             ),
             JobRef,
             timedelta(minutes=2),

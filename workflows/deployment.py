@@ -451,17 +451,24 @@ class DeploymentWorkflow:
             meter.add(1, {"deployment": self.cfg.name, "decision": "refused", "reason": decision.rule})
 
     async def _catch_up(self, region: str) -> None:
-        """Replay the latest bootstrap answers into a region that missed them while it was down."""
-        for scope in list(self.s.catch_up.get(region, [])):
-            view = self.s.bootstrap.get(scope)
-            if view is None:
-                self.s.catch_up[region].remove(scope)
-                continue
-            try:
-                await self._write_bootstrap(scope, view, regions=[region])
-                self._decide("catch-up", f"{region}: bootstrap {scope} caught up to epoch {view.epoch}")
-            except Exception as e:  # stays pending; retried on the next healthy report
-                self._decide("note", f"{region}: catch-up of {scope} failed: {e}")
+        """Copy the newest bootstrap answers into a region that missed writes while it was down."""
+        try:
+            result = await workflow.execute_activity(
+                "catch_up_bootstrap",
+                {"deployment": self.cfg.name, "region": region},
+                result_type=dict,
+                start_to_close_timeout=timedelta(minutes=2),
+                retry_policy=RetryPolicy(maximum_attempts=3),
+            )
+        except Exception as e:  # stays pending; retried on the next healthy report
+            self._decide("note", f"{region}: bootstrap catch-up failed, will retry: {e}")
+            return
+        missed = self.s.catch_up.pop(region, [])
+        self._decide(
+            "catch-up",
+            f"{region}: bootstrap caught up ({', '.join(missed)}; "
+            f"{len(result.get('written', []))} records written)",
+        )
 
     # ---- reporting ----
 
