@@ -17,6 +17,7 @@ from pathlib import Path
 import boto3
 import pytest
 
+from bootstrap.records import BootstrapRecord
 from core.config import DeploymentConfig, load_config
 from rehearsal import faults, pki
 from rehearsal.processes import free_port, spawn_python, wait_http
@@ -25,17 +26,6 @@ from simulator.device import DeviceSpec
 from simulator.fleet import Fleet
 from tests.test_simulator import EAST, FAST, WEST, wait_for
 
-REPO = Path(__file__).resolve().parent.parent
-HAVE_BOOTSTRAP = (REPO / "bootstrap" / "server.py").exists()
-HAVE_JOBS = (REPO / "rehearsal" / "iot_jobs.py").exists()
-needs_bootstrap = pytest.mark.skipif(
-    not HAVE_BOOTSTRAP, reason="needs the bootstrap service (bootstrap/server.py), not merged into main yet"
-)
-needs_jobs = pytest.mark.skipif(
-    not (HAVE_BOOTSTRAP and HAVE_JOBS),
-    reason="needs the emulator's device-side IoT Jobs (rehearsal/iot_jobs.py) and the bootstrap service "
-    "(bootstrap/server.py), not merged into main yet",
-)
 APP = "e2e"
 
 
@@ -109,8 +99,6 @@ def register(emulators: dict[str, str], things: list[str]) -> dict[str, str]:
 
 def flip(emulators: dict[str, str], cfg: DeploymentConfig, epoch: int, primary: str) -> None:
     """Write the default bootstrap record in every region's table, as flip_bootstrap does."""
-    from bootstrap.records import BootstrapRecord
-
     order = [primary, *[r for r in (EAST, WEST) if r != primary]]
     record = BootstrapRecord(scope="default", epoch=epoch, primary=primary, order=order, retry=3)
     for region in (EAST, WEST):
@@ -155,7 +143,6 @@ def endpoints_doc(epoch: int, target: str, thing: str) -> dict:
     }
 
 
-@needs_jobs
 async def test_a_migrate_job_moves_the_device_and_succeeds_in_the_source_region(
     emulators: dict[str, str], deployment: DeploymentConfig, tmp_path: Path
 ) -> None:
@@ -214,7 +201,6 @@ async def test_a_migrate_job_moves_the_device_and_succeeds_in_the_source_region(
     assert fleet.stats.totals["migrations_succeeded"] == 2
 
 
-@needs_jobs
 async def test_a_job_older_than_the_device_epoch_is_ignored(
     emulators: dict[str, str], deployment: DeploymentConfig, tmp_path: Path
 ) -> None:
@@ -237,7 +223,6 @@ async def test_a_job_older_than_the_device_epoch_is_ignored(
     assert "migrating" not in device.event_kinds()
 
 
-@needs_jobs
 async def test_a_migration_that_cannot_connect_fails_with_a_reason_and_the_device_stays(
     emulators: dict[str, str], deployment: DeploymentConfig, tmp_path: Path
 ) -> None:
@@ -277,7 +262,6 @@ async def test_a_migration_that_cannot_connect_fails_with_a_reason_and_the_devic
     assert execution(emulators, "job-reboot", "x-other-job")["status"] == "REJECTED"
 
 
-@needs_bootstrap
 async def test_devices_fail_over_on_their_own_through_the_real_bootstrap_service(
     emulators: dict[str, str], deployment: DeploymentConfig, tmp_path: Path
 ) -> None:
