@@ -123,7 +123,7 @@ def components(cfg: DeploymentConfig, config_path: str) -> list[Component]:
                 argv=[py, "-m", "simulator", "--config", config_path],
                 port=lp.simulator_metrics_port,
                 health_url=f"http://127.0.0.1:{lp.simulator_metrics_port}/metrics",
-                urls={"Fleet simulator metrics": f"http://127.0.0.1:{lp.simulator_metrics_port}/metrics"},
+                urls={"Fleet metrics": f"http://127.0.0.1:{lp.simulator_metrics_port}/metrics"},
                 env={"IOTFAILOVER_LOG_FORMAT": "json"},
             )
         )

@@ -26,8 +26,6 @@ from simulator.device import Device, DeviceSpec
 from simulator.metrics import Stats
 from simulator.transport import LocalTransport, Transport
 
-log = logs.get("simulator.fleet")
-
 
 def status_path(cfg: DeploymentConfig) -> Path:
     return cfg.state_dir / "fleet" / "status.json"
@@ -79,6 +77,7 @@ class Fleet:
         self._session: aiohttp.ClientSession | None = None
         self._gauge_keys: set[tuple[str, str]] = set()
         self._rng = random.Random()  # one for all: devices share the event loop's thread
+        self.log = logs.get("simulator.fleet", deployment=cfg.name)  # after logs.configure()
 
     async def start(self) -> None:
         """Create every device and start them spread over `start_spread_seconds`."""
@@ -94,7 +93,7 @@ class Fleet:
             delay = spread * i / len(self.devices) if spread else 0.0
             self._tasks.append(asyncio.create_task(self._run_device(d, delay), name=d.thing))
         self._tasks.append(asyncio.create_task(self._write_status_forever(), name="status"))
-        log.info("fleet started", devices=len(self.devices), bootstrap=bootstrap.urls)
+        self.log.info("fleet started", devices=len(self.devices), bootstrap=bootstrap.urls)
 
     async def _run_device(self, device: Device, delay: float) -> None:
         await asyncio.sleep(delay)
@@ -104,7 +103,7 @@ class Fleet:
             except asyncio.CancelledError:
                 raise
             except Exception:  # a bug in one device must not stop the fleet; it reboots
-                log.exception("device crashed, rebooting", thing=device.thing)
+                self.log.exception("device crashed, rebooting", thing=device.thing)
                 device.state = "booting"
                 await asyncio.sleep(1)
 
