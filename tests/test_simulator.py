@@ -297,6 +297,40 @@ async def test_devices_fail_over_on_their_own_within_the_retry_budget(
     assert conn["region"] == WEST and conn["epoch"] == 2
 
 
+async def test_slow_and_flaky_devices_get_there_late_or_with_errors(
+    emulators: dict[str, str], config: DeploymentConfig, bootstrap_servers, tmp_path
+) -> None:
+    create_things(emulators, ["dev-slow", "dev-flaky", "dev-ok"], regions=(EAST,))
+    east = bootstrap_servers[0]
+    east.answers = {t: answer(1, EAST, retry=50, thing=t) for t in ("dev-slow", "dev-flaky", "dev-ok")}
+    settings = SimulatorConfig(
+        **{**FAST, "bootstrap_urls": [east.url]},
+        faults=FaultSettings(share=0, slow_ms=1000, flaky_error_rate=0.5),
+    )
+    specs = [
+        DeviceSpec("dev-slow", fault="slow"),
+        DeviceSpec("dev-flaky", fault="flaky"),
+        DeviceSpec("dev-ok"),
+    ]
+    fleet = Fleet(config, settings, specs)
+    started = time.monotonic()
+    await fleet.start()
+    try:
+        slow, flaky, ok = fleet.devices
+        await wait_for(lambda: ok.state == "connected", what="the healthy device")
+        assert slow.state != "connected"  # bootstrap and connect each wait slow_ms first
+        await wait_for(
+            lambda: slow.state == "connected" and flaky.state == "connected", what="the faulty ones"
+        )
+        assert time.monotonic() - started >= 2.0
+        await wait_for(
+            lambda: flaky.event_kinds().count("link-error") + flaky.event_kinds().count("connect-failed") > 0
+        )
+    finally:
+        await fleet.stop()
+    assert all(k not in ok.event_kinds() for k in ("link-error", "connect-failed"))
+
+
 def test_status_file_is_read_back_with_liveness(emulator_urls: dict[str, str], local_ca, tmp_path) -> None:
     (tmp_path / "ca.pem").write_text(local_ca.cert_pem)
     cfg = make_config(emulator_urls, tmp_path / "ca.pem", local={"state_dir": str(tmp_path)})
