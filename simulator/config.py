@@ -10,7 +10,7 @@ import tomllib
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from core.config import ConfigError, DeploymentConfig
 
@@ -51,9 +51,10 @@ class SimulatorConfig(_Strict):
     status_interval_seconds: float = Field(2, gt=0)
     faults: FaultSettings = FaultSettings()
 
-    @model_validator(mode="after")
-    def _topics_known(self) -> SimulatorConfig:
-        for t in [*self.publish_topics, *self.subscribe_topics]:
+    @field_validator("publish_topics", "subscribe_topics")
+    @classmethod
+    def _topics_known(cls, topics: list[str]) -> list[str]:
+        for t in topics:
             try:
                 t.format(sensor="", configurations="", device="", application="")
             except (KeyError, IndexError, ValueError) as e:
@@ -61,16 +62,24 @@ class SimulatorConfig(_Strict):
                     f"topic template {t!r} uses an unknown field {e} "
                     "(hint: {sensor}, {configurations}, {device}, {application})"
                 ) from None
-        return self
+        return topics
 
     def manifest_path(self, cfg: DeploymentConfig) -> Path:
         return self.manifest or cfg.state_dir / "fleet" / "manifest.json"
 
     def bootstrap_list(self, cfg: DeploymentConfig) -> list[str]:
-        if self.bootstrap_urls:
-            return list(self.bootstrap_urls)
+        """Where devices boot from, in order; a fleet with nowhere to boot from is a config error."""
         order = [cfg.primary, *cfg.standbys()]
-        return [u for r in order if (u := cfg.regions[r].bootstrap_url)]
+        urls = list(self.bootstrap_urls) or [u for r in order if (u := cfg.regions[r].bootstrap_url)]
+        if not urls:
+            raise ConfigError(
+                cfg.source_path,
+                [
+                    "simulator.bootstrap_urls: the devices have no bootstrap URL (hint: set "
+                    "regions.<name>.bootstrap_url in the deployment config, or bootstrap_urls in simulator.toml)"
+                ],
+            )
+        return urls
 
 
 def load_simulator_config(path: str | Path | None, cfg: DeploymentConfig) -> SimulatorConfig:
