@@ -201,6 +201,33 @@ async def test_a_migrate_job_moves_the_device_and_succeeds_in_the_source_region(
     assert fleet.stats.totals["migrations_succeeded"] == 2
 
 
+async def test_a_job_for_the_region_the_device_is_in_succeeds_and_raises_its_epoch(
+    emulators: dict[str, str], deployment: DeploymentConfig, tmp_path: Path
+) -> None:
+    """As for a device that failed over on its own before the controller's cutover caught up."""
+    arns = register(emulators, ["h-1"])
+    fleet = fleet_of(deployment, tmp_path, [DeviceSpec("h-1")])
+    await fleet.start()
+    try:
+        device = fleet.devices[0]
+        await wait_for(lambda: device.state == "connected", what="connected")
+        doc = {"operation": "migrate-region", "epoch": 4, "targetRegion": EAST, "regions": [EAST, WEST]}
+        _client("iot", emulators, EAST).create_job(
+            jobId="job-here", targets=[arns["h-1"]], document=json.dumps(doc)
+        )
+        await wait_for(lambda: fleet.stats.totals["migrations_succeeded"] == 1, what="the job done")
+        await wait_for(lambda: _reported_epoch(emulators, EAST, "h-1") == 4, what="the new epoch reported")
+    finally:
+        await fleet.stop()
+    assert execution(emulators, "job-here", "h-1")["status"] == "SUCCEEDED"
+    assert device.region == EAST and device.epoch == 4 and fleet.stats.totals["connections"] == 1
+
+
+def _reported_epoch(emulators: dict[str, str], region: str, thing: str) -> int:
+    payload = _client("iot-data", emulators, region).get_thing_shadow(thingName=thing)["payload"].read()
+    return json.loads(payload)["state"]["reported"]["connectivity"]["epoch"]
+
+
 async def test_a_job_older_than_the_device_epoch_is_ignored(
     emulators: dict[str, str], deployment: DeploymentConfig, tmp_path: Path
 ) -> None:
