@@ -20,6 +20,7 @@ def _load() -> list:
 
     names = [
         # each concern adds its module here
+        "shadows",
     ]
     return [importlib.import_module(f"activities.{n}") for n in names]
 
