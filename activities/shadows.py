@@ -198,7 +198,8 @@ class ShadowActivities:
         if resumed and (not token or len(things) >= inp.limit):
             return resumed
         while True:
-            page, token = list_scope_page(aws, inp.region, inp.thing_group, token, LIST_PAGE)
+            size = max(1, min(LIST_PAGE, inp.limit - len(things)))
+            page, token = list_scope_page(aws, inp.region, inp.thing_group, token, size)
             things = things + page
             _heartbeat(ThingPage(things, token))
             if not token or len(things) >= inp.limit:
