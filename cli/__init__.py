@@ -15,6 +15,7 @@ class CliError(Exception):
 
 _NAMES = [
     "local",
+    "shadows",
 ]
 
 COMMAND_MODULES = [importlib.import_module(f"cli.{n}") for n in _NAMES]

@@ -233,7 +233,7 @@ class ShadowSyncWorkflow:
             child_input,
             id=f"{workflow.info().workflow_id}-r{self._state.round}-c{index}",
             result_type=ShadowSyncResult,
-            typed_search_attributes=self._search_attributes("syncing"),
+            search_attributes=self._search_attributes("syncing"),
             static_summary=f"shadows of {len(things)} things, chunk {index} of round {self._state.round}",
         )
         self._state.totals.add(result)
