@@ -20,6 +20,11 @@ def _load() -> list:
 
     names = [
         # each concern adds its module here
+        "jobs",
+        "drill",
+        "health",
+        "bootstrap",
+        "routing",
         "shadows",
     ]
     return [importlib.import_module(f"activities.{n}") for n in names]

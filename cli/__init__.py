@@ -15,6 +15,11 @@ class CliError(Exception):
 
 _NAMES = [
     "local",
+    "deployment",
+    "cutover",
+    "drill",
+    "health",
+    "bootstrap",
     "shadows",
 ]
 

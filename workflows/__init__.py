@@ -9,6 +9,10 @@ def all_workflows() -> list[type]:
 
     names: list[tuple[str, str]] = [
         # (module, class)
+        ("deployment", "DeploymentWorkflow"),
+        ("cutover", "CutoverWorkflow"),
+        ("drill", "DrillWorkflow"),
+        ("health", "RegionHealthWorkflow"),
         ("shadow_sync", "ShadowSyncWorkflow"),
     ]
     return [getattr(importlib.import_module(f"workflows.{m}"), c) for m, c in names]
