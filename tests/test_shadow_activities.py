@@ -7,6 +7,7 @@ from pathlib import Path
 
 import boto3
 import pytest
+from prometheus_client import REGISTRY
 from temporalio.exceptions import ApplicationError
 
 from activities.context import Deployments
@@ -77,6 +78,13 @@ def test_page_copies_classic_and_named_shadows(cfg: DeploymentConfig, shadows: S
 
     again = shadows.sync_shadow_page(page(cfg, things))
     assert (again.shadows_copied, again.merged, again.unchanged, again.stale_leaves) == (0, 0, 36, 0)
+    labels = {"deployment": cfg.name, "source": SOURCE, "target": TARGET}
+    synced = {
+        o: REGISTRY.get_sample_value("iotfailover_shadows_synced_total", {**labels, "outcome": o})
+        for o in ("copied", "merged", "unchanged")
+    }
+    assert synced == {"copied": 35, "merged": 1, "unchanged": 36}
+    assert REGISTRY.get_sample_value("iotfailover_shadow_sync_lag_seconds_count", labels) == 95
 
 
 def test_thing_missing_in_target_fails_alone_with_a_reason(

@@ -72,5 +72,7 @@ async def test_parity_fails_until_sync_then_passes(
 
 
 def test_unknown_region_is_refused(config_file: Path, capsys: pytest.CaptureFixture) -> None:
-    assert main(["--config", str(config_file), "shadows", "parity", "--from", SOURCE, "--to", "eu-west-9"]) == 1
+    assert (
+        main(["--config", str(config_file), "shadows", "parity", "--from", SOURCE, "--to", "eu-west-9"]) == 1
+    )
     assert "--to eu-west-9: not a region of" in capsys.readouterr().err

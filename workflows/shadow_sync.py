@@ -61,7 +61,7 @@ class ShadowSyncInput:
     concurrency: int = 8  # things synced at once inside one activity
     pages_in_flight: int = 2  # sync activities at once per workflow
     things_per_child: int = 2000  # a larger scope fans out one child workflow per this many things
-    children_in_flight: int = 4
+    children_in_flight: int = 2  # shadows in flight: children x pages_in_flight x concurrency (32)
     chunks_per_run: int = 20  # continue-as-new after starting this many children
     retry_max_interval_seconds: float = 30  # activity retries back off up to this (outages)
     heartbeat_timeout_seconds: float = 60
