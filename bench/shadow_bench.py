@@ -5,7 +5,7 @@ flight, each copying the classic and named shadows of its own equal-sized set of
 empty target. The plain loop is the floor of what any sync can cost here: boto3 clients, a thread
 pool, the same merge, no Temporal, no rate limiter, no heartbeats. Target ratio: >= 0.8.
 
-python -m bench shadow   (or: python -m bench.shadow_bench --things 300 --concurrency 16)
+python -m bench shadow   (or: python -m bench.shadow_bench --things 150 --rounds 2 --concurrency 16)
 """
 
 from __future__ import annotations
@@ -103,8 +103,10 @@ def plain_loop(urls: dict[str, str], things: list[str], concurrency: int) -> int
         return sum(pool.map(one, things))
 
 
-async def through_workflow(cfg: DeploymentConfig, things: list[str], concurrency: int) -> tuple[int, float]:
-    """Shadows copied and seconds taken by one ShadowSyncWorkflow on an in-process worker."""
+async def compare(
+    urls: dict[str, str], cfg: DeploymentConfig, args: argparse.Namespace
+) -> tuple[float, float]:
+    """Alternate plain loop and workflow rounds (each on fresh things); total shadows/s of each."""
     from temporalio.testing import WorkflowEnvironment
 
     from worker import build_worker
@@ -114,33 +116,48 @@ async def through_workflow(cfg: DeploymentConfig, things: list[str], concurrency
         data_converter=DATA_CONVERTER,
         search_attributes=SEARCH_ATTRIBUTES,
     )
+    seconds = {"plain": 0.0, "flow": 0.0}
+    shadows = args.things * (1 + len(NAMED))
     try:
         queue = f"bench-{uuid.uuid4().hex[:6]}"
-        deployments = Deployments([cfg], max_pool_connections=concurrency)
+        deployments = Deployments([cfg], max_pool_connections=args.concurrency)
         async with build_worker(env.client, queue, deployments, max_activity_threads=8):
-            inp = ShadowSyncInput(
-                cfg.name,
-                SOURCE,
-                TARGET,
-                things=things,
-                page_size=50,
-                concurrency=concurrency // 2,
-                pages_in_flight=2,
-            )
-            started = time.perf_counter()
-            result = await env.client.execute_workflow(
-                ShadowSyncWorkflow.run, inp, id=f"bench-{uuid.uuid4().hex[:6]}", task_queue=queue
-            )
-            return result.shadows_copied, time.perf_counter() - started
+            for n in range(args.rounds):
+                things = [f"plain-{n}-{i:05d}" for i in range(args.things)]
+                started = time.perf_counter()
+                copied = await asyncio.to_thread(plain_loop, urls, things, args.concurrency)
+                seconds["plain"] += time.perf_counter() - started
+                assert copied == shadows, f"the plain loop copied {copied} of {shadows} shadows"
+
+                # the same shadows in flight: pages_in_flight x concurrency; small pages keep the
+                # last pages of a run from leaving threads idle
+                inp = ShadowSyncInput(
+                    cfg.name,
+                    SOURCE,
+                    TARGET,
+                    things=[f"flow-{n}-{i:05d}" for i in range(args.things)],
+                    page_size=25,
+                    concurrency=args.concurrency // 4,
+                    pages_in_flight=4,
+                )
+                started = time.perf_counter()
+                result = await env.client.execute_workflow(
+                    ShadowSyncWorkflow.run, inp, id=f"bench-{uuid.uuid4().hex[:6]}", task_queue=queue
+                )
+                seconds["flow"] += time.perf_counter() - started
+                assert result.shadows_copied == shadows, f"the workflow copied {result.shadows_copied}"
     finally:
         await env.shutdown()
+    total = shadows * args.rounds
+    return total / seconds["flow"], total / seconds["plain"]
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--things", type=int, default=300)
+    parser.add_argument("--things", type=int, default=150, help="things per round and side")
+    parser.add_argument("--rounds", type=int, default=2, help="alternating rounds of each side")
     parser.add_argument("--concurrency", type=int, default=16, help="shadows in flight on both sides")
     args = parser.parse_args(argv or [])
     work = Path(tempfile.mkdtemp(prefix="shadow-bench-"))
@@ -152,22 +169,17 @@ def main(argv: list[str] | None = None) -> None:
     try:
         for url, proc in zip(urls.values(), procs, strict=True):
             wait_http(f"{url}/_emulator/health", timeout=60, proc=proc)
-        plain_things = [f"plain-{i:05d}" for i in range(args.things)]
-        flow_things = [f"flow-{i:05d}" for i in range(args.things)]
-        _seed(urls, plain_things + flow_things, args.concurrency)
-        shadows = args.things * (1 + len(NAMED))
-
-        started = time.perf_counter()
-        assert plain_loop(urls, plain_things, args.concurrency) == shadows
-        plain_rate = shadows / (time.perf_counter() - started)
-
-        cfg = _config(urls, work / "ca.pem")
-        copied, seconds = asyncio.run(through_workflow(cfg, flow_things, args.concurrency))
-        assert copied == shadows, f"the workflow copied {copied} of {shadows} shadows"
-        flow_rate = shadows / seconds
-
+        everything = [
+            f"{side}-{n}-{i:05d}"
+            for n in range(args.rounds)
+            for side in ("plain", "flow")
+            for i in range(args.things)
+        ]
+        _seed(urls, everything, args.concurrency)
+        flow_rate, plain_rate = asyncio.run(compare(urls, _config(urls, work / "ca.pem"), args))
         print(
-            f"shadow sync, {args.things} things ({shadows} shadows), {args.concurrency} in flight:\n"
+            f"shadow sync, {args.rounds} x {args.things} things (3 shadows each) per side, "
+            f"{args.concurrency} in flight:\n"
             f"  ShadowSyncWorkflow  {flow_rate:8.1f} shadows/s\n"
             f"  plain boto3 loop    {plain_rate:8.1f} shadows/s\n"
             f"  ratio workflow/plain = {flow_rate / plain_rate:.2f}  (target >= 0.8)"
