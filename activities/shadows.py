@@ -19,7 +19,7 @@ from concurrent import futures
 from dataclasses import dataclass, field
 from typing import Any
 
-from botocore.exceptions import ClientError
+from botocore.exceptions import BotoCoreError, ClientError
 from prometheus_client import Counter, Histogram
 from pydantic import TypeAdapter
 from temporalio import activity
@@ -165,12 +165,13 @@ class _Pacer:
     call is then retried here with growing, jittered pauses before it may stop the page.
     """
 
-    def __init__(self, rps: float):
-        self._gap = 1.0 / rps
+    def __init__(self, aws: AwsClients):
+        self._gap = 1.0 / aws.cfg.quotas.per_api.get("ShadowPerThing", PER_THING_RPS)
         self._last: dict[str, float] = {}
 
     def call(self, region: str, method: Callable[..., Any], **kwargs: Any) -> Any:
-        for attempt in range(THROTTLE_TRIES):
+        attempt = 0
+        while True:
             wait = self._last.get(region, 0.0) + self._gap - time.monotonic()
             if wait > 0:
                 time.sleep(wait)
@@ -178,10 +179,10 @@ class _Pacer:
             try:
                 return method(**kwargs)
             except ClientError as e:
-                if not is_throttle(e) or attempt == THROTTLE_TRIES - 1:
+                attempt += 1
+                if not is_throttle(e) or attempt >= THROTTLE_TRIES:
                     raise
             time.sleep(min(8.0, 0.25 * 2**attempt) * (1 + random.random()))
-        raise AssertionError("unreachable")
 
 
 class ShadowActivities:
@@ -235,7 +236,7 @@ class ShadowActivities:
     def _sync_thing(self, aws: AwsClients, labels: tuple[str, str, str], thing: str) -> ShadowSyncResult:
         source = labels[1]
         result = ShadowSyncResult(things_scanned=1)
-        pace = _Pacer(aws.cfg.quotas.per_api.get("ShadowPerThing", PER_THING_RPS))
+        pace = _Pacer(aws)
         try:
             names: list[str | None] = [None, *named_shadows(aws, source, thing, pace)]
         except ClientError as e:
@@ -333,7 +334,7 @@ class ShadowActivities:
                 return report
 
     def _thing_differences(self, aws: AwsClients, source: str, target: str, thing: str) -> list[str]:
-        pace = _Pacer(aws.cfg.quotas.per_api.get("ShadowPerThing", PER_THING_RPS))
+        pace = _Pacer(aws)
         try:
             differences = []
             for name in [None, *named_shadows(aws, source, thing, pace)]:
@@ -418,7 +419,7 @@ def _run_page(
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
     if error is not None:
-        if isinstance(error, ClientError):
+        if isinstance(error, ClientError | BotoCoreError):
             raise to_application_error(error, doing, "") from error
         raise error
 
