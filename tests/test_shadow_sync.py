@@ -243,3 +243,28 @@ async def test_periodic_sync_continues_as_new_each_round_and_picks_up_new_writes
     first_run = client.get_workflow_handle(handle.id, run_id=handle.result_run_id)
     assert await history_length(client, handle.id) < 40
     assert len([e async for e in first_run.fetch_history_events()]) < 40
+
+
+async def test_started_by_name_with_a_plain_dict_as_the_cutover_does(
+    temporal_env: WorkflowEnvironment, task_queue: str, cfg: DeploymentConfig
+) -> None:
+    client = temporal_env.client
+    fleet(Deployments([cfg]).aws(cfg.name), 4, group="scope-a")
+    inp = {
+        "deployment": cfg.name,
+        "source": SOURCE,
+        "target": TARGET,
+        "thing_group": "scope-a",
+        "mode": "one-shot",
+    }
+    async with build_worker(client, task_queue, Deployments([cfg]), max_activity_threads=4):
+        result = await client.execute_workflow(
+            "ShadowSyncWorkflow",
+            inp,
+            id=f"cutover-x-1-shadows-{uuid.uuid4().hex[:6]}",
+            task_queue=task_queue,
+            result_type=dict,
+            execution_timeout=timedelta(minutes=2),
+        )
+    assert (result["things_scanned"], result["shadows_copied"], result["stale_leaves"]) == (4, 12, 4 * 8)
+    assert len(result["stale_sample"]) == 20
