@@ -194,3 +194,35 @@ def test_parity_lists_things_whose_target_is_behind(cfg: DeploymentConfig, shado
     after = shadows.check_shadow_parity(check)
     assert (after.things_checked, after.differing, after.ok) == (6, 1, False)
     assert after.sample == [f"{things[2]}#telemetry: 1 stale leaves (reported.late ...)"]
+
+
+def test_pacer_keeps_one_thing_under_its_rate_and_waits_out_throttles(cfg: DeploymentConfig) -> None:
+    from botocore.exceptions import ClientError
+
+    from activities.shadows import _Pacer
+    from core.aws import AwsClients
+
+    slow = cfg.model_copy(
+        update={"quotas": cfg.quotas.model_copy(update={"per_api": {"ShadowPerThing": 10}})}
+    )
+    pacer, calls = _Pacer(AwsClients(slow)), []
+    started = time.monotonic()
+    for _ in range(4):
+        pacer.call(SOURCE, lambda: calls.append(time.monotonic()))
+    assert time.monotonic() - started >= 0.3  # 4 calls at 10/s: 3 gaps of 0.1 s
+    pacer.call(TARGET, lambda: calls.append(time.monotonic()))  # another region has its own pace
+    assert calls[-1] - calls[-2] < 0.05
+
+    throttle = ClientError({"Error": {"Code": "ThrottlingException"}}, "GetThingShadow")
+    answers = iter([throttle, throttle, "ok"])
+
+    def flaky() -> str:
+        answer = next(answers)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    assert pacer.call(SOURCE, flaky) == "ok"
+    answers = iter([ClientError({"Error": {"Code": "AccessDeniedException"}}, "GetThingShadow")])
+    with pytest.raises(ClientError):  # not a throttle: no second try
+        pacer.call(SOURCE, flaky)
