@@ -25,6 +25,7 @@ def _load() -> list:
         "health",
         "bootstrap",
         "routing",
+        "shadows",
     ]
     return [importlib.import_module(f"activities.{n}") for n in names]
 

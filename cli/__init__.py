@@ -20,6 +20,7 @@ _NAMES = [
     "drill",
     "health",
     "bootstrap",
+    "shadows",
     "fleet",
 ]
 

@@ -13,5 +13,6 @@ def all_workflows() -> list[type]:
         ("cutover", "CutoverWorkflow"),
         ("drill", "DrillWorkflow"),
         ("health", "RegionHealthWorkflow"),
+        ("shadow_sync", "ShadowSyncWorkflow"),
     ]
     return [getattr(importlib.import_module(f"workflows.{m}"), c) for m, c in names]

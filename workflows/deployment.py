@@ -307,6 +307,7 @@ class DeploymentWorkflow:
             "CutoverWorkflow",
             inp,
             id=cutover_id,
+            result_type=CutoverProgress,
             static_summary=f"{req.mode} cutover of {scope}: {source} → {req.target}",
             static_details=(
                 f"deployment {cfg.name}, epoch {epoch}, requested by {req.requested_by or 'operator'}"
