@@ -20,6 +20,8 @@ def _load() -> list:
 
     names = [
         # each concern adds its module here
+        "certificates",
+        "registry",
     ]
     return [importlib.import_module(f"activities.{n}") for n in names]
 
