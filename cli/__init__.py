@@ -15,6 +15,8 @@ class CliError(Exception):
 
 _NAMES = [
     "local",
+    "replicate",
+    "parity",
 ]
 
 COMMAND_MODULES = [importlib.import_module(f"cli.{n}") for n in _NAMES]

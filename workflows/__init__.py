@@ -9,5 +9,6 @@ def all_workflows() -> list[type]:
 
     names: list[tuple[str, str]] = [
         # (module, class)
+        ("replication", "RegistryReplicationWorkflow"),
     ]
     return [getattr(importlib.import_module(f"workflows.{m}"), c) for m, c in names]
