@@ -314,3 +314,28 @@ def test_jitr_event_yields_the_device_everywhere_and_bad_cn_is_rejected(
         east.describe_certificate(certificateId=ids[1])["certificateDescription"]["status"]
         == "PENDING_ACTIVATION"
     )
+
+
+def test_parity_cli_exits_non_zero_on_drift(
+    acts: RegistryActivities, fast_config: DeploymentConfig, local_ca: pki.LocalCA, tmp_path: Path, capsys
+) -> None:
+    import starter
+
+    aws = _aws(acts, fast_config)
+    provision(aws.iot(E), local_ca, 3)
+    regions = "".join(
+        f'[regions.{r}]\nrole = "{c.role}"\nendpoint_url = "{c.endpoint_url}"\n\n'
+        for r, c in fast_config.regions.items()
+    )
+    toml = tmp_path / "deployment.toml"
+    toml.write_text(
+        f'[deployment]\nname = "{fast_config.name}"\nmode = "active-passive"\n'
+        f'ca_certificate = "{fast_config.ca_certificate}"\n\n{regions}'
+        '[fleet]\nthing_group = "test-fleet"\npolicy_name = "test-policy"\n'
+    )
+    assert starter.main(["--config", str(toml), "parity"]) == 1
+    assert "DRIFT" in capsys.readouterr().out
+    reconcile_pair(aws, E, W)
+    assert starter.main(["--config", str(toml), "parity", "--thing-group", "east"]) == 0
+    assert starter.main(["--config", str(toml), "parity"]) == 0
+    assert "OK" in capsys.readouterr().out

@@ -86,15 +86,15 @@ class ReconcileNowResult:
 
 @workflow.defn
 class RegistryReplicationWorkflow:
-    def __init__(self) -> None:
-        self.inp: ReplicationInput | None = None
-        self.state = ReplicationState()
+    @workflow.init
+    def __init__(self, inp: ReplicationInput) -> None:
+        # State is set here, not in run(): an update delivered with the first task runs before run().
+        self.inp = inp
+        self.state = inp.state or ReplicationState()
         self._stopping = False
 
     @workflow.run
     async def run(self, inp: ReplicationInput) -> None:
-        self.inp = inp
-        self.state = inp.state or ReplicationState()
         self.state.runs += 1
         self.state.reconcile_running = False
         workflow.upsert_search_attributes([SA_DEPLOYMENT.value_set(inp.deployment)])
@@ -141,7 +141,6 @@ class RegistryReplicationWorkflow:
         self._show()
 
     async def _drain(self) -> None:
-        assert self.inp is not None
         try:
             res: DrainResult = await workflow.execute_activity(
                 "drain_registry_events",
@@ -166,7 +165,6 @@ class RegistryReplicationWorkflow:
             self._show()
 
     async def _reconcile_loop(self) -> None:
-        assert self.inp is not None
         interval = timedelta(seconds=self.inp.reconcile_interval_seconds)
         while True:
             last = self.state.last_full_reconcile
@@ -183,7 +181,6 @@ class RegistryReplicationWorkflow:
             await self._reconcile()
 
     async def _reconcile(self) -> None:
-        assert self.inp is not None
         s = self.state
         s.reconcile_requested, s.reconcile_running = False, True
         workflow.upsert_search_attributes([SA_PHASE.value_set("reconciling")])
@@ -210,7 +207,6 @@ class RegistryReplicationWorkflow:
         self._show()
 
     async def _reconcile_pair(self, pair: RegionPair) -> ReconcileResult:
-        assert self.inp is not None
         try:
             return await workflow.execute_activity(
                 "reconcile_registry",
@@ -228,7 +224,6 @@ class RegistryReplicationWorkflow:
     # ------------------------------------------------------------------ helpers
     @property
     def _deployment(self) -> str:
-        assert self.inp is not None
         return self.inp.deployment
 
     def _show(self) -> None:

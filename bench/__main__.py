@@ -1,0 +1,20 @@
+"""Run every `bench/*_bench.py` module's main(), one after the other."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from pathlib import Path
+
+
+def main(argv: list[str]) -> int:
+    names = sorted(p.stem for p in Path(__file__).parent.glob("*_bench.py"))
+    wanted = [n for n in names if not argv or any(a in n for a in argv)]
+    for name in wanted:
+        print(f"== {name}")
+        importlib.import_module(f"bench.{name}").main()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
