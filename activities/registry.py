@@ -80,7 +80,7 @@ class ReconcileInput:
     source: str
     target: str
     concurrency: int = 16
-    page_size: int = 100
+    page_size: int = 250
 
 
 @dataclass
@@ -193,7 +193,7 @@ def reconcile_pair(
     target: str,
     scope: str | None = None,
     concurrency: int = 16,
-    page_size: int = 100,
+    page_size: int = 250,
     resume: Progress | None = None,
 ) -> ReconcileResult:
     """Converge `target` to `source` (one thing group's devices when `scope` is set)."""
@@ -249,7 +249,7 @@ class RegistryActivities:
         out.pairs = [RegionPair(s, t) for s in sources(cfg) for t in cfg.region_names if t != s]
         return out
 
-    def _reconcile(self, inp: Any, scope: str | None, page_size: int = 100) -> ReconcileResult:
+    def _reconcile(self, inp: Any, scope: str | None, page_size: int = 250) -> ReconcileResult:
         aws = self.deployments.aws(inp.deployment)
         resume = _resume_point()
         if resume:

@@ -52,12 +52,13 @@ class Reconciler:
         rep: Replicator,
         checkpoint: Callable[[Progress], None],
         concurrency: int = 16,
-        page_size: int = 100,
+        page_size: int = 250,
         scope_group: str | None = None,
     ):
         self.rep, self.checkpoint = rep, checkpoint
         self.concurrency, self.page_size, self.scope = concurrency, page_size, scope_group
         self.base = Progress()
+        self._pool: ThreadPoolExecutor | None = None
 
     def run(self, start: Progress | None = None) -> Progress:
         self.base = start or Progress()
@@ -65,12 +66,14 @@ class Reconciler:
             return self.base
         first = PHASES.index(self.base.phase)
         token = self.base.token
-        for phase in PHASES[first:]:
-            if self.scope and phase in ("certificates", "prune", "claims"):
-                continue  # a scope's certificates and claims go with its things; scopes never delete
-            getattr(self, f"_{phase}")(token)
-            token = None
-            self._save(PHASES[PHASES.index(phase) + 1] if phase != PHASES[-1] else "done", None)
+        with ThreadPoolExecutor(max_workers=max(1, self.concurrency), thread_name_prefix="reconcile") as pool:
+            self._pool = pool
+            for phase in PHASES[first:]:
+                if self.scope and phase in ("certificates", "prune", "claims"):
+                    continue  # a scope's certificates and claims go with its things; scopes never delete
+                getattr(self, f"_{phase}")(token)
+                token = None
+                self._save(PHASES[PHASES.index(phase) + 1] if phase != PHASES[-1] else "done", None)
         return self.progress("done", None)
 
     def progress(self, phase: str, token: str | None) -> Progress:
@@ -84,13 +87,12 @@ class Reconciler:
     def _each(self, items: Iterable[Any], fn: Callable[[Any], None]) -> None:
         """Apply `fn` to a page of items on a bounded pool; the first retryable error propagates."""
         items = list(items)
-        if len(items) <= 1 or self.concurrency <= 1:
+        if len(items) <= 1 or self._pool is None:
             for i in items:
                 fn(i)
             return
-        with ThreadPoolExecutor(max_workers=min(self.concurrency, len(items))) as pool:
-            for f in [pool.submit(fn, i) for i in items]:
-                f.result()
+        for f in [self._pool.submit(fn, i) for i in items]:
+            f.result()
 
     # ------------------------------------------------------------------ phases
     def _catalog(self, _token: str | None) -> None:

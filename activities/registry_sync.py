@@ -56,6 +56,7 @@ class Replicator:
         self.failures: list[str] = []
         self.present: set[tuple[str, str]] = set()  # (kind, name) known to exist in the target
         self.cert_arns: dict[str, str] = {}  # certificate ID -> its ARN in the target
+        self._source_catalogs: dict[str, dict[str, Any]] = {}  # read once per reconcile
         self._lock = threading.Lock()
         self._on_applied = on_applied
 
@@ -199,9 +200,11 @@ class Replicator:
 
     def source_catalog(self, kind: str) -> dict[str, Any]:
         """The source's own resources of a kind: not those replicated into it (active/active)."""
-        found = self.read_catalog(self.source, kind)
-        mine = self.ledger.names(self.source, kind)
-        return {n: r for n, r in found.items() if n not in mine}
+        if kind not in self._source_catalogs:
+            found = self.read_catalog(self.source, kind)
+            mine = self.ledger.names(self.source, kind)
+            self._source_catalogs[kind] = {n: r for n, r in found.items() if n not in mine}
+        return self._source_catalogs[kind]
 
     # ---------------------------------------------------------------- one item, any kind
     def converge_one(self, kind: str, name: str, source_required: bool = False) -> str:

@@ -65,7 +65,7 @@ class ReplicationInput:
     drain_seconds: float = 5
     reconcile_on_start: bool = True
     concurrency: int = 16
-    page_size: int = 100
+    page_size: int = 250
     heartbeat_timeout_seconds: float = 60
     drains_per_run: int = 300  # continue-as-new after this many drains
     state: ReplicationState | None = None
