@@ -27,8 +27,8 @@ from tests.conftest import make_config
 from tests.replication_fleet import POLICY, provision
 
 E, W = "us-east-1", "us-west-2"
-# 200 devices take about a minute on a shared 2-core machine; set REPLICATION_FLEET=200 for the full size
-FLEET = int(os.environ.get("REPLICATION_FLEET", "60"))
+# the 200-device fleet (about 25 s here); REPLICATION_FLEET=N to change it
+FLEET = int(os.environ.get("REPLICATION_FLEET", "200"))
 FAST = {
     "default_rps": 5000,
     "per_api": {},
@@ -339,3 +339,42 @@ def test_parity_cli_exits_non_zero_on_drift(
     assert starter.main(["--config", str(toml), "parity", "--thing-group", "east"]) == 0
     assert starter.main(["--config", str(toml), "parity"]) == 0
     assert "OK" in capsys.readouterr().out
+
+
+def test_active_active_each_region_sources_its_own_devices(
+    emulators: dict[str, str], local_ca: pki.LocalCA, tmp_path: Path
+) -> None:
+    ca_file = tmp_path / "ca.pem"
+    ca_file.write_text(local_ca.cert_pem)
+    cfg = make_config(
+        emulators,
+        ca_file,
+        deployment={"mode": "active-active"},
+        regions={
+            E: {"role": "peer", "endpoint_url": emulators[E]},
+            W: {"role": "peer", "endpoint_url": emulators[W]},
+        },
+        quotas=FAST,
+    )
+    acts = RegistryActivities(Deployments([cfg]))
+    ready = acts.ensure_replication_ready(ReadyInput(cfg.name))
+    assert {(p.source, p.target) for p in ready.pairs} == {(E, W), (W, E)}
+    aws = _aws(acts, cfg)
+    aws.iot(E).create_policy(policyName="east-policy", policyDocument=json.dumps(POLICY))
+    aws.iot(E).create_thing(thingName="east-dev", attributePayload={"attributes": {"sku": "e"}})
+    aws.iot(W).create_thing(thingName="west-dev", attributePayload={"attributes": {"sku": "w"}})
+    for _ in range(2):  # twice: the second round must find nothing to do, in either direction
+        results = [reconcile_pair(aws, E, W), reconcile_pair(aws, W, E)]
+    assert all(not r.applied for r in results), [r.applied for r in results]
+    assert (
+        aws.iot(W).describe_thing(thingName="east-dev")["attributes"]["replicatedBy"]
+        == f"iotfailover:{cfg.name}"
+    )
+    assert "replicatedBy" not in aws.iot(E).describe_thing(thingName="east-dev")["attributes"]
+    assert aws.iot(E).describe_thing(thingName="west-dev")["attributes"]["sku"] == "w"
+    assert registry_parity(aws, E, W).ok and registry_parity(aws, W, E).ok
+    # a device deleted in its home region disappears from the other, and only there
+    aws.iot(W).delete_thing(thingName="west-dev")
+    reconcile_pair(aws, W, E)
+    assert "west-dev" not in {t["thingName"] for t in aws.iot(E).list_things()["things"]}
+    assert aws.iot(W).get_policy(policyName="east-policy")["policyName"] == "east-policy"
