@@ -45,7 +45,7 @@ async def run(
     metrics.serve(metrics_port)
     client = await connect(conn, runtime)
     task_queue = configs[0].temporal.task_queue
-    deployments = Deployments(configs, max_pool_connections=threads)
+    deployments = Deployments(configs, max_pool_connections=threads, client=client)
     worker = build_worker(client, task_queue, deployments, threads)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

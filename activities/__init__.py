@@ -20,6 +20,12 @@ def _load() -> list:
 
     names = [
         # each concern adds its module here
+        "jobs",
+        "drill",
+        "health",
+        "bootstrap",
+        "routing",
+        "shadows",
         "certificates",
         "registry",
     ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from temporalio.client import Client
 from temporalio.exceptions import ApplicationError
 
 from core.aws import AwsClients
@@ -11,7 +12,10 @@ from core.config import DeploymentConfig
 class Deployments:
     """The deployments a worker serves, by name; activities look theirs up from their input."""
 
-    def __init__(self, configs: list[DeploymentConfig], max_pool_connections: int = 32):
+    def __init__(
+        self, configs: list[DeploymentConfig], max_pool_connections: int = 32, client: Client | None = None
+    ):
+        self.client = client  # for the few activities that steer other workflows (drills)
         self._configs = {c.name: c for c in configs}
         self._aws = {c.name: AwsClients(c, max_pool_connections) for c in configs}
 

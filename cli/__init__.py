@@ -15,6 +15,12 @@ class CliError(Exception):
 
 _NAMES = [
     "local",
+    "deployment",
+    "cutover",
+    "drill",
+    "health",
+    "bootstrap",
+    "shadows",
     "replicate",
     "parity",
 ]

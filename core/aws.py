@@ -33,14 +33,21 @@ LOCAL_CREDENTIALS = {"aws_access_key_id": "testing", "aws_secret_access_key": "t
 class AwsClients:
     """boto3 clients per (region, service) for one deployment; thread-safe and cached."""
 
-    def __init__(self, cfg: DeploymentConfig, max_pool_connections: int = 32, max_attempts: int = 3):
+    def __init__(
+        self,
+        cfg: DeploymentConfig,
+        max_pool_connections: int = 32,
+        max_attempts: int = 3,
+        read_timeout: float = 15,
+        retry_mode: str = "adaptive",
+    ):
         self.cfg = cfg
         self.limiter = RateLimiter(cfg.quotas.per_api, cfg.quotas.default_rps)
         self._botocore_config = Config(
-            retries={"mode": "adaptive", "max_attempts": max_attempts},
+            retries={"mode": retry_mode, "max_attempts": max_attempts},
             max_pool_connections=max_pool_connections,
             connect_timeout=3,
-            read_timeout=15,
+            read_timeout=read_timeout,
             tcp_keepalive=True,
         )
         self._sessions: dict[str, boto3.Session] = {}

@@ -1,9 +1,10 @@
 """One AWS emulator process per region: moto's server plus what the controller needs and moto lacks.
 
 Regions share nothing, exactly as in AWS: each region is its own process on its own port. On top of
-moto this adds, in one place: the device side of IoT Jobs (`iot-jobs-data`, see iot_jobs.py), the
-IoT gaps the controller relies on (iot_gaps.py), and the fault switch (outage, latency, throttling)
-that drills and tests flip per region through `/_emulator/fault`.
+moto this adds, in one place: the device side of IoT Jobs (`iot-jobs-data`, jobs_data.py), IoT Jobs
+behaving as AWS documents them (iot_jobs.py), the IoT gaps the controller relies on (iot_gaps.py),
+and the fault switch (outage, latency, throttling) that drills and tests flip per region through
+`/_emulator/fault`.
 
 Run: python -m rehearsal.emulator --region us-east-1 --port 4566
 """
@@ -124,6 +125,10 @@ class RegionEmulator:
             for ext in self.extensions.values():
                 getattr(ext, "reset", lambda: None)()
             return _json(200, {"reset": True})
+        for ext in {id(e): e for e in self.extensions.values()}.values():  # e.g. iot_jobs' clock
+            handled = getattr(ext, "control", lambda *_: None)(route, request)
+            if handled is not None:
+                return handled
         return _json(404, {"error": f"no control endpoint {request.method} {request.path}"})
 
 

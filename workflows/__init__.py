@@ -9,6 +9,11 @@ def all_workflows() -> list[type]:
 
     names: list[tuple[str, str]] = [
         # (module, class)
+        ("deployment", "DeploymentWorkflow"),
+        ("cutover", "CutoverWorkflow"),
+        ("drill", "DrillWorkflow"),
+        ("health", "RegionHealthWorkflow"),
+        ("shadow_sync", "ShadowSyncWorkflow"),
         ("replication", "RegistryReplicationWorkflow"),
     ]
     return [getattr(importlib.import_module(f"workflows.{m}"), c) for m, c in names]

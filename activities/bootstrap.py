@@ -1,0 +1,248 @@
+"""Bootstrap config flips: what devices are told at boot, written to every region's table, fenced.
+
+A cutover flips the deployment default or a scope (a canary or wave thing group); a rollback is a
+new flip of the previous config under a higher epoch; finishing or abandoning a scope's cutover
+clears the scope with a tombstone at a new epoch (so a late, older write cannot resurrect it).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from botocore.exceptions import BotoCoreError, ClientError
+from temporalio import activity
+from temporalio.exceptions import ApplicationError
+
+from activities.context import Deployments
+from activities.fencing import (
+    EnsureTablesResult,
+    FlipResult,
+    ensure_tables,
+    flip_regions,
+    put_one,
+    unreachable,
+)
+from bootstrap.records import (
+    DEFAULT_SCOPE,
+    BootstrapRecord,
+    MalformedRecord,
+    from_item,
+    parse_record,
+    scan_records,
+    scope_problem,
+    to_item,
+)
+from core.config import DeploymentConfig
+from core.errors import is_not_found, to_application_error
+from core.metrics import BAD_INPUT
+
+__all__ = ["BootstrapRecord", "EnsureTablesResult", "FlipResult"]
+
+
+@dataclass
+class EnsureTablesInput:
+    deployment: str
+    regions: list[str] | None = None  # None: every region of the deployment
+
+
+@dataclass
+class FlipBootstrapInput:
+    deployment: str
+    epoch: int
+    primary: str
+    order: list[str]  # failover order; the primary is moved to the front
+    scope: str = DEFAULT_SCOPE
+    reason: str = ""
+    retry: int = 5  # connection failures before a device moves to the next endpoint
+    regions: list[str] | None = None  # tables to write; None: every region (catch-up: the missed ones)
+
+
+@dataclass
+class ClearBootstrapScopeInput:
+    deployment: str
+    epoch: int
+    scope: str
+    reason: str = ""
+    regions: list[str] | None = None
+
+
+@dataclass
+class ReadBootstrapInput:
+    deployment: str
+    region: str
+    scope: str = DEFAULT_SCOPE
+
+
+@dataclass
+class CatchUpBootstrapInput:
+    deployment: str
+    region: str  # a region that missed flips (it was unreachable) and answers again
+
+
+@dataclass
+class CatchUpResult:
+    region: str
+    sources: list[str] = field(default_factory=list)  # the regions its records were taken from
+    written: list[str] = field(default_factory=list)  # scopes brought up to date
+    current: list[str] = field(default_factory=list)  # scopes that already were
+    ahead: list[str] = field(default_factory=list)  # scopes where it holds a newer epoch (left alone)
+
+
+def _bad(source: str, reason: str, message: str) -> ApplicationError:
+    BAD_INPUT.labels(source=source, reason=reason).inc()
+    return ApplicationError(message, type="InvalidFlip", non_retryable=True)
+
+
+def _regions(cfg: DeploymentConfig, wanted: list[str] | None, source: str) -> list[str]:
+    regions = cfg.region_names if wanted is None else wanted
+    unknown = [r for r in regions if r not in cfg.regions]
+    if unknown:
+        raise _bad(source, "region", f"regions {unknown} are not regions of deployment {cfg.name!r}")
+    return regions
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+class BootstrapActivities:
+    def __init__(self, deployments: Deployments):
+        self.deployments = deployments
+
+    @activity.defn
+    def ensure_bootstrap_tables(self, inp: EnsureTablesInput) -> EnsureTablesResult:
+        """Create the bootstrap and routing tables in every (reachable) region; idempotent."""
+        cfg = self.deployments.config(inp.deployment)
+        tables = {cfg.bootstrap_table: "scope", cfg.routing_table: "applicationId"}
+        return ensure_tables(
+            self.deployments.aws(inp.deployment), _regions(cfg, inp.regions, "tables"), tables
+        )
+
+    @activity.defn
+    def flip_bootstrap(self, inp: FlipBootstrapInput) -> FlipResult:
+        """Point a scope's devices at `primary` (then `order`) under `epoch`, in every reachable region."""
+        cfg = self.deployments.config(inp.deployment)
+        record = self._record(cfg, inp)
+        return self._write(cfg, record, inp.regions)
+
+    @activity.defn
+    def clear_bootstrap_scope(self, inp: ClearBootstrapScopeInput) -> FlipResult:
+        """Retire a scope override: its devices fall back to the default (tombstone at a new epoch)."""
+        cfg = self.deployments.config(inp.deployment)
+        if inp.scope == DEFAULT_SCOPE or scope_problem(inp.scope):
+            raise _bad(
+                "flip_bootstrap",
+                "scope",
+                f"cannot clear scope {inp.scope!r}: only group scopes are cleared; the default is flipped",
+            )
+        record = BootstrapRecord(
+            scope=inp.scope,
+            epoch=self._epoch(inp.epoch),
+            primary=cfg.primary,
+            order=[cfg.primary, *cfg.standbys()],
+            reason=inp.reason,
+            cleared=True,
+            deployment=cfg.name,
+        )
+        return self._write(cfg, record, inp.regions)
+
+    @activity.defn
+    def catch_up_bootstrap(self, inp: CatchUpBootstrapInput) -> CatchUpResult:
+        """Copy the newest record of every scope from the other regions into one that was down.
+
+        The same fencing applies, so the copy never overwrites a newer epoch, and the caller needs
+        no memory of the flips the region missed.
+        """
+        cfg = self.deployments.config(inp.deployment)
+        region = _regions(cfg, [inp.region], "catch_up_bootstrap")[0]
+        aws = self.deployments.aws(cfg.name)
+        out = CatchUpResult(region=region)
+        newest: dict[str, dict] = {}
+        for other in (r for r in cfg.region_names if r != region):
+            try:
+                records = scan_records(aws.dynamodb(other), cfg.bootstrap_table)
+            except (ClientError, BotoCoreError) as e:
+                if is_not_found(e) or unreachable(e):
+                    continue
+                raise to_application_error(e, "reading bootstrap records", other) from e
+            out.sources.append(other)
+            for scope, values in records.items():
+                if scope not in newest or values["epoch"] > newest[scope]["epoch"]:
+                    newest[scope] = values
+        for scope, values in sorted(newest.items()):
+            outcome = put_one(aws, "bootstrap", region, cfg.bootstrap_table, "scope", values)
+            if outcome == "unreachable":
+                raise ApplicationError(f"{region} does not answer yet; will retry", type="RegionUnreachable")
+            {"written": out.written, "unchanged": out.current}.get(outcome, out.ahead).append(scope)
+        return out
+
+    @activity.defn
+    def read_bootstrap(self, inp: ReadBootstrapInput) -> BootstrapRecord | None:
+        """The record of a scope in one region's table (None: never flipped there)."""
+        cfg = self.deployments.config(inp.deployment)
+        region = _regions(cfg, [inp.region], "read_bootstrap")[0]
+        ddb = self.deployments.aws(inp.deployment).dynamodb(region)
+        try:
+            item = ddb.get_item(
+                TableName=cfg.bootstrap_table, Key=to_item({"scope": inp.scope}), ConsistentRead=True
+            ).get("Item")
+        except (ClientError, BotoCoreError) as e:
+            if is_not_found(e):
+                return None
+            raise to_application_error(e, f"reading bootstrap scope {inp.scope!r}", region) from e
+        if item is None:
+            return None
+        try:
+            return parse_record(from_item(item), cfg.region_names)
+        except MalformedRecord as e:
+            BAD_INPUT.labels(source="bootstrap_table", reason="malformed_record").inc()
+            raise ApplicationError(
+                f"{e} in {region} (hint: flip the scope again with a higher epoch to overwrite it)",
+                type="MalformedRecord",
+                non_retryable=True,
+            ) from None
+
+    def _epoch(self, epoch: int) -> int:
+        if epoch < 1:
+            raise _bad("flip_bootstrap", "epoch", f"epoch must be >= 1, got {epoch}")
+        return epoch
+
+    def _record(self, cfg: DeploymentConfig, inp: FlipBootstrapInput) -> BootstrapRecord:
+        problem = scope_problem(inp.scope)
+        if problem:
+            raise _bad("flip_bootstrap", "scope", problem)
+        order = [inp.primary, *[r for r in inp.order if r != inp.primary]]
+        _regions(cfg, order, "flip_bootstrap")  # the primary is always in it, so never empty
+        if len(set(order)) != len(order):
+            raise _bad("flip_bootstrap", "order", f"order lists a region twice: {inp.order}")
+        if inp.retry < 1:
+            raise _bad("flip_bootstrap", "retry", f"retry must be >= 1, got {inp.retry}")
+        return BootstrapRecord(
+            scope=inp.scope,
+            epoch=self._epoch(inp.epoch),
+            primary=inp.primary,
+            order=order,
+            retry=inp.retry,
+            reason=inp.reason,
+            deployment=cfg.name,
+        )
+
+    def _write(self, cfg: DeploymentConfig, record: BootstrapRecord, regions: list[str] | None) -> FlipResult:
+        record.updated_at = _now()
+        targets = _regions(cfg, regions, "flip_bootstrap")
+        values = from_item(record.item())
+        return flip_regions(
+            self.deployments.aws(cfg.name), "bootstrap", targets, cfg.bootstrap_table, "scope", values
+        )
+
+
+def activities(deployments: Deployments) -> list:
+    a = BootstrapActivities(deployments)
+    return [
+        a.ensure_bootstrap_tables,
+        a.flip_bootstrap,
+        a.clear_bootstrap_scope,
+        a.catch_up_bootstrap,
+        a.read_bootstrap,
+    ]

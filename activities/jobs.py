@@ -1,0 +1,459 @@
+"""Migration waves: wave groups, IoT Jobs that tell devices to move, and verification of where they are.
+
+A wave is a static thing group (`<deployment>-<epoch>-w<k>`) filled from a cursor over the scope's
+listing, so the workflow's history grows with waves, never with devices. Jobs get deterministic IDs
+(`<deployment>-<epoch>-<wave>`), so a retried activity finds its job instead of creating another.
+Verification reads each device's classic shadow in the target: `reported.connectivity` says where it
+really is and under which epoch.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+from botocore.exceptions import BotoCoreError, ClientError
+from prometheus_client import Counter
+from temporalio import activity
+
+from activities.context import Deployments
+from core import logs
+from core.aws import fetch_page
+from core.errors import is_already_exists, is_not_found, to_application_error
+
+DEVICES_MIGRATED = Counter(
+    "iotfailover_devices_migrated_total",
+    "Devices confirmed (or given up on) by cutover verification",
+    ["deployment", "target", "outcome"],
+)
+TERMINAL_EXECUTION = {"SUCCEEDED", "FAILED", "REJECTED", "TIMED_OUT", "REMOVED", "CANCELED"}
+log = logs.get("activities.jobs")
+
+
+@dataclass
+class Cursor:
+    """Where the next wave starts in the scope's listing: a page token and items to skip in it."""
+
+    token: str | None = None
+    skip: int = 0
+    exhausted: bool = False
+
+
+@dataclass
+class FillGroupInput:
+    deployment: str
+    list_region: str
+    list_group: str  # where members are read from
+    into_region: str
+    into_group: str  # created if missing
+    size: int  # how many to add at most (0: all)
+    cursor: Cursor = field(default_factory=Cursor)
+    only_confirmed_in: str | None = None  # add only devices whose connectivity is in this region
+    min_epoch: int = 0
+
+
+@dataclass
+class FilledGroup:
+    group_arn: str
+    added: int
+    cursor: Cursor
+
+
+@dataclass
+class CountGroupInput:
+    deployment: str
+    region: str
+    group: str
+
+
+@dataclass
+class WaveJobInput:
+    deployment: str
+    region: str
+    job_id: str
+    target_arn: str
+    document: dict[str, Any]
+    rollout_per_minute: int = 1000
+    abort_failure_percent: float = 20
+    in_progress_timeout_minutes: int = 10
+    description: str = ""
+    wave_size: int = 0
+
+
+def abort_minimum(wave_size: int) -> int:
+    """Executions that must finish before the abort threshold applies: a single early faulty device
+    must not cancel a wave, a systematic failure must still stop a large one early."""
+    return max(10, wave_size // 10)
+
+
+@dataclass
+class JobRef:
+    job_id: str
+    job_arn: str
+    created: bool
+
+
+@dataclass
+class WaitJobInput:
+    deployment: str
+    region: str
+    job_id: str
+    timeout_seconds: float
+    poll_seconds: float = 5
+
+
+@dataclass
+class JobOutcome:
+    job_id: str
+    status: str
+    counts: dict[str, int]
+    failures: list[str]  # "<thing>: <status> <reason>", bounded
+
+    @property
+    def settled(self) -> bool:
+        return self.status in ("COMPLETED", "CANCELED", "DELETION_IN_PROGRESS")
+
+
+@dataclass
+class VerifyInput:
+    deployment: str
+    list_region: str
+    list_group: str
+    target: str
+    epoch: int
+    timeout_seconds: float
+    poll_seconds: float = 5
+    stragglers_group: str | None = None  # on the last pass, put unconfirmed devices here (list_region)
+
+
+@dataclass
+class VerifyOutcome:
+    total: int
+    confirmed: int
+    pending: int
+    pending_sample: list[str]
+    stragglers_arn: str | None = None
+
+
+@dataclass
+class CancelJobInput:
+    deployment: str
+    region: str
+    job_id: str
+    reason: str = "cutover aborted"
+
+
+@dataclass
+class DeleteGroupsInput:
+    deployment: str
+    region: str
+    groups: list[str]
+
+
+def connectivity_of(shadow_payload: bytes | str) -> dict[str, Any]:
+    """The device's own report of where it is connected (device contract), or {}."""
+    try:
+        doc = json.loads(shadow_payload)
+        conn = doc.get("state", {}).get("reported", {}).get("connectivity") or {}
+        return conn if isinstance(conn, dict) else {}
+    except (ValueError, AttributeError):
+        return {}
+
+
+def confirmed_in(conn: dict[str, Any], region: str, epoch: int) -> bool:
+    try:
+        return conn.get("region") == region and int(conn.get("epoch", -1)) >= epoch
+    except (TypeError, ValueError):
+        return False
+
+
+class JobActivities:
+    def __init__(self, deployments: Deployments, max_workers: int = 16):
+        self.deployments = deployments
+        self.max_workers = max_workers
+
+    def _ensure_group(self, deployment: str, region: str, name: str) -> str:
+        iot = self.deployments.aws(deployment).iot(region)
+        try:
+            return iot.create_thing_group(
+                thingGroupName=name,
+                thingGroupProperties={"thingGroupDescription": f"iotfailover {deployment}: migration wave"},
+                tags=[{"Key": "iotfailover:deployment", "Value": deployment}],
+            )["thingGroupArn"]
+        except ClientError as e:
+            if is_already_exists(e):
+                return iot.describe_thing_group(thingGroupName=name)["thingGroupArn"]
+            raise
+
+    def _shadow_connectivity(self, deployment: str, region: str, thing: str) -> dict[str, Any]:
+        try:
+            payload = (
+                self.deployments.aws(deployment).iot_data(region).get_thing_shadow(thingName=thing)["payload"]
+            )
+            return connectivity_of(payload.read())
+        except ClientError as e:
+            if is_not_found(e):
+                return {}
+            raise
+
+    @activity.defn
+    def count_group(self, inp: CountGroupInput) -> int:
+        """How many devices a cutover scope holds (members of the group and its children)."""
+        iot = self.deployments.aws(inp.deployment).iot(inp.region)
+        count, token = 0, None
+        try:
+            while True:
+                names, token = fetch_page(
+                    iot,
+                    "list_things_in_thing_group",
+                    "things",
+                    token,
+                    250,
+                    thingGroupName=inp.group,
+                    recursive=True,
+                )
+                count += len(names)
+                activity.heartbeat(count)
+                if not token:
+                    return count
+        except (ClientError, BotoCoreError) as e:
+            raise to_application_error(e, f"counting {inp.group}", inp.region) from e
+
+    @activity.defn
+    def fill_group(self, inp: FillGroupInput) -> FilledGroup:
+        """Add the next `size` members of a group (from the cursor) to a wave group, resumably."""
+        aws = self.deployments.aws(inp.deployment)
+        try:
+            arn = self._ensure_group(inp.deployment, inp.into_region, inp.into_group)
+            resume = activity.info().heartbeat_details
+            cursor, added = (Cursor(**resume[0]), resume[1]) if resume else (inp.cursor, 0)
+            src, dst = aws.iot(inp.list_region), aws.iot(inp.into_region)
+            while not cursor.exhausted and (inp.size == 0 or added < inp.size):
+                names, next_token = fetch_page(
+                    src,
+                    "list_things_in_thing_group",
+                    "things",
+                    cursor.token,
+                    100,
+                    thingGroupName=inp.list_group,
+                    recursive=True,
+                )
+                take = names[cursor.skip :]
+                if inp.size:
+                    take = take[: inp.size - added]
+                if inp.only_confirmed_in:
+                    with ThreadPoolExecutor(self.max_workers) as pool:
+                        conns = list(
+                            pool.map(
+                                lambda t: self._shadow_connectivity(inp.deployment, inp.only_confirmed_in, t),
+                                take,
+                            )
+                        )
+                    chosen = [
+                        t
+                        for t, c in zip(take, conns, strict=True)
+                        if confirmed_in(c, inp.only_confirmed_in, inp.min_epoch)
+                    ]
+                else:
+                    chosen = take
+                with ThreadPoolExecutor(self.max_workers) as pool:
+                    list(
+                        pool.map(
+                            lambda t: dst.add_thing_to_thing_group(
+                                thingGroupName=inp.into_group, thingName=t
+                            ),
+                            chosen,
+                        )
+                    )
+                added += len(take) if not inp.only_confirmed_in else len(chosen)
+                consumed = cursor.skip + len(take)
+                if consumed < len(names):
+                    cursor = Cursor(cursor.token, consumed)
+                else:
+                    cursor = Cursor(next_token, 0, exhausted=next_token is None)
+                activity.heartbeat(
+                    {"token": cursor.token, "skip": cursor.skip, "exhausted": cursor.exhausted}, added
+                )
+            return FilledGroup(arn, added, cursor)
+        except (ClientError, BotoCoreError) as e:
+            raise to_application_error(e, f"filling wave group {inp.into_group}", inp.into_region) from e
+
+    @activity.defn
+    def create_wave_job(self, inp: WaveJobInput) -> JobRef:
+        """Create the wave's migrate-region job; an existing job with this ID is this wave's (idempotent)."""
+        iot = self.deployments.aws(inp.deployment).iot(inp.region)
+        try:
+            resp = iot.create_job(
+                jobId=inp.job_id,
+                targets=[inp.target_arn],
+                document=json.dumps(inp.document),
+                description=inp.description[:2028],
+                targetSelection="SNAPSHOT",
+                jobExecutionsRolloutConfig={"maximumPerMinute": inp.rollout_per_minute},
+                abortConfig={
+                    "criteriaList": [
+                        {
+                            "failureType": "ALL",
+                            "action": "CANCEL",
+                            "thresholdPercentage": inp.abort_failure_percent,
+                            "minNumberOfExecutedThings": abort_minimum(inp.wave_size),
+                        }
+                    ]
+                },
+                timeoutConfig={"inProgressTimeoutInMinutes": inp.in_progress_timeout_minutes},
+                tags=[{"Key": "iotfailover:deployment", "Value": inp.deployment}],
+            )
+            return JobRef(inp.job_id, resp["jobArn"], created=True)
+        except ClientError as e:
+            if is_already_exists(e):
+                job = iot.describe_job(jobId=inp.job_id)["job"]
+                return JobRef(inp.job_id, job["jobArn"], created=False)
+            raise to_application_error(e, f"creating job {inp.job_id}", inp.region) from e
+        except BotoCoreError as e:
+            raise to_application_error(e, f"creating job {inp.job_id}", inp.region) from e
+
+    @activity.defn
+    def wait_for_job(self, inp: WaitJobInput) -> JobOutcome:
+        """Poll a job until it settles or the timeout passes, heartbeating its counts."""
+        iot = self.deployments.aws(inp.deployment).iot(inp.region)
+        deadline = time.monotonic() + inp.timeout_seconds
+        while True:
+            try:
+                job = iot.describe_job(jobId=inp.job_id)["job"]
+            except (ClientError, BotoCoreError) as e:
+                raise to_application_error(e, f"reading job {inp.job_id}", inp.region) from e
+            details = job.get("jobProcessDetails", {})
+            counts = {
+                k.removeprefix("numberOf").removesuffix("Things"): v
+                for k, v in details.items()
+                if k.startswith("numberOf")
+            }
+            active = counts.get("Queued", 0) + counts.get("InProgress", 0)
+            activity.heartbeat(counts)
+            if job["status"] in ("COMPLETED", "CANCELED") or active == 0 or time.monotonic() > deadline:
+                return JobOutcome(inp.job_id, job["status"], counts, self._failures(iot, inp.job_id))
+            time.sleep(inp.poll_seconds)
+
+    def _failures(self, iot: Any, job_id: str, limit: int = 20) -> list[str]:
+        out: list[str] = []
+        for status in ("FAILED", "REJECTED", "TIMED_OUT"):
+            items, _ = fetch_page(
+                iot,
+                "list_job_executions_for_job",
+                "executionSummaries",
+                None,
+                limit,
+                jobId=job_id,
+                status=status,
+            )
+            for s in items:
+                thing = s.get("thingArn", "").rsplit("/", 1)[-1]
+                out.append(f"{thing}: {status}")
+        return out[:limit]
+
+    @activity.defn
+    def verify_devices(self, inp: VerifyInput) -> VerifyOutcome:
+        """Count the group's devices whose shadow in the target says they are there under the epoch.
+
+        Polls until every device is confirmed or the timeout passes; on the last pass, optionally
+        puts the unconfirmed ones into a stragglers group for one more try.
+        """
+        aws = self.deployments.aws(inp.deployment)
+        deadline = time.monotonic() + inp.timeout_seconds
+        try:
+            while True:
+                total, pending = 0, []
+                token = None
+                while True:
+                    names, token = fetch_page(
+                        aws.iot(inp.list_region),
+                        "list_things_in_thing_group",
+                        "things",
+                        token,
+                        100,
+                        thingGroupName=inp.list_group,
+                        recursive=True,
+                    )
+                    with ThreadPoolExecutor(self.max_workers) as pool:
+                        conns = list(
+                            pool.map(
+                                lambda t: self._shadow_connectivity(inp.deployment, inp.target, t), names
+                            )
+                        )
+                    total += len(names)
+                    pending += [
+                        t
+                        for t, c in zip(names, conns, strict=True)
+                        if not confirmed_in(c, inp.target, inp.epoch)
+                    ]
+                    activity.heartbeat({"checked": total, "pending": len(pending)})
+                    if not token:
+                        break
+                last = not pending or time.monotonic() > deadline
+                if last:
+                    arn = None
+                    if pending and inp.stragglers_group:
+                        arn = self._ensure_group(inp.deployment, inp.list_region, inp.stragglers_group)
+                        iot = aws.iot(inp.list_region)
+                        with ThreadPoolExecutor(self.max_workers) as pool:
+                            list(
+                                pool.map(
+                                    lambda t, iot=iot: iot.add_thing_to_thing_group(
+                                        thingGroupName=inp.stragglers_group, thingName=t
+                                    ),
+                                    pending,
+                                )
+                            )
+                    confirmed = total - len(pending)
+                    DEVICES_MIGRATED.labels(inp.deployment, inp.target, "confirmed").inc(confirmed)
+                    return VerifyOutcome(total, confirmed, len(pending), sorted(pending)[:20], arn)
+                time.sleep(inp.poll_seconds)
+        except (ClientError, BotoCoreError) as e:
+            raise to_application_error(e, f"verifying devices of {inp.list_group}", inp.target) from e
+
+    @activity.defn
+    def cancel_job(self, inp: CancelJobInput) -> str:
+        """Cancel a wave's job, in-progress executions included; a missing or finished job is fine."""
+        iot = self.deployments.aws(inp.deployment).iot(inp.region)
+        try:
+            iot.cancel_job(jobId=inp.job_id, reasonCode="ABORTED", comment=inp.reason[:2028], force=True)
+            return "canceled"
+        except ClientError as e:
+            if is_not_found(e) or e.response["Error"]["Code"] in (
+                "InvalidRequestException",
+                "ConflictException",
+            ):
+                return "not-running"
+            raise to_application_error(e, f"canceling job {inp.job_id}", inp.region) from e
+        except BotoCoreError as e:
+            raise to_application_error(e, f"canceling job {inp.job_id}", inp.region) from e
+
+    @activity.defn
+    def delete_wave_groups(self, inp: DeleteGroupsInput) -> int:
+        """Remove a finished cutover's wave groups (a thing may belong to only 10 static groups)."""
+        iot = self.deployments.aws(inp.deployment).iot(inp.region)
+        deleted = 0
+        for name in inp.groups:
+            try:
+                iot.delete_thing_group(thingGroupName=name)
+                deleted += 1
+            except ClientError as e:
+                if not is_not_found(e):
+                    raise to_application_error(e, f"deleting group {name}", inp.region) from e
+        return deleted
+
+
+def activities(deployments: Deployments) -> list:
+    a = JobActivities(deployments)
+    return [
+        a.count_group,
+        a.fill_group,
+        a.create_wave_job,
+        a.wait_for_job,
+        a.verify_devices,
+        a.cancel_job,
+        a.delete_wave_groups,
+    ]

@@ -1,0 +1,267 @@
+"""Telemetry routing and the optional DNS flip, fenced by the cutover's epoch like the bootstrap.
+
+Routing ("process data once" in active/active): every region's routing table maps an application
+to the one region and stream that processes its telemetry; each region's IoT rule looks its
+application up there (deploy/aws/telemetry-routing.yaml) and forwards only what is its own.
+
+DNS: when devices connect through a custom domain (an IoT domain configuration), its Route 53 CNAME
+is pointed at the target region's device endpoint. The epoch lives in a TXT record beside it,
+changed in the same atomic change batch (DELETE of the exact old TXT + CREATE of the new one), so a
+concurrent or older flip fails instead of overwriting a newer one.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from botocore.exceptions import BotoCoreError, ClientError
+from temporalio import activity
+from temporalio.exceptions import ApplicationError
+
+from activities.context import Deployments
+from activities.fencing import FLIPS, FlipResult, flip_regions
+from bootstrap.records import from_item, to_item
+from core import logs
+from core.config import DeploymentConfig
+from core.errors import error_code, is_not_found, to_application_error
+from core.metrics import BAD_INPUT
+
+_APPLICATION = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
+_STREAM = re.compile(r"^[a-zA-Z0-9_.-]{1,128}$")
+DEFAULT_STREAM_PREFIX = "iotfailover-telemetry-"  # the streams deploy/aws/region.yaml lets rules write
+_DNS_TTL = 60
+_INSYNC_WAIT_SECONDS = 300
+
+
+@dataclass
+class FlipRoutingInput:
+    deployment: str
+    epoch: int
+    application: str
+    region: str  # the region that processes this application's telemetry from now on
+    stream: str = ""  # the stream the IoT rule forwards to; "" is iotfailover-telemetry-<application>
+    regions: list[str] | None = None  # tables to write; None: every region
+
+
+@dataclass
+class ReadRoutingInput:
+    deployment: str
+    region: str
+    application: str
+
+
+@dataclass
+class RoutingRecord:
+    application: str
+    region: str
+    stream: str
+    epoch: int
+    updated_at: str = ""
+
+
+@dataclass
+class FlipDnsInput:
+    deployment: str
+    epoch: int
+    region: str  # the region whose device endpoint the record points to
+
+
+@dataclass
+class DnsFlipResult:
+    epoch: int
+    record: str
+    target: str
+    changed: bool  # False: this epoch and target were already in place (a retry)
+    change_id: str = ""
+    status: str = ""  # INSYNC once Route 53 has propagated the change
+
+
+def _bad(source: str, reason: str, message: str) -> ApplicationError:
+    BAD_INPUT.labels(source=source, reason=reason).inc()
+    return ApplicationError(message, type="InvalidFlip", non_retryable=True)
+
+
+def _check_region(cfg: DeploymentConfig, region: str, source: str) -> None:
+    if region not in cfg.regions:
+        raise _bad(source, "region", f"{region!r} is not a region of deployment {cfg.name!r}")
+
+
+def dns_region(cfg: DeploymentConfig) -> str:
+    """Route 53 is global; its calls go through the first region's clients (locally, its emulator)."""
+    return cfg.region_names[0]
+
+
+class RoutingActivities:
+    def __init__(self, deployments: Deployments):
+        self.deployments = deployments
+
+    @activity.defn
+    def flip_routing(self, inp: FlipRoutingInput) -> FlipResult:
+        """Route an application's telemetry to one region and stream, in every reachable region's table."""
+        cfg = self.deployments.config(inp.deployment)
+        _check_region(cfg, inp.region, "flip_routing")
+        for r in inp.regions or []:
+            _check_region(cfg, r, "flip_routing")
+        if inp.epoch < 1:
+            raise _bad("flip_routing", "epoch", f"epoch must be >= 1, got {inp.epoch}")
+        if not _APPLICATION.match(inp.application):
+            raise _bad("flip_routing", "application", f"application {inp.application!r}: use [A-Za-z0-9_-]")
+        stream = inp.stream or f"{DEFAULT_STREAM_PREFIX}{inp.application}"
+        if not _STREAM.match(stream):
+            raise _bad("flip_routing", "stream", f"stream {stream!r} is not a valid stream name")
+        values = {
+            "applicationId": inp.application,
+            "region": inp.region,
+            "stream": stream,
+            "epoch": inp.epoch,
+            "deployment": cfg.name,
+            "updated_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        }
+        targets = cfg.region_names if inp.regions is None else inp.regions
+        aws = self.deployments.aws(cfg.name)
+        return flip_regions(aws, "routing", targets, cfg.routing_table, "applicationId", values)
+
+    @activity.defn
+    def read_routing(self, inp: ReadRoutingInput) -> RoutingRecord | None:
+        """Where an application's telemetry is processed, as one region's table says."""
+        cfg = self.deployments.config(inp.deployment)
+        _check_region(cfg, inp.region, "read_routing")
+        ddb = self.deployments.aws(cfg.name).dynamodb(inp.region)
+        try:
+            item = ddb.get_item(
+                TableName=cfg.routing_table,
+                Key=to_item({"applicationId": inp.application}),
+                ConsistentRead=True,
+            ).get("Item")
+        except (ClientError, BotoCoreError) as e:
+            if is_not_found(e):
+                return None
+            raise to_application_error(e, f"reading routing of {inp.application!r}", inp.region) from e
+        if item is None:
+            return None
+        v = from_item(item)
+        return RoutingRecord(
+            application=v["applicationId"],
+            region=str(v.get("region", "")),
+            stream=str(v.get("stream", "")),
+            epoch=int(v.get("epoch", 0)),
+            updated_at=str(v.get("updated_at", "")),
+        )
+
+    @activity.defn
+    def flip_dns(self, inp: FlipDnsInput) -> DnsFlipResult:
+        """Point the deployment's custom domain at a region's device endpoint, fenced, then wait INSYNC.
+
+        Heartbeats the change ID, so a retry after a crash waits for the same change instead of
+        writing again.
+        """
+        cfg = self.deployments.config(inp.deployment)
+        if not (cfg.dns_record and cfg.hosted_zone_id):
+            raise _bad(
+                "flip_dns",
+                "not_configured",
+                f"deployment {cfg.name!r} has no dns_record/hosted_zone_id: it does not use a custom domain",
+            )
+        _check_region(cfg, inp.region, "flip_dns")
+        aws = self.deployments.aws(cfg.name)
+        r53 = aws.client(dns_region(cfg), "route53")
+        record = cfg.dns_record.rstrip(".") + "."
+        fence = f"_iotfailover-epoch.{record}"
+        doing = f"flipping {record} to {inp.region} at epoch {inp.epoch}"
+        try:
+            target = aws.device_endpoint(inp.region)
+            result = DnsFlipResult(epoch=inp.epoch, record=record, target=target, changed=False)
+            details = activity.info().heartbeat_details
+            if details:
+                result.changed, result.change_id = True, str(details[0])
+            else:
+                current = _read_fence(r53, cfg.hosted_zone_id, fence)
+                if current != (inp.epoch, inp.region):
+                    _refuse_if_stale(current, inp, record)
+                    result.change_id = _write(r53, cfg.hosted_zone_id, record, fence, target, current, inp)
+                    result.changed = True
+                    activity.heartbeat(result.change_id)
+            result.status = _wait_insync(r53, result.change_id) if result.change_id else "INSYNC"
+        except ClientError as e:
+            if error_code(e) == "InvalidChangeBatch" and re.search("not found|already exists", str(e)):
+                raise ApplicationError(
+                    f"{doing}: the epoch record changed under this flip (another flip ran); will re-read",
+                    type="FenceMoved",
+                ) from e
+            raise to_application_error(e, doing, dns_region(cfg)) from e
+        except BotoCoreError as e:
+            raise to_application_error(e, doing, dns_region(cfg)) from e
+        FLIPS.labels(kind="dns", region="route53", outcome="written" if result.changed else "unchanged").inc()
+        logs.get("routing", deployment=cfg.name).info("dns flipped", **vars(result))
+        return result
+
+
+def _txt(epoch: int, region: str) -> str:
+    return f'"epoch={epoch} region={region}"'
+
+
+def _read_fence(r53: Any, zone: str, fence: str) -> tuple[int, str] | None:
+    """The (epoch, region) the fence TXT record holds, or None before the first flip."""
+    sets = r53.list_resource_record_sets(
+        HostedZoneId=zone, StartRecordName=fence, StartRecordType="TXT", MaxItems="1"
+    )["ResourceRecordSets"]
+    if not sets or sets[0]["Name"].rstrip(".") != fence.rstrip(".") or sets[0]["Type"] != "TXT":
+        return None
+    fields = dict(p.split("=", 1) for p in sets[0]["ResourceRecords"][0]["Value"].strip('"').split())
+    return int(fields["epoch"]), fields["region"]
+
+
+def _refuse_if_stale(current: tuple[int, str] | None, inp: FlipDnsInput, record: str) -> None:
+    if current is not None and current[0] >= inp.epoch:
+        FLIPS.labels(kind="dns", region="route53", outcome="refused").inc()
+        raise ApplicationError(
+            f"DNS flip of {record} to {inp.region} at epoch {inp.epoch} refused: the record is at epoch "
+            f"{current[0]} ({current[1]}) (hint: start a new cutover with a higher epoch)",
+            {"epoch": current[0], "region": current[1]},
+            type="StaleEpoch",
+            non_retryable=True,
+        )
+
+
+def _write(
+    r53: Any,
+    zone: str,
+    record: str,
+    fence: str,
+    target: str,
+    current: tuple[int, str] | None,
+    inp: FlipDnsInput,
+) -> str:
+    def rrset(name: str, kind: str, value: str) -> dict:
+        return {"Name": name, "Type": kind, "TTL": _DNS_TTL, "ResourceRecords": [{"Value": value}]}
+
+    changes = [{"Action": "CREATE", "ResourceRecordSet": rrset(fence, "TXT", _txt(inp.epoch, inp.region))}]
+    if current is not None:
+        changes.insert(0, {"Action": "DELETE", "ResourceRecordSet": rrset(fence, "TXT", _txt(*current))})
+    changes.append({"Action": "UPSERT", "ResourceRecordSet": rrset(record, "CNAME", target)})
+    resp = r53.change_resource_record_sets(
+        HostedZoneId=zone,
+        ChangeBatch={"Comment": f"iotfailover epoch {inp.epoch}: {inp.region}", "Changes": changes},
+    )
+    return resp["ChangeInfo"]["Id"]
+
+
+def _wait_insync(r53: Any, change_id: str) -> str:
+    deadline = time.monotonic() + _INSYNC_WAIT_SECONDS
+    while True:
+        status = r53.get_change(Id=change_id)["ChangeInfo"]["Status"]
+        if status == "INSYNC":
+            return status
+        if time.monotonic() > deadline:
+            raise ApplicationError(f"Route 53 change {change_id} still {status}; will check again")
+        activity.heartbeat(change_id)
+        time.sleep(2)
+
+
+def activities(deployments: Deployments) -> list:
+    a = RoutingActivities(deployments)
+    return [a.flip_routing, a.read_routing, a.flip_dns]

@@ -1,0 +1,477 @@
+"""Shadow sync and parity between two regions: one page of things per activity, never one per device.
+
+A page's things are synced by a bounded thread pool inside the activity (the shadow API is the
+bottleneck, not the worker), each request paced by the per-region, per-API rate limiter of
+AwsClients. The activity heartbeats which things of its page are done, with their tally, so a
+retry (after an outage, a throttle or a worker crash) resumes without redoing or recounting them.
+A retryable AWS error (outage, throttling, 5xx) stops the page and fails the activity retryably; a
+thing-level problem (missing in the target, a device writing faster than the sync can read)
+is counted as failed with its reason and the page goes on.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from collections.abc import Callable
+from concurrent import futures
+from dataclasses import dataclass, field
+from typing import Any
+
+from botocore.exceptions import BotoCoreError, ClientError
+from prometheus_client import Counter, Histogram
+from pydantic import TypeAdapter
+from temporalio import activity
+
+from activities.context import Deployments
+from activities.shadow_merge import merge_shadow
+from core import logs
+from core.aws import AwsClients, fetch_page
+from core.errors import (
+    ACCESS_CODES,
+    error_code,
+    is_conflict,
+    is_not_found,
+    is_retryable,
+    is_throttle,
+    to_application_error,
+)
+
+SAMPLE = 20  # failures and stale leaves kept by name; the counts are exact
+CONFLICT_TRIES = 5
+THROTTLE_TRIES = 5  # re-read the target this often when a device writes during the sync
+LIST_PAGE = 100  # things per AWS list call
+PER_THING_RPS = 20.0  # AWS IoT's shadow requests per second per thing (overridable: quotas ShadowPerThing)
+
+SYNCED = Counter(
+    "iotfailover_shadows_synced_total",
+    "Shadows synced between regions, by outcome (copied, merged, unchanged, failed)",
+    ["deployment", "source", "target", "outcome"],
+)
+CONFLICTS = Counter(
+    "iotfailover_shadow_conflicts_total",
+    "Version conflicts while writing a target shadow (a device wrote during the sync); each is retried",
+    ["deployment", "source", "target"],
+)
+STALE = Counter(
+    "iotfailover_shadow_stale_leaves_total",
+    "Shadow leaves found older (or missing) in the target and carried over from the source",
+    ["deployment", "source", "target"],
+)
+SYNC_LAG = Histogram(
+    "iotfailover_shadow_sync_lag_seconds",
+    "Age of a source shadow write when the sync carried it to the target",
+    ["deployment", "source", "target"],
+    buckets=(1, 5, 15, 60, 300, 900, 3600, 4 * 3600, 24 * 3600),
+)
+log = logs.get("activities.shadows")
+
+
+@dataclass
+class ShadowSyncResult:
+    """Counts of a sync (a page, a child, a round); shadows are counted one by one, classic and named."""
+
+    things_scanned: int = 0
+    shadows_copied: int = 0
+    merged: int = 0
+    unchanged: int = 0
+    failed: int = 0
+    failures: list[str] = field(default_factory=list)  # "thing[#shadow]: reason", first SAMPLE
+    stale_leaves: int = 0
+    stale_sample: list[str] = field(default_factory=list)  # "thing[#shadow]:section.path", first SAMPLE
+    conflicts: int = 0
+
+    def add(self, other: ShadowSyncResult) -> None:
+        for name in ("things_scanned", "shadows_copied", "merged", "unchanged", "failed"):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        self.stale_leaves += other.stale_leaves
+        self.conflicts += other.conflicts
+        self.failures = (self.failures + other.failures)[:SAMPLE]
+        self.stale_sample = (self.stale_sample + other.stale_sample)[:SAMPLE]
+
+
+@dataclass
+class ShadowPageInput:
+    deployment: str
+    source: str
+    target: str
+    things: list[str]
+    concurrency: int = 8
+
+
+@dataclass
+class ShadowPageProgress:
+    """Heartbeat details of a page: which things (by index) are done, and their tally."""
+
+    done: list[int] = field(default_factory=list)
+    tally: ShadowSyncResult = field(default_factory=ShadowSyncResult)
+
+
+@dataclass
+class ThingPageInput:
+    deployment: str
+    region: str
+    thing_group: str | None = None  # None: every thing in the region
+    token: str | None = None
+    limit: int = 1000
+
+
+@dataclass
+class ThingPage:
+    things: list[str]
+    next_token: str | None
+
+
+@dataclass
+class ShadowParityInput:
+    deployment: str
+    source: str
+    target: str
+    thing_group: str | None = None
+    concurrency: int = 8
+
+
+@dataclass
+class ShadowParityReport:
+    """Parity holds when syncing would change nothing: every source leaf is in the target, or newer."""
+
+    things_checked: int = 0
+    differing: int = 0
+    sample: list[str] = field(default_factory=list)  # "thing[#shadow]: N stale leaves (first path)"
+    ok: bool = True
+
+
+def _label(thing: str, shadow: str | None) -> str:
+    return thing if shadow is None else f"{thing}#{shadow}"
+
+
+def _heartbeat(details: Any) -> None:
+    if activity.in_activity():
+        activity.heartbeat(details)
+
+
+def _resumed(kind: type) -> Any:
+    """The heartbeat details of the previous attempt, as `kind`, or None on a first attempt."""
+    if not activity.in_activity() or not activity.info().heartbeat_details:
+        return None
+    return TypeAdapter(kind).validate_python(activity.info().heartbeat_details[0])
+
+
+class _Pacer:
+    """One thing's shadow requests: under AWS's per-thing rate, and patient with throttling.
+
+    The rate limiter has already halved the region's rate when a throttle comes back; a throttled
+    call is then retried here with growing, jittered pauses before it may stop the page.
+    """
+
+    def __init__(self, aws: AwsClients):
+        self._gap = 1.0 / aws.cfg.quotas.per_api.get("ShadowPerThing", PER_THING_RPS)
+        self._last: dict[str, float] = {}
+
+    def call(self, region: str, method: Callable[..., Any], **kwargs: Any) -> Any:
+        attempt = 0
+        while True:
+            wait = self._last.get(region, 0.0) + self._gap - time.monotonic()
+            if wait > 0:
+                time.sleep(wait)
+            self._last[region] = time.monotonic()
+            try:
+                return method(**kwargs)
+            except ClientError as e:
+                attempt += 1
+                if not is_throttle(e) or attempt >= THROTTLE_TRIES:
+                    raise
+            time.sleep(min(8.0, 0.25 * 2**attempt) * (1 + random.random()))
+
+
+class ShadowActivities:
+    def __init__(self, deployments: Deployments):
+        self.deployments = deployments
+
+    # ---- listing -------------------------------------------------------------------------
+    @activity.defn
+    def list_shadow_things(self, inp: ThingPageInput) -> ThingPage:
+        """Up to about `limit` thing names of a thing group (recursively) or the whole region."""
+        aws = self.deployments.aws(inp.deployment)
+        resumed = _resumed(ThingPage)
+        things, token = (resumed.things, resumed.next_token) if resumed else ([], inp.token)
+        if resumed and (not token or len(things) >= inp.limit):
+            return resumed
+        while True:
+            size = max(1, min(LIST_PAGE, inp.limit - len(things)))
+            page, token = list_scope_page(aws, inp.region, inp.thing_group, token, size)
+            things = things + page
+            _heartbeat(ThingPage(things, token))
+            if not token or len(things) >= inp.limit:
+                return ThingPage(things, token)
+
+    # ---- sync ----------------------------------------------------------------------------
+    @activity.defn
+    def sync_shadow_page(self, inp: ShadowPageInput) -> ShadowSyncResult:
+        """Sync the classic and every named shadow of each thing of the page, source into target."""
+        aws = self.deployments.aws(inp.deployment)
+        labels = (inp.deployment, inp.source, inp.target)
+        progress = _resumed(ShadowPageProgress) or ShadowPageProgress()
+
+        def one(thing: str) -> ShadowSyncResult:
+            return self._sync_thing(aws, labels, thing)
+
+        def done(index: int, result: ShadowSyncResult) -> None:
+            progress.done.append(index)
+            progress.tally.add(result)
+            _heartbeat(progress)
+
+        _run_page(
+            inp.things,
+            set(progress.done),
+            inp.concurrency,
+            one,
+            done,
+            lambda: _heartbeat(progress),
+            f"syncing shadows to {inp.target}",
+        )
+        return progress.tally
+
+    def _sync_thing(self, aws: AwsClients, labels: tuple[str, str, str], thing: str) -> ShadowSyncResult:
+        source = labels[1]
+        result = ShadowSyncResult(things_scanned=1)
+        pace = _Pacer(aws)
+        try:
+            names: list[str | None] = [None, *named_shadows(aws, source, thing, pace)]
+        except ClientError as e:
+            _fail(result, labels, thing, None, e, "listing its named shadows in the source", "source")
+            return result
+        for name in names:
+            try:
+                self._sync_shadow(aws, labels, thing, name, pace, result)
+            except ClientError as e:
+                _fail(result, labels, thing, name, e, "syncing", "target")
+        return result
+
+    def _sync_shadow(
+        self,
+        aws: AwsClients,
+        labels: tuple[str, str, str],
+        thing: str,
+        name: str | None,
+        pace: _Pacer,
+        result: ShadowSyncResult,
+    ) -> None:
+        source, target = labels[1], labels[2]
+        src = get_shadow(aws, source, thing, name, pace)
+        for _ in range(CONFLICT_TRIES):
+            tgt = get_shadow(aws, target, thing, name, pace)
+            merge = merge_shadow(src, tgt)
+            if merge.payload is None:
+                result.unchanged += 1
+                SYNCED.labels(*labels, "unchanged").inc()
+                return
+            if tgt is not None:
+                merge.payload["version"] = tgt["version"]
+            try:
+                kwargs = {"shadowName": name} if name else {}
+                pace.call(
+                    target,
+                    aws.iot_data(target).update_thing_shadow,
+                    thingName=thing,
+                    payload=json.dumps(merge.payload).encode(),
+                    **kwargs,
+                )
+            except ClientError as e:
+                if not is_conflict(e):
+                    raise
+                result.conflicts += 1
+                CONFLICTS.labels(*labels).inc()
+                continue
+            if merge.outcome == "copied":
+                result.shadows_copied += 1
+            else:
+                result.merged += 1
+            SYNCED.labels(*labels, merge.outcome).inc()
+            result.stale_leaves += len(merge.stale)
+            STALE.labels(*labels).inc(len(merge.stale))
+            room = SAMPLE - len(result.stale_sample)
+            result.stale_sample += [f"{_label(thing, name)}:{s.path}" for s in merge.stale[:room]]
+            now = time.time()
+            for s in merge.stale:
+                if s.source_timestamp:
+                    SYNC_LAG.labels(*labels).observe(max(0.0, now - s.source_timestamp))
+            return
+        result.failed += 1
+        SYNCED.labels(*labels, "failed").inc()
+        if len(result.failures) < SAMPLE:
+            result.failures.append(
+                f"{_label(thing, name)}: version conflict {CONFLICT_TRIES} times in a row "
+                "(a device keeps writing it); the next sync retries"
+            )
+
+    # ---- parity --------------------------------------------------------------------------
+    @activity.defn
+    def check_shadow_parity(self, inp: ShadowParityInput) -> ShadowParityReport:
+        """Which things' shadows a sync would still change; resumes from its heartbeated page token."""
+        aws = self.deployments.aws(inp.deployment)
+        committed = _resumed(_ParityProgress) or _ParityProgress()
+        while True:
+            things, next_token = list_scope_page(aws, inp.source, inp.thing_group, committed.token, LIST_PAGE)
+            report = ShadowParityReport(**vars(committed.report))
+
+            def one(thing: str) -> list[str]:
+                return self._thing_differences(aws, inp.source, inp.target, thing)
+
+            def done(_: int, differences: list[str], report: ShadowParityReport = report) -> None:
+                report.things_checked += 1
+                if differences:
+                    report.differing += 1
+                    report.sample = (report.sample + differences)[:SAMPLE]
+
+            beat = lambda c=committed: _heartbeat(c)  # noqa: E731 (only whole pages are committed)
+            _run_page(things, set(), inp.concurrency, one, done, beat, f"comparing shadows with {inp.target}")
+            committed = _ParityProgress(report, next_token)
+            _heartbeat(committed)
+            if not next_token:
+                report.ok = report.differing == 0
+                return report
+
+    def _thing_differences(self, aws: AwsClients, source: str, target: str, thing: str) -> list[str]:
+        pace = _Pacer(aws)
+        try:
+            differences = []
+            for name in [None, *named_shadows(aws, source, thing, pace)]:
+                merge = merge_shadow(
+                    get_shadow(aws, source, thing, name, pace), get_shadow(aws, target, thing, name, pace)
+                )
+                if merge.payload is not None:
+                    first = merge.stale[0].path if merge.stale else "?"
+                    differences.append(
+                        f"{_label(thing, name)}: {len(merge.stale)} stale leaves ({first} ...)"
+                    )
+            return differences
+        except ClientError as e:
+            if is_retryable(e) or error_code(e) in ACCESS_CODES:
+                raise
+            return [f"{thing}: cannot compare: {error_code(e)}"]
+
+
+@dataclass
+class _ParityProgress:
+    report: ShadowParityReport = field(default_factory=ShadowParityReport)
+    token: str | None = None
+
+
+def _fail(
+    result: ShadowSyncResult,
+    labels: tuple[str, str, str],
+    thing: str,
+    name: str | None,
+    e: ClientError,
+    doing: str,
+    side: str,
+) -> None:
+    """Count a thing-level failure with its reason; re-raise what the whole page must retry or stop on."""
+    if is_retryable(e) or error_code(e) in ACCESS_CODES:
+        raise e
+    if is_not_found(e) and side == "target":
+        reason = "thing not found in the target (replicate the registry first)"
+    elif is_not_found(e):
+        reason = "thing not found in the source (deleted since it was listed)"
+    else:
+        reason = f"{doing}: {error_code(e)}: {e}"
+    result.failed += 1
+    SYNCED.labels(*labels, "failed").inc()
+    if len(result.failures) < SAMPLE:
+        result.failures.append(f"{_label(thing, name)}: {reason}")
+
+
+def _run_page(
+    things: list[str],
+    skip: set[int],
+    concurrency: int,
+    work: Callable[[str], Any],
+    done: Callable[[int, Any], None],
+    beat: Callable[[], None],
+    doing: str,
+) -> None:
+    """Run `work` over the page's things with bounded concurrency, calling `done` as each finishes.
+
+    The first retryable or access error stops the page: nothing new starts, running things finish
+    (and are recorded), then the error is raised as an ApplicationError saying whether to retry.
+    Waiting wakes up every few seconds to heartbeat, which is also how cancellation arrives.
+    """
+    pool = futures.ThreadPoolExecutor(max_workers=max(1, concurrency), thread_name_prefix="shadow")
+    error: BaseException | None = None
+    try:
+        pending = {pool.submit(work, t): i for i, t in enumerate(things) if i not in skip}
+        while pending:
+            finished, _ = futures.wait(pending, timeout=5, return_when=futures.FIRST_COMPLETED)
+            if not finished:
+                beat()
+            for f in finished:
+                index = pending.pop(f)
+                if f.exception() is not None:
+                    error = error or f.exception()
+                    for other in pending:
+                        other.cancel()
+                    continue
+                done(index, f.result())
+            if error is not None:
+                pending = {f: i for f, i in pending.items() if not f.cancelled()}
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+    if error is not None:
+        if isinstance(error, ClientError | BotoCoreError):
+            raise to_application_error(error, doing, "") from error
+        raise error
+
+
+def list_scope_page(
+    aws: AwsClients, region: str, thing_group: str | None, token: str | None, page_size: int
+) -> tuple[list[str], str | None]:
+    """One page of thing names: a thing group's (with its subgroups) or every thing in the region."""
+    iot = aws.iot(region)
+    try:
+        if thing_group:
+            return fetch_page(
+                iot,
+                "list_things_in_thing_group",
+                "things",
+                token,
+                page_size,
+                thingGroupName=thing_group,
+                recursive=True,
+            )
+        things, token = fetch_page(iot, "list_things", "things", token, page_size)
+    except ClientError as e:
+        raise to_application_error(e, f"listing things of {thing_group or 'the fleet'}", region) from e
+    return [t["thingName"] for t in things], token
+
+
+def named_shadows(aws: AwsClients, region: str, thing: str, pace: _Pacer) -> list[str]:
+    names: list[str] = []
+    token: str | None = None
+    while True:
+        kwargs = {"nextToken": token} if token else {}
+        resp = pace.call(
+            region, aws.iot_data(region).list_named_shadows_for_thing, thingName=thing, pageSize=100, **kwargs
+        )
+        names += resp.get("results", [])
+        token = resp.get("nextToken")
+        if not token:
+            return sorted(set(names))
+
+
+def get_shadow(aws: AwsClients, region: str, thing: str, name: str | None, pace: _Pacer) -> dict | None:
+    """A shadow document, or None when the thing has no such shadow in `region`."""
+    try:
+        kwargs = {"shadowName": name} if name else {}
+        resp = pace.call(region, aws.iot_data(region).get_thing_shadow, thingName=thing, **kwargs)
+    except ClientError as e:
+        if is_not_found(e):
+            return None
+        raise
+    return json.loads(resp["payload"].read())
+
+
+def activities(deployments: Deployments) -> list[Callable]:
+    a = ShadowActivities(deployments)
+    return [a.list_shadow_things, a.sync_shadow_page, a.check_shadow_parity]

@@ -1,0 +1,317 @@
+"""What a device gets at boot: the logic shared by the local HTTP server and the Lambda handler.
+
+The answer is built from the region's own registry (does the thing exist here, which groups is it
+in, which application) and the region's own bootstrap table, so a region answers alone when the
+others are down. Everything read is kept in a short in-memory cache: a boot storm of thousands of
+devices costs a few table scans per TTL, not one read per device.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import re
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any
+
+from botocore.exceptions import BotoCoreError, ClientError
+from prometheus_client import Counter, Histogram
+
+from bootstrap.records import (
+    DEFAULT_SCOPE,
+    BootstrapRecord,
+    MalformedRecord,
+    group_scope,
+    parse_record,
+    scan_records,
+)
+from core import logs
+from core.aws import AwsClients, all_items
+from core.config import DeploymentConfig, Quotas
+from core.errors import error_code, is_not_found, is_retryable
+from core.metrics import BAD_INPUT
+
+THING_NAME = re.compile(r"^[a-zA-Z0-9:_-]{1,128}$")
+_APPLICATION = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
+# Read rates for the service unless the deployment config sets them: DynamoDB has no per-API TPS
+# quota like IoT's, so the defaults are only there to bound a runaway loop.
+_SERVICE_RATES = {"Scan": 1000.0, "GetItem": 1000.0, "DescribeTable": 100.0, "ListThingGroupsForThing": 100.0}
+
+REQUESTS = Counter(
+    "iotfailover_bootstrap_requests_total", "Bootstrap requests answered, by status", ["region", "status"]
+)
+CACHE = Counter(
+    "iotfailover_bootstrap_cache_total",
+    "Bootstrap service cache lookups by kind (thing, groups, records) and result (hit, miss)",
+    ["region", "kind", "result"],
+)
+LATENCY = Histogram(
+    "iotfailover_bootstrap_request_seconds",
+    "Time to build a bootstrap answer",
+    ["region"],
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+)
+
+
+@dataclass
+class Answer:
+    status: int
+    body: dict[str, Any]
+    headers: dict[str, str] = field(default_factory=dict)
+
+    def json(self) -> str:
+        return json.dumps(self.body, separators=(",", ":"))
+
+
+_MISSING = object()
+
+
+class TtlCache:
+    """A thread-safe cache whose entries live `ttl` seconds; one loader per key at a time.
+
+    Concurrent misses of one key wait for the first loader instead of all reading AWS (a boot storm
+    of one device retrying, or of every device asking for the same table records).
+    """
+
+    def __init__(self, ttl: float, region: str, kind: str, max_entries: int = 200_000):
+        self.ttl, self.max_entries = ttl, max_entries
+        self._data: dict[Any, tuple[float, Any]] = {}
+        self._gates: dict[Any, threading.Lock] = {}
+        self._lock = threading.Lock()
+        self._hit = CACHE.labels(region=region, kind=kind, result="hit")
+        self._miss = CACHE.labels(region=region, kind=kind, result="miss")
+
+    def peek(self, key: Any) -> Any:
+        """The fresh value of `key`, or _MISSING; never loads."""
+        entry = self._data.get(key)
+        if entry is not None and entry[0] > time.monotonic():
+            return entry[1]
+        return _MISSING
+
+    def get(self, key: Any, load: Callable[[], Any]) -> Any:
+        if self.ttl <= 0:
+            self._miss.inc()
+            return load()
+        value = self.peek(key)
+        if value is not _MISSING:
+            self._hit.inc()
+            return value
+        with self._lock:
+            gate = self._gates.setdefault(key, threading.Lock())
+        with gate:
+            value = self.peek(key)
+            if value is not _MISSING:
+                self._hit.inc()
+                return value
+            self._miss.inc()
+            try:
+                value = load()
+                with self._lock:
+                    if len(self._data) >= self.max_entries:
+                        self._data.clear()
+                    self._data[key] = (time.monotonic() + self.ttl, value)
+            finally:
+                with self._lock:
+                    self._gates.pop(key, None)
+            return value
+
+
+class BootstrapService:
+    """Answers `GET /v1/bootstrap/<thing>` for one region of one deployment."""
+
+    def __init__(
+        self, cfg: DeploymentConfig, region: str, cache_ttl: float = 5.0, aws: AwsClients | None = None
+    ):
+        if region not in cfg.regions:
+            raise ValueError(f"region {region!r} is not part of deployment {cfg.name!r}")
+        self.cfg, self.region = cfg, region
+        # fail fast: a device waiting on a slow region is better served by its next endpoint
+        self.aws = aws or AwsClients(
+            _service_config(cfg),
+            max_pool_connections=64,
+            max_attempts=2,
+            read_timeout=5,
+            retry_mode="standard",
+        )
+        self.available = True  # set by the server's health probe: False answers 503 at once
+        self.things = TtlCache(cache_ttl, region, "thing")
+        self.groups = TtlCache(cache_ttl, region, "groups")
+        self.records = TtlCache(cache_ttl, region, "records")
+        self._endpoints: dict[str, str] = {}
+        self._cas = [cfg.ca_pem()]
+        self._log = logs.get("bootstrap", deployment=cfg.name, region=region)
+
+    def answer(self, thing: str) -> Answer:
+        """The device contract's JSON for `thing`, or an error answer; counted and timed."""
+        t0 = time.perf_counter()
+        ans = self._answer(thing)
+        REQUESTS.labels(region=self.region, status=str(ans.status)).inc()
+        LATENCY.labels(region=self.region).observe(time.perf_counter() - t0)
+        return ans
+
+    def _answer(self, thing: str) -> Answer:
+        if not THING_NAME.match(thing):
+            BAD_INPUT.labels(source="bootstrap_request", reason="thing_name").inc()
+            return Answer(400, {"error": f"invalid thing name {thing[:140]!r}: use 1-128 of [a-zA-Z0-9:_-]"})
+        if not self.available:
+            return self._unavailable("its DynamoDB table does not answer")
+        try:
+            attributes = self.things.get(thing, lambda: self._describe_thing(thing))
+            if attributes is None:
+                return Answer(404, {"error": f"device {thing!r} is not registered in {self.region}"})
+            records = self.records.get("all", self._scan_records)
+            groups: list[str] = []
+            if _groups_matter(records):
+                groups = self.groups.get(thing, lambda: self._thing_groups(thing))
+            return Answer(200, self.contract(thing, attributes, records, groups))
+        except MalformedRecord as e:
+            BAD_INPUT.labels(source="bootstrap_table", reason="malformed_record").inc()
+            self._log.error("malformed bootstrap config", thing=thing, error=str(e))
+            return Answer(500, {"error": f"bootstrap config of {self.region} is malformed: {e}"})
+        except (ClientError, BotoCoreError) as e:
+            if is_retryable(e):
+                return self._unavailable(f"{error_code(e)}")
+            self._log.error("bootstrap lookup failed", thing=thing, error=str(e))
+            return Answer(500, {"error": f"bootstrap lookup failed in {self.region}: {error_code(e)}: {e}"})
+
+    def from_cache(self, thing: str) -> bool:
+        """Whether answer(thing) needs no AWS call, so a server may answer it on its event loop."""
+        if not THING_NAME.match(thing) or not self.available:
+            return True
+        attributes, records = self.things.peek(thing), self.records.peek("all")
+        if attributes is _MISSING or records is _MISSING:
+            return False
+        if attributes is None:
+            return True
+        if _groups_matter(records) and self.groups.peek(thing) is _MISSING:
+            return False
+        return len(self._endpoints) == len(self.cfg.regions)
+
+    def _unavailable(self, why: str) -> Answer:
+        return Answer(
+            503,
+            {"error": f"region {self.region} is unavailable ({why}); try the next endpoint", "retry": True},
+            {"Retry-After": "5"},
+        )
+
+    def contract(
+        self, thing: str, attributes: dict[str, str], records: dict[str, dict], groups: list[str]
+    ) -> dict[str, Any]:
+        """The answer for a device: the newest live record among the default and its groups' scopes.
+
+        A scope override only wins while it is newer than the default, so a deployment-wide flip
+        after a canary also moves the canary. The epoch is the newest of every record that applies
+        (tombstones included), so a device never sees the epoch go backwards when a scope is cleared.
+        """
+        scopes = [DEFAULT_SCOPE, *sorted(group_scope(g) for g in groups)]
+        applicable = [parse_record(records[s], self.cfg.region_names) for s in scopes if s in records]
+        live = [r for r in applicable if not r.cleared]
+        chosen = max(live, key=lambda r: (r.epoch, r.scope != DEFAULT_SCOPE)) if live else self._initial()
+        app = attributes.get("application") or self.cfg.fleet.application
+        if not _APPLICATION.match(app):
+            raise MalformedRecord(f"thing {thing!r} has attribute application={app!r}; use [A-Za-z0-9_-]")
+        return {
+            "epoch": max([chosen.epoch, *(r.epoch for r in applicable)]),
+            "scope": chosen.scope,
+            "endpoints": [
+                {
+                    "endpoint": endpoint,
+                    "region": region,
+                    "CAs": self._cas,
+                    "primary": region == chosen.primary,
+                    "retry": chosen.retry,
+                }
+                for region in chosen.order
+                if (endpoint := self._endpoint(region))
+            ],
+            "topics": {"configurations": f"cmd/{app}/config/{thing}/", "sensor": f"data/{app}/{thing}/"},
+        }
+
+    def _initial(self) -> BootstrapRecord:
+        """Before any flip: the deployment config's primary, then its standbys, at epoch 0."""
+        return BootstrapRecord(
+            scope=DEFAULT_SCOPE,
+            epoch=0,
+            primary=self.cfg.primary,
+            order=[self.cfg.primary, *self.cfg.standbys()],
+            reason="deployment config (never flipped)",
+        )
+
+    def warm(self) -> None:
+        """Resolve every region's device endpoint now, while the regions answer (they never change)."""
+        for region in self.cfg.region_names:
+            with contextlib.suppress(ClientError, BotoCoreError):  # own region down: resolved later
+                self._endpoint(region)
+
+    def _endpoint(self, region: str) -> str | None:
+        """A region's device endpoint; None (left out of answers) while another region cannot say."""
+        endpoint = self._endpoints.get(region)
+        if endpoint is None:
+            try:
+                endpoint = self._endpoints[region] = self.aws.device_endpoint(region)
+            except (ClientError, BotoCoreError) as e:
+                if region == self.region:
+                    raise
+                self._log.warning("device endpoint unknown, left out", other_region=region, error=str(e))
+        return endpoint
+
+    def _describe_thing(self, thing: str) -> dict[str, str] | None:
+        try:
+            return self.aws.iot(self.region).describe_thing(thingName=thing).get("attributes") or {}
+        except ClientError as e:
+            if is_not_found(e):
+                return None
+            raise
+
+    def _thing_groups(self, thing: str) -> list[str]:
+        iot = self.aws.iot(self.region)
+        return [
+            g["groupName"]
+            for g in all_items(iot, "list_thing_groups_for_thing", "thingGroups", thingName=thing)
+        ]
+
+    def _scan_records(self) -> dict[str, dict]:
+        """Every scope's item; {} before the first flip (no table yet)."""
+        try:
+            return scan_records(self.aws.dynamodb(self.region), self.cfg.bootstrap_table)
+        except ClientError as e:
+            if is_not_found(e):
+                return {}
+            raise
+
+    def health(self) -> tuple[bool, dict[str, Any]]:
+        """Whether this region's DynamoDB answers (a missing table still answers: never flipped)."""
+        body: dict[str, Any] = {"region": self.region, "deployment": self.cfg.name}
+        try:
+            self.aws.dynamodb(self.region).describe_table(TableName=self.cfg.bootstrap_table)
+            body["table"] = "ready"
+            ok = True
+        except ClientError as e:
+            ok = is_not_found(e)
+            body["table"] = "missing" if ok else f"error: {error_code(e)}"
+        except BotoCoreError as e:
+            ok, body["table"] = False, f"error: {error_code(e)}"
+        self.available = ok
+        body["status"] = "ok" if ok else "unavailable"
+        return ok, body
+
+
+def _groups_matter(records: dict[str, dict]) -> bool:
+    """Whether a thing's groups can change its answer: only a group scope newer than the default can
+    (so retired canaries cost no registry lookups); a record without a numeric epoch is looked at."""
+
+    def epoch(values: dict | None) -> float:
+        v = (values or {}).get("epoch", -1)
+        return float(v) if isinstance(v, int | Decimal) and not isinstance(v, bool) else float("inf")
+
+    default = epoch(records.get(DEFAULT_SCOPE)) if DEFAULT_SCOPE in records else -1
+    return any(epoch(v) > default for scope, v in records.items() if scope != DEFAULT_SCOPE)
+
+
+def _service_config(cfg: DeploymentConfig) -> DeploymentConfig:
+    quotas = Quotas(default_rps=cfg.quotas.default_rps, per_api={**_SERVICE_RATES, **cfg.quotas.per_api})
+    return cfg.model_copy(update={"quotas": quotas})

@@ -1,0 +1,106 @@
+"""`starter.py cutover` and `approve|pause|resume|abort <cutover-id>`: steer cutovers."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import getpass
+
+from temporalio.client import WorkflowUpdateFailedError
+from temporalio.service import RPCError
+
+from cli import CliError
+from cli.common import client_for, config_of, run_async, ui_link
+from cli.deployment import deployment_id, print_progress
+from core.models import CutoverProgress, CutoverRequest, CutoverStarted, OperatorAction
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    c = sub.add_parser("cutover", help="move the fleet (or a thing group) to another region")
+    c.add_argument("--to", required=True, dest="target", help="target region")
+    c.add_argument("--scope", help="thing group to move (default: the whole fleet)")
+    c.add_argument("--mode", choices=["planned", "emergency"], default="planned")
+    c.add_argument("--reason", default="", help="why; shown in the UI and the history")
+    c.add_argument("--by", default=getpass.getuser(), help="who asks (default: %(default)s)")
+    c.add_argument("--force", action="store_true", help="override the health and cooldown rules (recorded)")
+    c.add_argument(
+        "--approval", choices=["none", "canary", "every-wave"], help="override the approval policy"
+    )
+    c.add_argument("--wait", action="store_true", help="follow progress until the cutover ends")
+    c.set_defaults(handler=run_async(cmd_cutover))
+    for action, text in [
+        ("approve", "let a cutover waiting for approval go on"),
+        ("pause", "hold a cutover before its next wave"),
+        ("resume", "continue a paused cutover"),
+        ("abort", "stop a cutover and roll it back"),
+    ]:
+        a = sub.add_parser(action, help=text)
+        a.add_argument("cutover_id", help="e.g. cutover-demo-3 (see `starter.py status`)")
+        a.add_argument("--by", default=getpass.getuser())
+        a.add_argument("--reason", default="")
+        a.set_defaults(handler=run_async(cmd_control), action=action)
+
+
+async def cmd_cutover(args: argparse.Namespace) -> int:
+    cfg = config_of(args)
+    client = await client_for(cfg)
+    req = CutoverRequest(
+        target=args.target,
+        scope=args.scope,
+        mode=args.mode,
+        reason=args.reason,
+        requested_by=args.by,
+        force=args.force,
+        approval=args.approval,
+    )
+    try:
+        started = await client.get_workflow_handle(deployment_id(cfg)).execute_update(
+            "request_cutover", req, result_type=CutoverStarted
+        )
+    except WorkflowUpdateFailedError as e:
+        raise CliError(f"cutover refused: {e.cause.message if e.cause else e}", code=2) from None
+    except RPCError as e:
+        raise CliError(
+            f"deployment {cfg.name} is not running ({e.message}); "
+            "start it with `python starter.py deployment start`"
+        ) from None
+    print(
+        f"{started.cutover_id}: {started.mode} cutover {started.source} → {started.target} (epoch {started.epoch})"
+    )
+    print(f"  {ui_link(cfg, started.cutover_id)}")
+    if not args.wait:
+        return 0
+    return await follow(client, started.cutover_id)
+
+
+async def follow(client, cutover_id: str, every: float = 3) -> int:
+    """Print progress as it changes until the cutover ends; exit 0 only when it succeeded."""
+    handle = client.get_workflow_handle(cutover_id)
+    last = None
+    while True:
+        p = await handle.query("progress", result_type=CutoverProgress)
+        line = p and (p.phase, p.confirmed, p.waiting_for, len(p.waves), p.result)
+        if p and line != last:
+            print_progress(p)
+            last = line
+        if p and p.result:
+            return 0 if p.result.startswith("succeeded") else 1
+        await asyncio.sleep(every)
+
+
+async def cmd_control(args: argparse.Namespace) -> int:
+    cfg = config_of(args)
+    client = await client_for(cfg)
+    try:
+        p = await client.get_workflow_handle(args.cutover_id).execute_update(
+            "control",
+            args=[args.action, OperatorAction(by=args.by, reason=args.reason)],
+            result_type=CutoverProgress,
+        )
+    except WorkflowUpdateFailedError as e:
+        raise CliError(f"{args.action} refused: {e.cause.message if e.cause else e}", code=2) from None
+    except RPCError as e:
+        raise CliError(f"no running cutover {args.cutover_id} ({e.message})") from None
+    print(f"{args.action} sent to {args.cutover_id}; phase {p.phase}")
+    print(f"  {ui_link(cfg, args.cutover_id)}")
+    return 0

@@ -1,0 +1,149 @@
+"""`starter.py deployment start` and `starter.py status`: the deployment entity and what it knows."""
+
+from __future__ import annotations
+
+import argparse
+
+from temporalio.client import Client, WorkflowHandle
+from temporalio.common import WorkflowIDConflictPolicy
+from temporalio.service import RPCError
+
+from cli import CliError
+from cli.common import client_for, config_of, run_async, ui_link
+from core.config import DeploymentConfig
+from core.models import CutoverProgress
+from workflows.deployment import DeploymentInput, DeploymentState
+from workflows.health_types import RegionHealthInput, health_workflow_id
+
+
+def deployment_id(cfg: DeploymentConfig) -> str:
+    return f"deployment-{cfg.name}"
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("deployment", help="the deployment entity workflow")
+    d = p.add_subparsers(dest="deployment_command", required=True, metavar="action")
+    d.add_parser(
+        "start", help="start the deployment, its health monitors and replication (idempotent)"
+    ).set_defaults(handler=run_async(cmd_start))
+    sub.add_parser(
+        "status", help="active region, epoch, health, the cutover in flight, decisions"
+    ).set_defaults(handler=run_async(cmd_status))
+
+
+async def start_deployment(client: Client, cfg: DeploymentConfig) -> WorkflowHandle:
+    """Start DeploymentWorkflow, or hand the running one the current config."""
+    handle = await client.start_workflow(
+        "DeploymentWorkflow",
+        DeploymentInput(cfg),
+        id=deployment_id(cfg),
+        task_queue=cfg.temporal.task_queue,
+        id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+        static_summary=f"deployment {cfg.name}: {cfg.mode}, regions {', '.join(cfg.regions)}",
+    )
+    await handle.execute_update("reload_config", cfg, result_type=str)
+    for extra in _companions(cfg):
+        await extra(client, cfg)
+    return handle
+
+
+def _companions(cfg: DeploymentConfig) -> list:
+    """The long-running workflows that serve a deployment besides its entity (health, replication)."""
+    return [start_health_monitors]
+
+
+async def start_health_monitors(client: Client, cfg: DeploymentConfig) -> None:
+    for region in cfg.regions:
+        await client.start_workflow(
+            "RegionHealthWorkflow",
+            RegionHealthInput(cfg.name, region, cfg.health, deployment_id(cfg)),
+            id=health_workflow_id(cfg.name, region),
+            task_queue=cfg.temporal.task_queue,
+            id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+            static_summary=f"health of {region} for deployment {cfg.name}",
+        )
+
+
+async def cmd_start(args: argparse.Namespace) -> int:
+    cfg = config_of(args)
+    client = await client_for(cfg)
+    handle = await start_deployment(client, cfg)
+    print(f"deployment {cfg.name} running as {handle.id}")
+    print(f"  {ui_link(cfg, handle.id)}")
+    return 0
+
+
+async def deployment_state(client: Client, cfg: DeploymentConfig) -> DeploymentState:
+    try:
+        state = await client.get_workflow_handle(deployment_id(cfg)).query(
+            "state", result_type=DeploymentState
+        )
+    except RPCError as e:
+        raise CliError(
+            f"deployment {cfg.name} is not running ({e.message}); "
+            "start it with `python starter.py deployment start`"
+        ) from None
+    if state is None:
+        raise CliError(f"deployment {cfg.name} is still starting; try again")
+    return state
+
+
+def bar(done: int, total: int, width: int = 24) -> str:
+    filled = int(width * done / total) if total else 0
+    return "[" + "#" * filled + "." * (width - filled) + f"] {done}/{total}"
+
+
+def print_progress(p: CutoverProgress) -> None:
+    print(f"  {p.cutover_id}: {p.mode} {p.source} → {p.target} (scope {p.scope}, epoch {p.epoch})")
+    print(f"    phase {p.phase}{' (paused)' if p.paused else ''}" + (f": {p.result}" if p.result else ""))
+    if p.waiting_for:
+        print(f"    waiting for: {p.waiting_for}")
+    if p.devices_total:
+        print(f"    devices {bar(p.confirmed, p.devices_total)} confirmed, {p.failed} failed")
+    for w in p.waves:
+        name = {0: "canary", -1: "stragglers", -2: "move back"}.get(w.index, f"wave {w.index}")
+        print(f"    {name:<10} {bar(w.confirmed, w.size)} job {w.job_status or 'running'}")
+    for s in p.stragglers[:10]:
+        print(f"    straggler {s}")
+
+
+async def cmd_status(args: argparse.Namespace) -> int:
+    cfg = config_of(args)
+    client = await client_for(cfg)
+    s = await deployment_state(client, cfg)
+    print(f"deployment {cfg.name} ({cfg.mode}): active region {s.active_region}, epoch {s.epoch}")
+    print(f"  {ui_link(cfg, deployment_id(cfg))}")
+    print("health:")
+    for region, v in s.health.items():
+        reasons = f" ({'; '.join(v.reasons)})" if v.reasons else ""
+        print(f"  {region:<12} {v.state:<10}{reasons}")
+    for scope, home in s.homes.items():
+        print(f"scope {scope} is served from {home}")
+    if s.in_flight:
+        print("cutover in flight:")
+        p = await client.get_workflow_handle(s.in_flight.cutover_id).query(
+            "progress", result_type=CutoverProgress
+        )
+        if p:
+            print_progress(p)
+        print(f"  {ui_link(cfg, s.in_flight.cutover_id)}")
+    if s.failback_offer:
+        print(f"offer: {s.failback_offer}")
+    pending = {r: v for r, v in s.catch_up.items() if v}
+    if pending:
+        print(
+            "bootstrap to catch up when healthy: "
+            + ", ".join(f"{r} ({', '.join(v)})" for r, v in pending.items())
+        )
+    if s.history:
+        print("recent cutovers:")
+        for h in s.history[-5:]:
+            print(
+                f"  {h.cutover_id}: {h.mode} {h.source} → {h.target}: {h.result} "
+                f"({h.confirmed}/{h.devices} confirmed, {h.stragglers} stragglers)"
+            )
+    if s.decisions:
+        print("recent decisions:")
+        for d in s.decisions[-8:]:
+            print(f"  {d.at:%Y-%m-%d %H:%M:%S} {d.kind}: {d.reason}")
+    return 0

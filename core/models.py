@@ -1,0 +1,98 @@
+"""Messages shared by the deployment and cutover workflows, their activities and the starter."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Literal
+
+CutoverMode = Literal["planned", "emergency"]
+CutoverResultKind = Literal["succeeded", "succeeded-with-stragglers", "aborted", "failed"]
+
+
+@dataclass
+class OperatorAction:
+    """Who steers and why; every field optional so `temporal workflow signal --name approve` works bare."""
+
+    by: str = ""
+    reason: str = ""
+
+
+@dataclass
+class CutoverRequest:
+    target: str
+    scope: str | None = None  # a thing group; None moves the whole fleet
+    mode: CutoverMode = "planned"
+    reason: str = ""
+    requested_by: str = "operator"
+    force: bool = False  # a human overriding the health and cooldown rules; recorded
+    automatic: bool = False  # decided by health-triggered failover
+    approval: Literal["none", "canary", "every-wave"] | None = None  # overrides the policy
+
+
+@dataclass
+class CutoverStarted:
+    cutover_id: str
+    epoch: int
+    source: str
+    target: str
+    mode: CutoverMode
+
+
+@dataclass
+class WaveReport:
+    index: int
+    group: str
+    size: int = 0
+    job_id: str = ""
+    job_status: str = ""
+    confirmed: int = 0
+    pending: int = 0
+    failures: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+@dataclass
+class CutoverProgress:
+    """What `progress` answers and what a finished cutover returns."""
+
+    cutover_id: str
+    deployment: str
+    mode: CutoverMode
+    source: str
+    target: str
+    scope: str
+    epoch: int
+    phase: str = "starting"
+    waiting_for: str | None = None
+    paused: bool = False
+    devices_total: int = 0
+    confirmed: int = 0
+    failed: int = 0
+    waves: list[WaveReport] = field(default_factory=list)
+    stragglers: list[str] = field(default_factory=list)
+    phase_seconds: dict[str, float] = field(default_factory=dict)
+    unreachable_regions: list[str] = field(default_factory=list)
+    reconcile_later: list[str] = field(default_factory=list)
+    stale_shadow_leaves: int = 0
+    events: list[str] = field(default_factory=list)  # the last few notable events, newest last
+    result: CutoverResultKind | None = None
+    error: str | None = None
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+
+    @property
+    def pending(self) -> int:
+        return max(0, self.devices_total - self.confirmed - self.failed)
+
+
+@dataclass
+class RegionHealthChange:
+    """Sent by RegionHealthWorkflow to DeploymentWorkflow (signal `region_health`) on a change of state."""
+
+    region: str
+    state: Literal["Healthy", "Degraded", "Unhealthy"]
+    score: float = 1.0
+    reasons: list[str] = field(default_factory=list)
+    at: datetime | None = None
+    consecutive: int = 0

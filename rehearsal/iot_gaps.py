@@ -1,0 +1,329 @@
+"""The IoT registry and shadow calls the controller relies on, made to answer as AWS does.
+
+Each call the controller uses was probed through boto3 against moto 5.2.5. What moto lacked, and what
+this module patches into the emulator process (only there):
+- ListCACertificates answered 500 (not implemented): added, paged with pageSize/marker/isAscendingOrder.
+- Certificate IDs were the SHA-256 of the PEM text: moto's `iot.use_valid_cert` is turned on, so an ID
+  is the SHA-256 of the DER, the same in every region and equal to `core.certs.certificate_id`.
+- DescribeCertificate had no caCertificateId nor certificateMode, a made-up validity (now +/- 1 day),
+  and no status when registered without one: the issuing CA is recorded (from caCertificatePem, or
+  the registered CA that signed it, as AWS does), the mode is the CA's (SNI_ONLY without a CA),
+  validity comes from the certificate, and the default status is INACTIVE.
+- RegisterCACertificate ignored allowAutoRegistration and certificateMode and silently replaced an
+  existing CA; DescribeCACertificate had no autoRegistrationStatus, certificateMode or real validity;
+  UpdateCACertificate ignored newAutoRegistrationStatus: all added, re-registration is
+  ResourceAlreadyExistsException.
+- ListCertificates and ListCertificatesByCA ignored pageSize/marker: paged.
+- ListThingsInThingGroup ignored recursive and paging: child groups included on request, paged with
+  maxResults/nextToken (an offset token: fine for the static wave groups the controller pages).
+- DeleteThing left the thing in its thing groups (so jobs and listings still saw it): removed.
+- DescribeThing, behind every shadow call, scanned all things: an O(1) lookup by ARN.
+- iot-data: ListNamedShadowsForThing listed deleted shadows and had no timestamp; every update reset
+  the metadata timestamp of every field (AWS keeps each field's last update time); a conditional
+  update (`version` in the payload) of a shadow that does not exist answered 500; Publish kept every
+  payload forever. Fixed (the conditional update is a ConflictException); publish keeps the last
+  10,000 messages.
+Probed and already right, so left alone: get_registration_code, update_certificate
+(ACTIVE/INACTIVE/REVOKED), describe_endpoint (iot:Data-ATS, iot:Jobs), list_things paging,
+list_thing_groups_for_thing, thing groups with parentGroupName (rootToParentThingGroups), thing
+types, policies and versions (setAsDefault, get_policy), attach/detach/list_attached_policies,
+list_targets_for_policy, thing principals both ways, named shadow update/get/delete and `version`.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import deque
+from collections.abc import Iterable
+from typing import Any
+
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from moto.core.config import default_user_config
+from moto.core.responses import ActionResult
+from moto.iot.exceptions import InvalidRequestException, ResourceAlreadyExistsException
+from moto.iot.models import FakeCertificate, FakeThing, FakeThingGroup, IoTBackend
+from moto.iot.responses import IoTResponse
+from moto.iotdata.exceptions import ConflictException
+from moto.iotdata.models import FakeShadow, IoTDataPlaneBackend
+from moto.iotdata.responses import IoTDataPlaneResponse
+from moto.utilities.utils import get_partition
+
+from core.certs import certificate_id
+
+PUBLISHED_KEPT = 10_000
+
+
+def group_things(backend: IoTBackend, group: FakeThingGroup, recursive: bool) -> list[FakeThing]:
+    """Things in `group` and, when recursive, in its descendants (each thing once)."""
+    groups = [group]
+    if recursive:
+        groups += [
+            g
+            for g in backend.thing_groups.values()
+            if any(p["groupArn"] == group.arn for p in g.metadata.get("rootToParentThingGroups", []))
+        ]
+    things: dict[str, FakeThing] = {}
+    for g in groups:
+        for arn, thing in g.things.items():
+            things.setdefault(arn, thing)
+    return list(things.values())
+
+
+def _page(items: list, size: int | None, token: str | None, default: int = 100) -> tuple[list, str | None]:
+    """An offset page of `items`: (page, token of the next page or None)."""
+    if token and not token.isdigit():
+        raise InvalidRequestException(f"invalid pagination token {token!r}")
+    start = int(token or 0)
+    end = start + (size or default)
+    return items[start:end], (str(end) if end < len(items) else None)
+
+
+def _validity(pem: str) -> dict[str, Any]:
+    cert = x509.load_pem_x509_certificate(pem.encode())
+    return {"notBefore": cert.not_valid_before_utc, "notAfter": cert.not_valid_after_utc}
+
+
+def _issuing_ca(backend: IoTBackend, pem: str, ca_pem: str | None) -> Any:
+    """The registered CA named by `ca_pem`, or else the registered CA that signed `pem`."""
+    if ca_pem:
+        return backend.ca_certificates.get(certificate_id(ca_pem))
+    cert = x509.load_pem_x509_certificate(pem.encode())
+    for ca in backend.ca_certificates.values():
+        try:
+            cert.verify_directly_issued_by(x509.load_pem_x509_certificate(ca.certificate_pem.encode()))
+            return ca
+        except (ValueError, TypeError, InvalidSignature):  # not signed by this CA
+            continue
+    return None
+
+
+# --- certificates and CAs ------------------------------------------------------------------------
+
+
+def _description(original: Any) -> Any:
+    def to_description_dict(self: FakeCertificate) -> dict[str, Any]:
+        out = original(self)
+        out["validity"] = _validity(self.certificate_pem)
+        out["certificateMode"] = getattr(self, "certificate_mode", "DEFAULT")
+        if self.ca_certificate_id:
+            out["caCertificateId"] = self.ca_certificate_id
+        if hasattr(self, "auto_registration_status"):
+            out["autoRegistrationStatus"] = self.auto_registration_status
+        return out
+
+    return to_description_dict
+
+
+def _register_certificate(original: Any) -> Any:
+    def register_certificate(
+        self: IoTBackend,
+        certificate_pem: str,
+        ca_certificate_pem: str | None,
+        set_as_active: bool,
+        status: str,
+    ) -> FakeCertificate:
+        cert = original(self, certificate_pem, ca_certificate_pem, set_as_active, status or "INACTIVE")
+        ca = _issuing_ca(self, certificate_pem, ca_certificate_pem)
+        cert.ca_certificate_id = ca.certificate_id if ca else None
+        cert.certificate_mode = getattr(ca, "certificate_mode", "DEFAULT") if ca else "SNI_ONLY"
+        return cert
+
+    return register_certificate
+
+
+def _register_certificate_without_ca(original: Any) -> Any:
+    def register_certificate_without_ca(
+        self: IoTBackend, certificate_pem: str, status: str
+    ) -> FakeCertificate:
+        cert = original(self, certificate_pem, status or "INACTIVE")
+        cert.certificate_mode = "SNI_ONLY"
+        return cert
+
+    return register_certificate_without_ca
+
+
+def _register_ca_certificate(original: Any) -> Any:
+    def register_ca_certificate(self: IoTResponse) -> ActionResult:
+        pem = self._get_param("caCertificate")
+        existing = self.iot_backend.ca_certificates.get(certificate_id(pem))
+        if existing is not None:
+            raise ResourceAlreadyExistsException(
+                "The CA certificate is already registered", existing.certificate_id, existing.arn
+            )
+        result = original(self)
+        ca = self.iot_backend.ca_certificates[result.result["certificateId"]]
+        ca.auto_registration_status = "ENABLE" if self._get_bool_param("allowAutoRegistration") else "DISABLE"
+        ca.certificate_mode = self._get_param("certificateMode") or "DEFAULT"
+        return result
+
+    return register_ca_certificate
+
+
+def _update_ca_certificate(original: Any) -> Any:
+    def update_ca_certificate(self: IoTResponse) -> ActionResult:
+        result = original(self)
+        auto = self._get_param("newAutoRegistrationStatus")
+        if auto:
+            self.iot_backend.describe_ca_certificate(self.path.split("/")[-1]).auto_registration_status = auto
+        return result
+
+    return update_ca_certificate
+
+
+def _certificate_page(response: IoTResponse, certs: Iterable[FakeCertificate]) -> tuple[list, str | None]:
+    ordered = sorted(
+        certs, key=lambda c: c.creation_date, reverse=not response._get_bool_param("isAscendingOrder")
+    )
+    return _page(ordered, response._get_int_param("pageSize"), response._get_param("marker"))
+
+
+def list_ca_certificates(self: IoTResponse) -> ActionResult:
+    page, marker = _certificate_page(self, self.iot_backend.ca_certificates.values())
+    return ActionResult({"certificates": [c.to_dict() for c in page], "nextMarker": marker})
+
+
+def list_certificates(self: IoTResponse) -> ActionResult:
+    page, marker = _certificate_page(self, self.iot_backend.certificates.values())
+    return ActionResult({"certificates": [c.to_dict() for c in page], "nextMarker": marker})
+
+
+def list_certificates_by_ca(self: IoTResponse) -> ActionResult:
+    ca_id = self._get_param("caCertificateId")
+    self.iot_backend.describe_ca_certificate(ca_id)
+    certs = [c for c in self.iot_backend.certificates.values() if c.ca_certificate_id == ca_id]
+    page, marker = _certificate_page(self, certs)
+    return ActionResult({"certificates": [c.to_dict() for c in page], "nextMarker": marker})
+
+
+# --- things and groups ---------------------------------------------------------------------------
+
+
+def list_things_in_thing_group(self: IoTResponse) -> ActionResult:
+    group = self.iot_backend.describe_thing_group(self._get_param("thingGroupName"))
+    names = [
+        t.thing_name for t in group_things(self.iot_backend, group, self._get_bool_param("recursive", False))
+    ]
+    page, token = _page(names, self._get_int_param("maxResults"), self._get_param("nextToken"))
+    return ActionResult({"things": page, "nextToken": token})
+
+
+def _describe_thing(original: Any) -> Any:
+    def describe_thing(self: IoTBackend, thing_name: str) -> FakeThing:
+        arn = f"arn:{get_partition(self.region_name)}:iot:{self.region_name}:{self.account_id}:thing/{thing_name}"
+        thing = self.things.get(arn)
+        return thing if thing is not None else original(self, thing_name)
+
+    return describe_thing
+
+
+def _delete_thing(original: Any) -> Any:
+    def delete_thing(self: IoTBackend, thing_name: str) -> None:
+        thing = self.describe_thing(thing_name)
+        original(self, thing_name)
+        for group in self.thing_groups.values():
+            group.things.pop(thing.arn, None)
+
+    return delete_thing
+
+
+# --- iot-data ------------------------------------------------------------------------------------
+
+
+def _metadata(state: Any, previous: Any, update: Any, ts: int, fresh: Any) -> Any:
+    """Shadow metadata: fields in `update` get `ts`, the others keep their previous timestamps."""
+    if not isinstance(state, dict) or not isinstance(update, dict):
+        return fresh(state, ts)
+    out = {}
+    for key, value in state.items():
+        before = previous.get(key) if isinstance(previous, dict) else None
+        if key in update or before is None:
+            out[key] = _metadata(value, before, update.get(key, value), ts, fresh)
+        else:
+            out[key] = before
+    return out
+
+
+def _shadow_versions(original: Any) -> Any:
+    def create_from_previous_version(
+        cls: type, previous: FakeShadow | None, payload: dict | None
+    ) -> FakeShadow:
+        shadow = original(cls, previous, payload)
+        state = (payload or {}).get("state")
+        if previous is None or previous.deleted or not isinstance(state, dict):
+            return shadow
+        fresh = shadow._create_metadata_from_state
+        for part in ("desired", "reported"):
+            current = getattr(shadow, part)
+            before = getattr(previous, f"metadata_{part}")
+            meta = (
+                _metadata(current, before, state.get(part) or {}, shadow.timestamp, fresh)
+                if current
+                else None
+            )
+            setattr(shadow, f"metadata_{part}", meta)
+        return shadow
+
+    return create_from_previous_version
+
+
+def _conditional_update(original: Any) -> Any:
+    def update_thing_shadow(
+        self: IoTDataPlaneBackend, thing_name: str, payload: str, shadow_name: str | None
+    ):
+        shadow = self.iot_backend.describe_thing(thing_name).thing_shadows.get(shadow_name)
+        try:
+            version = json.loads(payload).get("version")
+        except (ValueError, AttributeError):
+            version = None  # moto answers the invalid payload
+        if version is not None and (shadow is None or shadow.deleted):
+            raise ConflictException("Version conflict")
+        return original(self, thing_name, payload, shadow_name)
+
+    return update_thing_shadow
+
+
+def list_named_shadows_for_thing(self: IoTDataPlaneBackend, thing_name: str) -> list[str]:
+    thing = self.iot_backend.describe_thing(thing_name)
+    return [name for name, s in thing.thing_shadows.items() if name is not None and not s.deleted]
+
+
+def list_named_shadows_response(self: IoTDataPlaneResponse) -> str:
+    names = self.iotdata_backend.list_named_shadows_for_thing(self._get_param("thingName"))
+    page, token = _page(names, self._get_int_param("pageSize"), self._get_param("nextToken"))
+    return json.dumps({"results": page, "nextToken": token, "timestamp": int(time.time())})
+
+
+def publish(self: IoTDataPlaneBackend, topic: str, payload: bytes) -> None:
+    if not isinstance(self.published_payloads, deque):
+        self.published_payloads = deque(self.published_payloads, maxlen=PUBLISHED_KEPT)
+    self.published_payloads.append((topic, payload))
+
+
+def install(emulator: Any) -> None:
+    """Patch moto's IoT and iot-data in this process (idempotent)."""
+    del emulator  # nothing to route: these are fixes to moto's own services
+    if getattr(IoTBackend, "gaps_filled", False):
+        return
+    IoTBackend.gaps_filled = True
+    default_user_config.setdefault("iot", {})["use_valid_cert"] = True
+    FakeCertificate.to_description_dict = _description(FakeCertificate.to_description_dict)
+    for name, wrap in {
+        "register_certificate": _register_certificate,
+        "register_certificate_without_ca": _register_certificate_without_ca,
+        "describe_thing": _describe_thing,
+        "delete_thing": _delete_thing,
+    }.items():
+        setattr(IoTBackend, name, wrap(getattr(IoTBackend, name)))
+    IoTResponse.register_ca_certificate = _register_ca_certificate(IoTResponse.register_ca_certificate)
+    IoTResponse.update_ca_certificate = _update_ca_certificate(IoTResponse.update_ca_certificate)
+    for fn in (list_ca_certificates, list_certificates, list_certificates_by_ca, list_things_in_thing_group):
+        setattr(IoTResponse, fn.__name__, fn)
+    FakeShadow.create_from_previous_version = classmethod(
+        _shadow_versions(FakeShadow.create_from_previous_version.__func__)
+    )
+    IoTDataPlaneBackend.list_named_shadows_for_thing = list_named_shadows_for_thing
+    IoTDataPlaneBackend.update_thing_shadow = _conditional_update(IoTDataPlaneBackend.update_thing_shadow)
+    IoTDataPlaneBackend.publish = publish
+    IoTDataPlaneResponse.list_named_shadows_for_thing = list_named_shadows_response

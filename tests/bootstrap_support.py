@@ -1,0 +1,53 @@
+"""Helpers shared by the bootstrap tests: things in the emulators and a config file on disk."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from prometheus_client import REGISTRY
+
+from core.aws import AwsClients
+from core.config import DeploymentConfig
+
+
+def register_thing(
+    aws: AwsClients,
+    name: str,
+    regions: list[str] | None = None,
+    groups: tuple[str, ...] = (),
+    attributes: dict[str, str] | None = None,
+) -> None:
+    """Create `name` (and its groups) in each region, as registry replication would."""
+    for region in regions or aws.cfg.region_names:
+        iot = aws.iot(region)
+        iot.create_thing(thingName=name, attributePayload={"attributes": attributes or {}})
+        for g in groups:
+            iot.create_thing_group(thingGroupName=g)
+            iot.add_thing_to_thing_group(thingGroupName=g, thingName=name)
+
+
+def write_config(cfg: DeploymentConfig, path: Path, bootstrap_urls: dict[str, str] | None = None) -> Path:
+    """The same deployment as a TOML file, for entry points that take --config."""
+    lines = [
+        "[deployment]",
+        f'name = "{cfg.name}"',
+        f'mode = "{cfg.mode}"',
+        f'ca_certificate = "{cfg.ca_certificate}"',
+        f'bootstrap_table = "{cfg.bootstrap_table}"',
+        f'routing_table = "{cfg.routing_table}"',
+    ]
+    for name, r in cfg.regions.items():
+        lines += [f"[regions.{name}]", f'role = "{r.role}"', f'endpoint_url = "{r.endpoint_url}"']
+        if bootstrap_urls and name in bootstrap_urls:
+            lines.append(f'bootstrap_url = "{bootstrap_urls[name]}"')
+    lines += [
+        "[fleet]",
+        f'thing_group = "{cfg.fleet.thing_group}"',
+        f'application = "{cfg.fleet.application}"',
+    ]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def sample(name: str, **labels: str) -> float:
+    return REGISTRY.get_sample_value(name, labels) or 0.0

@@ -1,0 +1,45 @@
+"""The cutover's pure pieces: the wave plan and the job document."""
+
+from __future__ import annotations
+
+import pytest
+
+from activities.jobs import confirmed_in, connectivity_of
+from workflows.cutover_steps import bootstrap_order, wave_sizes
+
+
+@pytest.mark.parametrize(
+    ("total", "canary", "growth", "cap", "expected_head"),
+    [
+        (200, 5, 4, 5000, [5, 20, 80, 320]),
+        (100_000, 5, 4, 5000, [5, 20, 80, 320, 1280, 5000]),
+        (3, 5, 4, 100, [5]),
+        (10, 1, 1, 100, [1, 2, 3, 4]),
+    ],
+)
+def test_waves_start_small_grow_and_cover_the_scope(total, canary, growth, cap, expected_head) -> None:
+    sizes = wave_sizes(total, canary, growth, cap)
+    assert sizes[: len(expected_head)] == expected_head
+    assert sum(sizes) >= total
+    assert max(sizes) <= cap
+
+
+def test_wave_count_stays_small_for_a_large_fleet() -> None:
+    # history grows with waves, not devices: 100k devices fit in a few dozen waves
+    assert len(wave_sizes(100_000, 5, 4, 5000)) < 30
+
+
+def test_bootstrap_order_puts_the_new_primary_first() -> None:
+    assert bootstrap_order(["us-east-1", "us-west-2", "eu-west-1"], "us-west-2") == [
+        "us-west-2",
+        "us-east-1",
+        "eu-west-1",
+    ]
+
+
+def test_connectivity_is_read_from_the_device_report() -> None:
+    doc = b'{"state": {"reported": {"connectivity": {"region": "us-west-2", "epoch": 3}}}}'
+    conn = connectivity_of(doc)
+    assert confirmed_in(conn, "us-west-2", 3) and confirmed_in(conn, "us-west-2", 2)
+    assert not confirmed_in(conn, "us-west-2", 4) and not confirmed_in(conn, "us-east-1", 3)
+    assert connectivity_of(b"not json") == {} and not confirmed_in({"epoch": "x"}, "r", 1)

