@@ -7,6 +7,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
+from botocore.exceptions import ClientError
+
 from rehearsal import pki
 
 POLICY = {
@@ -26,7 +28,11 @@ def provision(
     iot: Any, ca: pki.LocalCA, n: int, prefix: str = "dev", policy: str = "test-policy", threads: int = 16
 ) -> Fleet:
     """CA, two thing types, nested groups (fleet > east > east-a), a policy, n things with certs."""
-    iot.register_ca_certificate(caCertificate=ca.cert_pem, setAsActive=True, certificateMode="SNI_ONLY")
+    try:
+        iot.register_ca_certificate(caCertificate=ca.cert_pem, setAsActive=True, certificateMode="SNI_ONLY")
+    except ClientError as e:  # already registered (by the replicator's readiness step)
+        if e.response["Error"]["Code"] != "ResourceAlreadyExistsException":
+            raise
     for t in ("sensor", "gateway"):
         iot.create_thing_type(thingTypeName=t, thingTypeProperties={"thingTypeDescription": f"{t}s"})
     iot.create_thing_group(thingGroupName="test-fleet", thingGroupProperties={"thingGroupDescription": "all"})
