@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from temporalio.client import Client, WorkflowHandle
-from temporalio.common import TypedSearchAttributes, WorkflowIDConflictPolicy
+from temporalio.common import SearchAttributePair, TypedSearchAttributes, WorkflowIDConflictPolicy
 from temporalio.service import RPCError
 
 from cli import CliError
@@ -48,7 +48,7 @@ async def start(client: Client, cfg: DeploymentConfig) -> WorkflowHandle:
         id=workflow_id(cfg.name),
         task_queue=cfg.temporal.task_queue,
         id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
-        search_attributes=TypedSearchAttributes([SA_DEPLOYMENT.value_set(cfg.name)]),
+        search_attributes=TypedSearchAttributes([SearchAttributePair(SA_DEPLOYMENT, cfg.name)]),
         static_summary=f"Registry replication for {cfg.name}",
     )
 

@@ -29,7 +29,8 @@ def cfg(emulators: dict[str, str], local_ca, tmp_path: Path) -> DeploymentConfig
     ca = tmp_path / "ca.pem"
     ca.write_text(local_ca.cert_pem)
     cfg = make_config(
-        emulators, ca,
+        emulators,
+        ca,
         cutover={"verify_timeout_seconds": 3, "verify_poll_seconds": 1, "cooldown_minutes": 30},
         failover={"min_interval_minutes": 0, "max_per_day": 5},
     )
@@ -68,31 +69,41 @@ async def _wait(handle: WorkflowHandle, check, what: str) -> DeploymentState:
 
 
 async def _start(client: Client, cfg: DeploymentConfig, task_queue: str) -> WorkflowHandle:
-    return await client.start_workflow("DeploymentWorkflow", DeploymentInput(cfg),
-                                       id=f"deployment-{cfg.name}-{uuid.uuid4().hex[:6]}", task_queue=task_queue)
+    return await client.start_workflow(
+        "DeploymentWorkflow",
+        DeploymentInput(cfg),
+        id=f"deployment-{cfg.name}-{uuid.uuid4().hex[:6]}",
+        task_queue=task_queue,
+    )
 
 
 async def test_validators_refuse_bad_requests_before_anything_is_recorded(
-        temporal_env: WorkflowEnvironment, cfg: DeploymentConfig, task_queue: str) -> None:
+    temporal_env: WorkflowEnvironment, cfg: DeploymentConfig, task_queue: str
+) -> None:
     client = temporal_env.client
     async with build_worker(client, task_queue, Deployments([cfg], client=client)):
         handle = await _start(client, cfg, task_queue)
         s = await _state(handle)
         assert (s.active_region, s.epoch) == ("us-east-1", 1)  # first bootstrap answer written
 
-        assert "unknown region 'eu-central-9'" in await _refused(handle, CutoverRequest(target="eu-central-9"))
+        assert "unknown region 'eu-central-9'" in await _refused(
+            handle, CutoverRequest(target="eu-central-9")
+        )
         assert "not healthy" in await _refused(handle, CutoverRequest(target="us-west-2"))
         assert "already active" in await _refused(handle, CutoverRequest(target="us-east-1"))
-        assert "force needs a reason" in await _refused(handle, CutoverRequest(target="us-west-2", force=True,
-                                                                                requested_by=""))
+        assert "force needs a reason" in await _refused(
+            handle, CutoverRequest(target="us-west-2", force=True, requested_by="")
+        )
         after = await handle.query("state", result_type=DeploymentState)
         assert after.epoch == 1 and after.in_flight is None and not after.history  # nothing recorded
 
         await _health(handle, "us-west-2", "Healthy")
         await _wait(handle, lambda st: st.health["us-west-2"].state == "Healthy", "health")
         started = await handle.execute_update(
-            "request_cutover", CutoverRequest(target="us-west-2", mode="emergency", reason="test"),
-            result_type=CutoverStarted)
+            "request_cutover",
+            CutoverRequest(target="us-west-2", mode="emergency", reason="test"),
+            result_type=CutoverStarted,
+        )
         assert started.cutover_id == f"cutover-{cfg.name}-2" and started.epoch == 2
         assert "is running" in await _refused(handle, CutoverRequest(target="us-west-2"))
 
@@ -102,9 +113,16 @@ async def test_validators_refuse_bad_requests_before_anything_is_recorded(
         await _health(handle, "us-east-1", "Healthy")
         assert "cooldown" in await _refused(handle, CutoverRequest(target="us-east-1"))
         forced = await handle.execute_update(
-            "request_cutover", CutoverRequest(target="us-east-1", mode="emergency", force=True,
-                                              reason="failback after test", requested_by="tester"),
-            result_type=CutoverStarted)
+            "request_cutover",
+            CutoverRequest(
+                target="us-east-1",
+                mode="emergency",
+                force=True,
+                reason="failback after test",
+                requested_by="tester",
+            ),
+            result_type=CutoverStarted,
+        )
         assert forced.epoch == 4
         final = await _wait(handle, lambda st: len(st.history) == 2, "the forced cutover")
         assert final.active_region == "us-east-1"
@@ -113,7 +131,8 @@ async def test_validators_refuse_bad_requests_before_anything_is_recorded(
 
 
 async def test_unhealthy_active_region_fails_over_automatically_and_never_back(
-        temporal_env: WorkflowEnvironment, cfg: DeploymentConfig, task_queue: str) -> None:
+    temporal_env: WorkflowEnvironment, cfg: DeploymentConfig, task_queue: str
+) -> None:
     client = temporal_env.client
     async with build_worker(client, task_queue, Deployments([cfg], client=client)):
         handle = await _start(client, cfg, task_queue)
@@ -139,8 +158,11 @@ async def test_unhealthy_active_region_fails_over_automatically_and_never_back(
         # home healthy again: offered as a person's failback, never taken automatically
         await _health(handle, "us-east-1", "Healthy")
         await _health(handle, "us-west-2", "Healthy")
-        s = await _wait(handle, lambda st: any(d.rule == "no_automatic_failback" for d in st.decisions)
-                        or len(st.history) == 1, "health")
+        s = await _wait(
+            handle,
+            lambda st: any(d.rule == "no_automatic_failback" for d in st.decisions) or len(st.history) == 1,
+            "health",
+        )
         await asyncio.sleep(1)
         assert len((await handle.query("state", result_type=DeploymentState)).history) == 1
         await handle.terminate()

@@ -145,3 +145,42 @@ async def test_worker_killed_mid_reconcile_resumes_without_duplicates_or_losses(
     ]
     assert max(attempts) >= 2  # the reconcile really was retried, and resumed from its checkpoint
     await handle.terminate("test done")
+
+
+async def test_replicate_cli_starts_once_and_reconciles_now(
+    temporal_env: WorkflowEnvironment,
+    emulators: dict[str, str],
+    local_ca: pki.LocalCA,
+    tmp_path: Path,
+    task_queue: str,
+    capsys: pytest.CaptureFixture,
+) -> None:
+    import starter
+
+    cfg = _config(emulators, local_ca, tmp_path)
+    aws = AwsClients(cfg)
+    provision(aws.iot(E), local_ca, 3)
+    address = temporal_env.client.service_client.config.target_host
+    regions = "".join(
+        f'[regions.{r}]\nrole = "{c.role}"\nendpoint_url = "{c.endpoint_url}"\n\n'
+        for r, c in cfg.regions.items()
+    )
+    toml = tmp_path / "deployment.toml"
+    toml.write_text(
+        f'[deployment]\nname = "{cfg.name}"\nmode = "active-passive"\nca_certificate = "{cfg.ca_certificate}"\n\n'
+        f'{regions}[fleet]\nthing_group = "test-fleet"\npolicy_name = "test-policy"\n\n'
+        f"[replication]\nreconcile_interval_minutes = 600\n\n"
+        f'[temporal]\naddress = "{address}"\ntask_queue = "{task_queue}"\nui_url = "http://ui.example"\n'
+    )
+    async with build_worker(temporal_env.client, task_queue, Deployments([cfg]), 8):
+        assert await asyncio.to_thread(starter.main, ["--config", str(toml), "replicate", "start"]) == 0
+        assert await asyncio.to_thread(starter.main, ["--config", str(toml), "replicate", "--now"]) == 0
+        out = capsys.readouterr().out
+        assert f"http://ui.example/namespaces/default/workflows/replication-{cfg.name}" in out
+        assert "reconcile #" in out
+        assert await asyncio.to_thread(starter.main, ["--config", str(toml), "replicate", "status"]) == 0
+        handle = temporal_env.client.get_workflow_handle(f"replication-{cfg.name}")
+        runs = [w async for w in temporal_env.client.list_workflows(f"WorkflowId = 'replication-{cfg.name}'")]
+        assert len(runs) == 1  # `start` twice (start, then --now) is one workflow
+        assert registry_parity(aws, E, W).ok
+        await handle.terminate("test done")
