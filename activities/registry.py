@@ -12,10 +12,11 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from botocore.exceptions import ClientError
+from botocore.exceptions import BotoCoreError, ClientError
 from prometheus_client import Counter as PromCounter
 from prometheus_client import Gauge
 from temporalio import activity
+from temporalio.exceptions import ApplicationError
 
 from activities import certificates as certs
 from activities.context import Deployments
@@ -167,6 +168,7 @@ class DrainResult:
     dead_letter_count: int = 0
     dead_letters: list[DeadLetter] = field(default_factory=list)  # the first few, with reasons
     lag_seconds: dict[str, float] = field(default_factory=dict)  # target region -> lag
+    unreachable: list[str] = field(default_factory=list)  # regions whose queue did not answer
 
 
 def registry_parity(
@@ -310,34 +312,48 @@ class EventDrain:
     def run(self) -> DrainResult:
         deadline = time.monotonic() + self.inp.max_seconds
         idle: set[str] = set()
-        while time.monotonic() < deadline and self.out.received < self.inp.max_messages:
-            for region in self.cfg.region_names:
-                got = self._receive(region, 0 if region not in idle else self.inp.wait_seconds)
+        regions = list(self.cfg.region_names)
+        while regions and time.monotonic() < deadline and self.out.received < self.inp.max_messages:
+            for region in list(regions):
+                try:
+                    got = self._receive(region, 0 if region not in idle else self.inp.wait_seconds)
+                except (ClientError, BotoCoreError) as e:
+                    if not is_retryable(e):
+                        raise to_application_error(e, "receiving registry events", region) from e
+                    regions.remove(region)  # a region that is down does not hold up the others' events
+                    self.out.unreachable.append(region)
+                    log.warning("registry events unreachable", region=region, error=str(e)[:200])
+                    continue
                 (idle.add if not got else idle.discard)(region)
                 _beat()
-            if len(idle) == len(self.cfg.region_names) and self.out.received:
+            if regions and len(idle) >= len(regions) and self.out.received:
                 break  # drained
+        if not regions:
+            raise ApplicationError(
+                f"no region's registry event queue answered ({', '.join(self.out.unreachable)})"
+            )
         for region in self.cfg.region_names:
-            if region not in self.out.lag_seconds:
-                self.out.lag_seconds[region] = 0.0
+            self.out.lag_seconds.setdefault(region, 0.0)
             LAG.labels(self.cfg.name, region).set(self.out.lag_seconds[region])
         return self.out
 
     def _receive(self, region: str, wait: int) -> int:
+        """One batch from `region`'s queue; handled messages are deleted even if a later one fails."""
         sqs = self.aws.sqs(region)
         url = self.owner.queue_url(self.aws, region)
+        msgs = sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10, WaitTimeSeconds=wait).get(
+            "Messages", []
+        )
+        handled: list[dict] = []
         try:
-            msgs = sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10, WaitTimeSeconds=wait).get(
-                "Messages", []
-            )
-        except ClientError as e:
-            raise to_application_error(e, "receiving registry events", region) from e
-        for m in msgs:
-            self.out.received += 1
-            self._handle(region, m)
-        if msgs:
-            entries = [{"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(msgs)]
-            sqs.delete_message_batch(QueueUrl=url, Entries=entries)
+            for m in msgs:
+                self.out.received += 1
+                self._handle(region, m)
+                handled.append(m)
+        finally:
+            if handled:
+                entries = [{"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(handled)]
+                sqs.delete_message_batch(QueueUrl=url, Entries=entries)
         return len(msgs)
 
     def _handle(self, region: str, msg: dict) -> None:
@@ -365,6 +381,8 @@ class EventDrain:
             rep = Replicator(self.aws, region, target, on_applied=self.hook)
             for kind, name in event.items:
                 gone |= rep.converge_one(kind, name) == "gone"
+                if kind == "thing":
+                    Reconciler(rep, _beat).claim(name)  # a claim travels with its thing
             failures += rep.failures
             if event.timestamp_ms:
                 lag = max(0.0, time.time() - event.timestamp_ms / 1000)

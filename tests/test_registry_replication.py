@@ -207,6 +207,8 @@ def test_events_converge_and_bad_events_are_dead_lettered(
     east.create_thing(thingName="dev-new", attributePayload={"attributes": {"sku": "n"}})
     east.attach_thing_principal(thingName="dev-new", principal=cert["certificateArn"])
     east.attach_policy(policyName="test-policy", target=cert["certificateArn"])
+    claim = {"thingName": {"S": "dev-new"}, "owner": {"S": "acme"}}
+    aws.dynamodb(E).put_item(TableName=fast_config.claims_table, Item=claim)
     east.update_thing(
         thingName="dev-0001", attributePayload={"attributes": {"sku": "changed"}, "merge": True}
     )
@@ -261,6 +263,8 @@ def test_events_converge_and_bad_events_are_dead_lettered(
         west.describe_thing(thingName="dev-new")["attributes"]["replicatedBy"]
         == f"iotfailover:{fast_config.name}"
     )
+    got = aws.dynamodb(W).get_item(TableName=fast_config.claims_table, Key={"thingName": {"S": "dev-new"}})
+    assert got["Item"]["owner"]["S"] == "acme"  # the claim travelled with its thing
     # the queue is empty: nothing blocked it
     assert _drain(acts, fast_config).received == 0
 
@@ -378,3 +382,29 @@ def test_active_active_each_region_sources_its_own_devices(
     reconcile_pair(aws, W, E)
     assert "west-dev" not in {t["thingName"] for t in aws.iot(E).list_things()["things"]}
     assert aws.iot(W).get_policy(policyName="east-policy")["policyName"] == "east-policy"
+
+
+def test_region_outage_neither_blocks_nor_loses_events(
+    acts: RegistryActivities, fast_config: DeploymentConfig, local_ca: pki.LocalCA
+) -> None:
+    from temporalio.exceptions import ApplicationError
+
+    from rehearsal import faults
+
+    aws = _aws(acts, fast_config)
+    sqs = aws.sqs(E)
+    url = sqs.get_queue_url(QueueName=fast_config.replication.events_queue)["QueueUrl"]
+    sqs.set_queue_attributes(QueueUrl=url, Attributes={"VisibilityTimeout": "1"})
+    aws.iot(E).create_thing(thingName="late", attributePayload={"attributes": {"sku": "l"}})
+    _send(aws, E, fast_config, _thing_event("late", "CREATED"))
+    faults.set_fault(fast_config.regions[W].endpoint_url, "outage")  # the target is down
+    with pytest.raises(ApplicationError) as e:
+        _drain(acts, fast_config)
+    assert not e.value.non_retryable
+    faults.set_fault(fast_config.regions[W].endpoint_url, "clear")
+    time.sleep(1.2)  # the message becomes visible again: it was not deleted
+    assert _drain(acts, fast_config).applied == 1
+    assert aws.iot(W).describe_thing(thingName="late")["attributes"]["sku"] == "l"
+    faults.set_fault(fast_config.regions[E].endpoint_url, "outage")  # a source's queue is down
+    out = _drain(acts, fast_config)
+    assert out.unreachable == [E] and out.received == 0
