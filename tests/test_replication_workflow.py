@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 from temporalio.api.enums.v1 import EventType
+from temporalio.api.sdk.v1 import WorkflowMetadata
 from temporalio.client import WorkflowHandle
 from temporalio.testing import WorkflowEnvironment
 
@@ -84,6 +85,9 @@ async def test_reconcile_now_status_events_and_continue_as_new(
         s = await _until(handle, lambda s: s.events_applied >= 1 and s.dead_letter_count >= 1)
         assert s.dead_letters[-1].reason == "bad_json" and s.last_full_reconcile is not None
         assert aws.iot(W).describe_thing(thingName="dev-0001")["attributes"]["sku"] == "z"
+        meta = await handle.query("__temporal_workflow_metadata", result_type=WorkflowMetadata)
+        assert "dead letters: 1 (latest: bad_json" in meta.current_details  # what the UI shows
+        assert "us-east-1 → us-west-2" in meta.current_details
         # continued as new after a few drains, state carried over
         s = await _until(handle, lambda s: s.runs >= 2)
         assert s.reconciles == 1 and s.dead_letter_count == 1
