@@ -26,6 +26,7 @@ from pathlib import Path
 import boto3
 from botocore.exceptions import ClientError
 
+from activities.certificates import marker_items
 from activities.context import Deployments
 from activities.ledger import LEDGER_KEYS, ensure_table
 from activities.registry import ReadyInput, RegistryActivities, registry_parity
@@ -113,7 +114,7 @@ def plain_loop(cfg: DeploymentConfig, ca_pem: str) -> None:
             dst.attach_thing_principal(thingName=t["thingName"], principal=arn)
 
     with ThreadPoolExecutor(THREADS) as pool:
-        list(pool.map(cert, src.list_certificates()["certificates"]))
+        list(pool.map(cert, list(marker_items(src, "list_certificates", "certificates", 250))))
         list(pool.map(thing, list(all_items(src, "list_things", "things"))))
 
 
