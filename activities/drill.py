@@ -23,7 +23,7 @@ from temporalio.client import WorkflowUpdateFailedError
 from temporalio.exceptions import ApplicationError
 
 from activities.context import Deployments
-from activities.jobs import confirmed_in, connectivity_of
+from activities.jobs import DeviceReport
 from core import logs
 from core.aws import fetch_page
 from core.errors import is_already_exists, is_not_found, to_application_error
@@ -265,10 +265,11 @@ class DrillActivities:
                 if is_not_found(e):
                     return None
                 raise
-            conn = connectivity_of(payload)
-            return (
-                _since_seconds(conn.get("since")) if confirmed_in(conn, inp.target, inp.min_epoch) else None
-            )
+            report = DeviceReport.parse(payload)
+            at = _since_seconds(report.since)
+            if report.region != inp.target or at is None:
+                return None
+            return at if report.epoch >= inp.min_epoch or at >= t0 else None  # moved by us, or on its own
 
         t0 = inp.t0.timestamp()
         delays: list[float] = []

@@ -127,6 +127,7 @@ class VerifyInput:
     timeout_seconds: float
     poll_seconds: float = 5
     stragglers_group: str | None = None  # on the last pass, put unconfirmed devices here (list_region)
+    fresh_since: float | None = None  # emergency: also confirm devices heard from in the target since then
 
 
 @dataclass
@@ -153,21 +154,42 @@ class DeleteGroupsInput:
     groups: list[str]
 
 
-def connectivity_of(shadow_payload: bytes | str) -> dict[str, Any]:
-    """The device's own report of where it is connected (device contract), or {}."""
-    try:
-        doc = json.loads(shadow_payload)
-        conn = doc.get("state", {}).get("reported", {}).get("connectivity") or {}
-        return conn if isinstance(conn, dict) else {}
-    except (ValueError, AttributeError):
-        return {}
+@dataclass(frozen=True)
+class DeviceReport:
+    """A device's own report of where it is connected (device contract: `reported.connectivity`)."""
+
+    region: str | None = None
+    epoch: int = -1
+    since: Any = None
+    reported_at: float = 0.0  # AWS's newest metadata timestamp of the report: when the device last spoke
+
+    @classmethod
+    def parse(cls, payload: bytes | str) -> DeviceReport:
+        try:
+            doc = json.loads(payload)
+            conn = doc.get("state", {}).get("reported", {}).get("connectivity") or {}
+            meta = doc.get("metadata", {}).get("reported", {}).get("connectivity") or {}
+            return cls(conn.get("region"), int(conn.get("epoch", -1)), conn.get("since"), _newest(meta))
+        except (ValueError, TypeError, AttributeError):
+            return cls()
+
+    def confirms(self, region: str, epoch: int, fresh_since: float | None = None) -> bool:
+        """In `region` under at least `epoch`, or (emergency) heard from there since `fresh_since`.
+
+        Devices that fail over on their own before the flip keep their older epoch: in an
+        emergency what proves them served is a live report from the target.
+        """
+        if self.region != region:
+            return False
+        return self.epoch >= epoch or (fresh_since is not None and self.reported_at >= fresh_since)
 
 
-def confirmed_in(conn: dict[str, Any], region: str, epoch: int) -> bool:
-    try:
-        return conn.get("region") == region and int(conn.get("epoch", -1)) >= epoch
-    except (TypeError, ValueError):
-        return False
+def _newest(meta: Any) -> float:
+    if isinstance(meta, dict):
+        if isinstance(meta.get("timestamp"), int | float):
+            return float(meta["timestamp"])
+        return max((_newest(v) for v in meta.values()), default=0.0)
+    return 0.0
 
 
 class JobActivities:
@@ -188,15 +210,13 @@ class JobActivities:
                 return iot.describe_thing_group(thingGroupName=name)["thingGroupArn"]
             raise
 
-    def _shadow_connectivity(self, deployment: str, region: str, thing: str) -> dict[str, Any]:
+    def _report(self, deployment: str, region: str, thing: str) -> DeviceReport:
         try:
-            payload = (
-                self.deployments.aws(deployment).iot_data(region).get_thing_shadow(thingName=thing)["payload"]
-            )
-            return connectivity_of(payload.read())
+            shadow = self.deployments.aws(deployment).iot_data(region).get_thing_shadow(thingName=thing)
+            return DeviceReport.parse(shadow["payload"].read())
         except ClientError as e:
             if is_not_found(e):
-                return {}
+                return DeviceReport()
             raise
 
     @activity.defn
@@ -248,14 +268,14 @@ class JobActivities:
                     with ThreadPoolExecutor(self.max_workers) as pool:
                         conns = list(
                             pool.map(
-                                lambda t: self._shadow_connectivity(inp.deployment, inp.only_confirmed_in, t),
+                                lambda t: self._report(inp.deployment, inp.only_confirmed_in, t),
                                 take,
                             )
                         )
                     chosen = [
                         t
                         for t, c in zip(take, conns, strict=True)
-                        if confirmed_in(c, inp.only_confirmed_in, inp.min_epoch)
+                        if c.confirms(inp.only_confirmed_in, inp.min_epoch)
                     ]
                 else:
                     chosen = take
@@ -378,16 +398,12 @@ class JobActivities:
                         recursive=True,
                     )
                     with ThreadPoolExecutor(self.max_workers) as pool:
-                        conns = list(
-                            pool.map(
-                                lambda t: self._shadow_connectivity(inp.deployment, inp.target, t), names
-                            )
-                        )
+                        conns = list(pool.map(lambda t: self._report(inp.deployment, inp.target, t), names))
                     total += len(names)
                     pending += [
                         t
                         for t, c in zip(names, conns, strict=True)
-                        if not confirmed_in(c, inp.target, inp.epoch)
+                        if not c.confirms(inp.target, inp.epoch, inp.fresh_since)
                     ]
                     activity.heartbeat({"checked": total, "pending": len(pending)})
                     if not token:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from activities.jobs import confirmed_in, connectivity_of
+from activities.jobs import DeviceReport
 from workflows.cutover_steps import bootstrap_order, wave_sizes
 
 
@@ -38,8 +38,16 @@ def test_bootstrap_order_puts_the_new_primary_first() -> None:
 
 
 def test_connectivity_is_read_from_the_device_report() -> None:
-    doc = b'{"state": {"reported": {"connectivity": {"region": "us-west-2", "epoch": 3}}}}'
-    conn = connectivity_of(doc)
-    assert confirmed_in(conn, "us-west-2", 3) and confirmed_in(conn, "us-west-2", 2)
-    assert not confirmed_in(conn, "us-west-2", 4) and not confirmed_in(conn, "us-east-1", 3)
-    assert connectivity_of(b"not json") == {} and not confirmed_in({"epoch": "x"}, "r", 1)
+    doc = (
+        b'{"state": {"reported": {"connectivity": {"region": "us-west-2", "epoch": 3}}},'
+        b' "metadata": {"reported": {"connectivity": {"region": {"timestamp": 100}, "epoch": {"timestamp": 120}}}}}'
+    )
+    report = DeviceReport.parse(doc)
+    assert report.reported_at == 120
+    assert report.confirms("us-west-2", 3) and report.confirms("us-west-2", 2)
+    assert not report.confirms("us-west-2", 4) and not report.confirms("us-east-1", 3)
+    # emergency: a device that failed over on its own keeps its old epoch but is heard from in the target
+    assert report.confirms("us-west-2", 9, fresh_since=110) and not report.confirms(
+        "us-west-2", 9, fresh_since=130
+    )
+    assert DeviceReport.parse(b"not json") == DeviceReport() and not DeviceReport().confirms("r", 1)

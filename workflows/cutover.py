@@ -422,6 +422,7 @@ class CutoverWorkflow:
                 inp.epoch,
                 inp.policy.verify_timeout_seconds,
                 inp.policy.verify_poll_seconds,
+                fresh_since=self.p.started_at.timestamp(),
             ),
             VerifyOutcome,
             timedelta(seconds=inp.policy.verify_timeout_seconds + 300),
