@@ -102,6 +102,7 @@ class ReconcileResult:
     failed: dict[str, int] = field(default_factory=dict)
     failures: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    resumed_from: str = ""  # "<phase>@<page token>" when a retried attempt continued a checkpoint
 
 
 @dataclass
@@ -213,6 +214,7 @@ def reconcile_pair(
         dict(rep.failed),
         rep.failures,
         round(time.monotonic() - started, 3),
+        f"{resume.phase}@{resume.token or ''}" if resume else "",
     )
 
 

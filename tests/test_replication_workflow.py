@@ -135,6 +135,7 @@ async def test_worker_killed_mid_reconcile_resumes_without_duplicates_or_losses(
     async with build_worker(client, task_queue, Deployments([cfg]), 8):
         s = await _until(handle, lambda s: s.reconciles >= 1, wait_s=90)
     assert not s.last_error and s.last_results[0].failed == {}
+    assert s.last_results[0].resumed_from.startswith("things@")  # continued from its checkpoint
     report = registry_parity(aws, E, W)
     assert report.ok, report.render()
     things = [t["thingName"] for t in all_items(aws.iot(W), "list_things", "things")]
