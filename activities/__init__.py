@@ -26,6 +26,8 @@ def _load() -> list:
         "bootstrap",
         "routing",
         "shadows",
+        "certificates",
+        "registry",
     ]
     return [importlib.import_module(f"activities.{n}") for n in names]
 

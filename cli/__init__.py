@@ -22,6 +22,8 @@ _NAMES = [
     "bootstrap",
     "shadows",
     "fleet",
+    "replicate",
+    "parity",
 ]
 
 COMMAND_MODULES = [importlib.import_module(f"cli.{n}") for n in _NAMES]

@@ -100,6 +100,7 @@ class ReplicationPolicy(_Strict):
     reconcile_interval_minutes: float = Field(15, gt=0)
     allow_register_without_ca: bool = False
     events_queue: str = "iotfailover-registry-events"
+    ledger_table: str = "iotfailover-replication-ledger"  # what the replicator created, per region
 
 
 class Quotas(_Strict):

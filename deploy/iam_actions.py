@@ -74,7 +74,8 @@ OVERRIDES = {
 # Actions the authorization reference lists with a resource type but that are granted on "*" in
 # practice (CloudWatch metric reads are not scoped to a resource).
 ACCOUNT_WIDE = {"cloudwatch:GetMetricData", "cloudwatch:GetMetricStatistics", "cloudwatch:ListMetrics"}
-PAGER_FUNCTIONS = {"fetch_page", "all_items"}
+# Pagers taking the method as a string (fetch_marker_page/marker_items: activities/certificates.py).
+PAGER_FUNCTIONS = {"fetch_page", "all_items", "fetch_marker_page", "marker_items"}
 # boto3 conveniences whose requests are another operation's.
 ALIASES = {("dynamodb", "batch_writer"): "batch_write_item"}
 # AwsClients helpers that call AWS themselves.

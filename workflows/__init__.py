@@ -14,5 +14,6 @@ def all_workflows() -> list[type]:
         ("drill", "DrillWorkflow"),
         ("health", "RegionHealthWorkflow"),
         ("shadow_sync", "ShadowSyncWorkflow"),
+        ("replication", "RegistryReplicationWorkflow"),
     ]
     return [getattr(importlib.import_module(f"workflows.{m}"), c) for m, c in names]

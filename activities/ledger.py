@@ -1,0 +1,93 @@
+"""The replication ledger: per region, what this deployment's replicator created there.
+
+Certificates, policies, thing types and thing groups carry no attribute the replicator could mark,
+so a DynamoDB table per region (cfg.replication.ledger_table; key `scope` = "<deployment>#<kind>",
+sort key `name`) records them. The record is written *before* the create, and only when the
+resource was absent, so a crash between the two never leaves an unrecorded resource of ours; a
+record without its resource is harmless (deleting a missing resource is a no-op). The deletion
+rule (registry_records.may_delete) trusts only this record and the thing marker attribute.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from botocore.exceptions import ClientError
+
+from core.aws import AwsClients
+from core.errors import is_already_exists
+
+LEDGER_KEYS = [
+    {"AttributeName": "scope", "KeyType": "HASH"},
+    {"AttributeName": "name", "KeyType": "RANGE"},
+]
+CLAIMS_KEYS = [{"AttributeName": "thingName", "KeyType": "HASH"}]
+
+
+def ensure_table(ddb: Any, name: str, keys: list[dict]) -> None:
+    """Create a pay-per-request table if missing (the AWS templates create it up front)."""
+    try:
+        ddb.describe_table(TableName=name)
+        return
+    except ClientError as e:
+        if e.response["Error"]["Code"] != "ResourceNotFoundException":
+            raise
+    try:
+        ddb.create_table(
+            TableName=name,
+            KeySchema=keys,
+            AttributeDefinitions=[{"AttributeName": k["AttributeName"], "AttributeType": "S"} for k in keys],
+            BillingMode="PAY_PER_REQUEST",
+        )
+    except ClientError as e:
+        if e.response["Error"]["Code"] != "ResourceInUseException" and not is_already_exists(e):
+            raise
+    ddb.get_waiter("table_exists").wait(TableName=name, WaiterConfig={"Delay": 1, "MaxAttempts": 30})
+
+
+class Ledger:
+    def __init__(self, aws: AwsClients):
+        self.aws = aws
+        self.table = aws.cfg.replication.ledger_table
+        self.deployment = aws.cfg.name
+
+    def _key(self, kind: str, name: str) -> dict:
+        return {"scope": {"S": f"{self.deployment}#{kind}"}, "name": {"S": name}}
+
+    def record(self, region: str, kind: str, name: str, source: str) -> None:
+        item = {
+            **self._key(kind, name),
+            "source": {"S": source},
+            "at": {"S": dt.datetime.now(dt.UTC).isoformat()},
+        }
+        self.aws.dynamodb(region).put_item(TableName=self.table, Item=item)
+
+    def forget(self, region: str, kind: str, name: str) -> None:
+        self.aws.dynamodb(region).delete_item(TableName=self.table, Key=self._key(kind, name))
+
+    def has(self, region: str, kind: str, name: str) -> bool:
+        resp = self.aws.dynamodb(region).get_item(
+            TableName=self.table, Key=self._key(kind, name), ConsistentRead=True
+        )
+        return "Item" in resp
+
+    def names(self, region: str, kind: str) -> set[str]:
+        """Every name of `kind` recorded in `region` (paged query)."""
+        ddb, found, start = self.aws.dynamodb(region), set(), None
+        while True:
+            args: dict[str, Any] = {
+                "TableName": self.table,
+                "KeyConditionExpression": "#s = :s",
+                "ExpressionAttributeNames": {"#s": "scope"},
+                "ExpressionAttributeValues": {":s": {"S": f"{self.deployment}#{kind}"}},
+                "ProjectionExpression": "#n",
+            }
+            args["ExpressionAttributeNames"]["#n"] = "name"
+            if start:
+                args["ExclusiveStartKey"] = start
+            resp = ddb.query(**args)
+            found |= {i["name"]["S"] for i in resp.get("Items", [])}
+            start = resp.get("LastEvaluatedKey")
+            if not start:
+                return found

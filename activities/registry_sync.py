@@ -1,0 +1,438 @@
+"""Converging one target region to one source region, resource by resource.
+
+A `Replicator` reads comparable records (registry_records) from both regions, diffs them and, when
+`apply` is set, creates, updates and deletes in the target in dependency order. With `apply` unset
+it only counts differences: the parity checker and the reconciler are the same code. Every write is
+idempotent ("already exists" is success) and every delete obeys registry_records.may_delete.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+from botocore.exceptions import ClientError
+
+from activities import certificates as certs
+from activities.ledger import Ledger
+from activities.registry_records import (
+    MARKER_ATTRIBUTE,
+    ItemFailed,
+    KindDiff,
+    PolicyRecord,
+    ThingGroupRecord,
+    ThingRecord,
+    ThingTypeRecord,
+    canonical_json,
+    diff,
+    marker,
+    parents_first,
+)
+from core import logs
+from core.aws import AwsClients, all_items
+from core.errors import is_already_exists, is_not_found, is_retryable
+
+log = logs.get("replication")
+APPLIED_HOOK = Callable[[str, str, str], None]  # (target region, kind, operation)
+
+
+class Replicator:
+    def __init__(
+        self,
+        aws: AwsClients,
+        source: str,
+        target: str,
+        apply: bool = True,
+        on_applied: APPLIED_HOOK | None = None,
+    ):
+        self.aws, self.source, self.target, self.apply = aws, source, target, apply
+        self.ledger = Ledger(aws)
+        self.marker = marker(aws.cfg.name)
+        self.diffs: dict[str, KindDiff] = {}
+        self.applied: Counter[str] = Counter()
+        self.failed: Counter[str] = Counter()
+        self.failures: list[str] = []
+        self.present: set[tuple[str, str]] = set()  # (kind, name) known to exist in the target
+        self.cert_arns: dict[str, str] = {}  # certificate ID -> its ARN in the target
+        self._source_catalogs: dict[str, dict[str, Any]] = {}  # read once per reconcile
+        self._lock = threading.Lock()
+        self._on_applied = on_applied
+
+    # ---------------------------------------------------------------- bookkeeping
+    def kind_diff(self, kind: str) -> KindDiff:
+        with self._lock:
+            return self.diffs.setdefault(kind, KindDiff())
+
+    def done(self, kind: str, op: str) -> None:
+        with self._lock:
+            self.applied[f"{kind}:{op}"] += 1
+        if self._on_applied:
+            self._on_applied(self.target, kind, op)
+
+    def guarded(self, kind: str, name: str, fn: Callable[[], None]) -> None:
+        """Run one item's change; a non-retryable AWS error is recorded, a retryable one raised."""
+        try:
+            fn()
+        except ItemFailed as e:
+            self._fail(kind, name, str(e))
+        except ClientError as e:
+            if is_retryable(e):
+                raise
+            self._fail(kind, name, f"{e.response['Error'].get('Code')}: {e}")
+
+    def _fail(self, kind: str, name: str, why: str) -> None:
+        with self._lock:
+            self.failed[kind] += 1
+            if len(self.failures) < 20:
+                self.failures.append(f"{kind} {name}: {why[:200]}")
+        log.warning("replication item failed", kind=kind, name=name, target=self.target, reason=why[:300])
+
+    def iot(self, region: str) -> Any:
+        return self.aws.iot(region)
+
+    # ---------------------------------------------------------------- readers
+    def read_types(self, region: str) -> dict[str, ThingTypeRecord]:
+        return {
+            t["thingTypeName"]: _type_record(t)
+            for t in all_items(self.iot(region), "list_thing_types", "thingTypes", page_size=100)
+        }
+
+    def read_type(self, region: str, name: str) -> ThingTypeRecord | None:
+        return _or_none(lambda: _type_record(self.iot(region).describe_thing_type(thingTypeName=name)))
+
+    def read_group(self, region: str, name: str) -> ThingGroupRecord | None:
+        def read() -> ThingGroupRecord:
+            g = self.iot(region).describe_thing_group(thingGroupName=name)
+            props = g.get("thingGroupProperties") or {}
+            attrs = (props.get("attributePayload") or {}).get("attributes") or {}
+            return ThingGroupRecord(
+                name=name,
+                parent=(g.get("thingGroupMetadata") or {}).get("parentGroupName"),
+                description=props.get("thingGroupDescription") or "",
+                attributes=tuple(sorted(attrs.items())),
+            )
+
+        return _or_none(read)
+
+    def read_groups(self, region: str) -> dict[str, ThingGroupRecord]:
+        names = [
+            g["groupName"]
+            for g in all_items(self.iot(region), "list_thing_groups", "thingGroups", page_size=250)
+        ]
+        found = {n: self.read_group(region, n) for n in names}
+        return {n: r for n, r in found.items() if r is not None}
+
+    def read_policy(self, region: str, name: str) -> PolicyRecord | None:
+        return _or_none(
+            lambda: PolicyRecord(
+                name, canonical_json(self.iot(region).get_policy(policyName=name)["policyDocument"])
+            )
+        )
+
+    def read_policies(self, region: str) -> dict[str, PolicyRecord]:
+        names = [p["policyName"] for p in certs.marker_items(self.iot(region), "list_policies", "policies")]
+        found = {n: self.read_policy(region, n) for n in names}
+        return {n: r for n, r in found.items() if r is not None}
+
+    def thing_record(
+        self, region: str, listed: Mapping[str, Any], groups: Iterable[str] | None = None
+    ) -> ThingRecord:
+        """A thing's record from its ListThings/DescribeThing entry, plus groups and certificates."""
+        name = listed["thingName"]
+        attrs = dict(listed.get("attributes") or {})
+        replicated_by = attrs.pop(MARKER_ATTRIBUTE, None)
+        if groups is None:
+            groups = [
+                g["groupName"]
+                for g in all_items(
+                    self.iot(region), "list_thing_groups_for_thing", "thingGroups", thingName=name
+                )
+            ]
+        principals = self.iot(region).list_thing_principals(thingName=name).get("principals", [])
+        return ThingRecord(
+            name=name,
+            thing_type=listed.get("thingTypeName") or None,
+            attributes=tuple(sorted(attrs.items())),
+            groups=tuple(sorted(groups)),
+            certificates=tuple(sorted(p.rsplit("/", 1)[-1] for p in principals if ":cert/" in p)),
+            replicated_by=replicated_by,
+        )
+
+    def read_thing(self, region: str, name: str) -> ThingRecord | None:
+        desc = _or_none(lambda: self.iot(region).describe_thing(thingName=name))
+        return self.thing_record(region, desc) if desc else None
+
+    # ---------------------------------------------------------------- catalog kinds
+    def read_catalog(self, region: str, kind: str) -> dict[str, Any]:
+        return {"thing_type": self.read_types, "thing_group": self.read_groups, "policy": self.read_policies}[
+            kind
+        ](region)
+
+    def converge_catalog(self, kind: str) -> None:
+        """Diff a whole small kind (types, groups, policies) and apply its creates and updates.
+
+        Its deletes wait for prune_catalog, after things and certificates are pruned.
+        """
+        source, target = self.source_catalog(kind), self.read_catalog(self.target, kind)
+        create, update, _ = diff(source, target, self.ledger.names(self.target, kind), self.kind_diff(kind))
+        self.present |= {(kind, n) for n in target}
+        if not self.apply:
+            return
+        order = parents_first(source) if kind == "thing_group" else sorted(source)
+        for name in order:
+            if name in create:
+                self.guarded(kind, name, lambda n=name: self.create(kind, source[n]))
+            elif name in update:
+                self.guarded(kind, name, lambda n=name: self.update(kind, source[n], target[n]))
+
+    def prune_catalog(self, kind: str) -> None:
+        source, target = self.source_catalog(kind), self.read_catalog(self.target, kind)
+        ours = self.ledger.names(self.target, kind)
+        _, _, delete = diff(source, target, ours, KindDiff())
+        if kind == "thing_group":  # children before parents
+            delete = [n for n in reversed(parents_first(target)) if n in delete]
+        for name in delete:
+            self.guarded(kind, name, lambda n=name: self.delete(kind, n))
+        for name in ours - set(target) - set(source):  # records of resources already gone
+            self.ledger.forget(self.target, kind, name)
+
+    def source_catalog(self, kind: str) -> dict[str, Any]:
+        """The source's own resources of a kind: not those replicated into it (active/active)."""
+        if kind not in self._source_catalogs:
+            found = self.read_catalog(self.source, kind)
+            mine = self.ledger.names(self.source, kind)
+            self._source_catalogs[kind] = {n: r for n, r in found.items() if n not in mine}
+        return self._source_catalogs[kind]
+
+    # ---------------------------------------------------------------- one item, any kind
+    def converge_one(self, kind: str, name: str, source_required: bool = False) -> str:
+        """Converge a single resource; returns "gone" when it is absent from the source."""
+        src, tgt = self.read(self.source, kind, name), self.read(self.target, kind, name)
+        if kind == "thing" and src is not None and src.replicated_by == self.marker:
+            return "echo"  # our own write, seen in a region that is also a source
+        if kind != "thing" and src is not None and self.ledger.has(self.source, kind, name):
+            return "echo"
+        ours = self.is_ours(kind, name, tgt)
+        create, update, delete = diff(
+            {name: src} if src else {}, {name: tgt} if tgt else {}, {name} if ours else set(), KindDiff()
+        )
+        if self.apply:
+            if create:
+                self.guarded(kind, name, lambda: self.create(kind, src))
+            elif update:
+                self.guarded(kind, name, lambda: self.update(kind, src, tgt))
+            elif delete:
+                self.guarded(kind, name, lambda: self.delete(kind, name))
+        return "gone" if src is None else "synced"
+
+    def read(self, region: str, kind: str, name: str) -> Any:
+        readers = {
+            "thing_type": self.read_type,
+            "thing_group": self.read_group,
+            "policy": self.read_policy,
+            "certificate": lambda r, n: certs.read_certificate(self.aws, r, n),
+            "thing": self.read_thing,
+        }
+        return readers[kind](region, name)
+
+    def is_ours(self, kind: str, name: str, target_record: Any) -> bool:
+        if kind == "thing":
+            return target_record is not None and target_record.replicated_by == self.marker
+        return self.ledger.has(self.target, kind, name)
+
+    def ensure(self, kind: str, name: str) -> None:
+        """Make a dependency exist in the target (a type, group, policy or certificate)."""
+        if (kind, name) in self.present:
+            return
+        if self.read(self.target, kind, name) is None:
+            self.converge_one(kind, name)
+        else:
+            self.present.add((kind, name))
+
+    # ---------------------------------------------------------------- writes
+    def create(self, kind: str, rec: Any) -> None:
+        name = getattr(rec, "name", None) or getattr(rec, "certificate_id", "")
+        if kind != "thing":
+            self.ledger.record(self.target, kind, name, self.source)  # before the create: see ledger.py
+        try:
+            {
+                "thing_type": self._create_type,
+                "thing_group": self._create_group,
+                "policy": self._create_policy,
+                "certificate": lambda r: certs.create_certificate(self, r),
+                "thing": self._create_thing,
+            }[kind](rec)
+        except ClientError as e:
+            if not is_already_exists(e):
+                raise
+            if kind != "thing":  # made by someone else meanwhile: not ours, so never deleted by us
+                self.ledger.forget(self.target, kind, name)
+            return
+        self.present.add((kind, name))
+        self.done(kind, "create")
+
+    def update(self, kind: str, src: Any, tgt: Any) -> None:
+        {
+            "thing_type": self._update_type,
+            "thing_group": self._update_group,
+            "policy": self._update_policy,
+            "certificate": lambda s, t: certs.update_certificate(self, s, t),
+            "thing": self._update_thing,
+        }[kind](src, tgt)
+        self.done(kind, "update")
+
+    def delete(self, kind: str, name: str) -> None:
+        try:
+            {
+                "thing_type": self._delete_type,
+                "thing_group": lambda n: self.iot(self.target).delete_thing_group(thingGroupName=n),
+                "policy": self._delete_policy,
+                "certificate": lambda n: certs.delete_certificate(self, n),
+                "thing": self._delete_thing,
+            }[kind](name)
+        except ClientError as e:
+            if not is_not_found(e):
+                raise
+        if kind != "thing":
+            self.ledger.forget(self.target, kind, name)
+        self.done(kind, "delete")
+
+    def _create_type(self, rec: ThingTypeRecord) -> None:
+        props: dict[str, Any] = {}
+        if rec.description:
+            props["thingTypeDescription"] = rec.description
+        if rec.searchable:
+            props["searchableAttributes"] = list(rec.searchable)
+        self.iot(self.target).create_thing_type(thingTypeName=rec.name, thingTypeProperties=props)
+        if rec.deprecated:
+            self.iot(self.target).deprecate_thing_type(thingTypeName=rec.name, undoDeprecate=False)
+
+    def _update_type(self, src: ThingTypeRecord, tgt: ThingTypeRecord) -> None:
+        self.iot(self.target).deprecate_thing_type(thingTypeName=src.name, undoDeprecate=not src.deprecated)
+
+    def _delete_type(self, name: str) -> None:
+        """AWS deletes a thing type only 5 minutes after deprecation: deprecate now, delete later."""
+        iot = self.iot(self.target)
+        iot.deprecate_thing_type(thingTypeName=name, undoDeprecate=False)
+        try:
+            iot.delete_thing_type(thingTypeName=name)
+        except ClientError as e:
+            if e.response["Error"]["Code"] == "InvalidRequestException":
+                raise ItemFailed("deprecated; AWS allows the delete 5 minutes later (next reconcile)") from e
+            raise
+
+    def _group_props(self, rec: ThingGroupRecord) -> dict[str, Any]:
+        return {
+            "thingGroupDescription": rec.description,
+            "attributePayload": {"attributes": dict(rec.attributes), "merge": False},
+        }
+
+    def _create_group(self, rec: ThingGroupRecord) -> None:
+        args: dict[str, Any] = {"thingGroupName": rec.name, "thingGroupProperties": self._group_props(rec)}
+        if rec.parent:
+            self.ensure("thing_group", rec.parent)
+            args["parentGroupName"] = rec.parent
+        self.iot(self.target).create_thing_group(**args)
+
+    def _update_group(self, src: ThingGroupRecord, tgt: ThingGroupRecord) -> None:
+        if src.parent != tgt.parent:
+            # A group's parent is fixed at creation in AWS IoT: recreate it, but only if it is ours.
+            if not self.ledger.has(self.target, "thing_group", src.name):
+                raise ItemFailed(f"parent is {tgt.parent!r}, source has {src.parent!r}; not ours to recreate")
+            self.iot(self.target).delete_thing_group(thingGroupName=src.name)
+            self._create_group(src)
+            return
+        self.iot(self.target).update_thing_group(
+            thingGroupName=src.name, thingGroupProperties=self._group_props(src)
+        )
+
+    def _create_policy(self, rec: PolicyRecord) -> None:
+        self.iot(self.target).create_policy(policyName=rec.name, policyDocument=rec.document)
+
+    def _update_policy(self, src: PolicyRecord, tgt: PolicyRecord) -> None:
+        iot = self.iot(self.target)
+        versions = iot.list_policy_versions(policyName=src.name)["policyVersions"]
+        old = [v for v in versions if not v.get("isDefaultVersion")]
+        if len(versions) >= 5 and old:  # AWS keeps at most five versions
+            oldest = min(old, key=lambda v: int(v["versionId"]))
+            iot.delete_policy_version(policyName=src.name, policyVersionId=oldest["versionId"])
+        iot.create_policy_version(policyName=src.name, policyDocument=src.document, setAsDefault=True)
+
+    def _delete_policy(self, name: str) -> None:
+        iot = self.iot(self.target)
+        for t in iot.list_targets_for_policy(policyName=name).get("targets", []):
+            iot.detach_policy(policyName=name, target=t)
+        for v in iot.list_policy_versions(policyName=name)["policyVersions"]:
+            if not v.get("isDefaultVersion"):
+                iot.delete_policy_version(policyName=name, policyVersionId=v["versionId"])
+        iot.delete_policy(policyName=name)
+
+    def _create_thing(self, rec: ThingRecord) -> None:
+        args: dict[str, Any] = {
+            "thingName": rec.name,
+            "attributePayload": {"attributes": {**dict(rec.attributes), MARKER_ATTRIBUTE: self.marker}},
+        }
+        if rec.thing_type:
+            self.ensure("thing_type", rec.thing_type)
+            args["thingTypeName"] = rec.thing_type
+        self.iot(self.target).create_thing(**args)
+        self._converge_links(rec, ThingRecord(rec.name))
+
+    def _update_thing(self, src: ThingRecord, tgt: ThingRecord) -> None:
+        iot = self.iot(self.target)
+        if (src.thing_type, src.attributes) != (tgt.thing_type, tgt.attributes):
+            attrs = dict(src.attributes)
+            if tgt.replicated_by:
+                attrs[MARKER_ATTRIBUTE] = tgt.replicated_by
+            args: dict[str, Any] = {
+                "thingName": src.name,
+                "attributePayload": {"attributes": attrs, "merge": False},
+            }
+            if src.thing_type:
+                self.ensure("thing_type", src.thing_type)
+                args["thingTypeName"] = src.thing_type
+            elif tgt.thing_type:
+                args["removeThingType"] = True
+            iot.update_thing(**args)
+        self._converge_links(src, tgt)
+
+    def _converge_links(self, src: ThingRecord, tgt: ThingRecord) -> None:
+        """Group memberships and certificate attachments of one thing."""
+        iot = self.iot(self.target)
+        for g in sorted(set(src.groups) - set(tgt.groups)):
+            self.ensure("thing_group", g)
+            iot.add_thing_to_thing_group(thingGroupName=g, thingName=src.name)
+        for g in sorted(set(tgt.groups) - set(src.groups)):
+            iot.remove_thing_from_thing_group(thingGroupName=g, thingName=src.name)
+        for cid in sorted(set(src.certificates) - set(tgt.certificates)):
+            arn = certs.ensure_in_target(self, cid)
+            iot.attach_thing_principal(thingName=src.name, principal=arn)
+        for cid in sorted(set(tgt.certificates) - set(src.certificates)):
+            iot.detach_thing_principal(thingName=src.name, principal=certs.arn_in(self.aws, self.target, cid))
+
+    def _delete_thing(self, name: str) -> None:
+        iot = self.iot(self.target)
+        for p in iot.list_thing_principals(thingName=name).get("principals", []):
+            iot.detach_thing_principal(thingName=name, principal=p)
+        iot.delete_thing(thingName=name)
+
+
+def _type_record(t: Mapping[str, Any]) -> ThingTypeRecord:
+    props = t.get("thingTypeProperties") or {}
+    return ThingTypeRecord(
+        name=t["thingTypeName"],
+        deprecated=bool((t.get("thingTypeMetadata") or {}).get("deprecated")),
+        description=props.get("thingTypeDescription") or "",
+        searchable=tuple(props.get("searchableAttributes") or ()),
+    )
+
+
+def _or_none(fn: Callable[[], Any]) -> Any:
+    try:
+        return fn()
+    except ClientError as e:
+        if is_not_found(e):
+            return None
+        raise

@@ -1,0 +1,66 @@
+"""A provisioned fleet in one region for the replication tests and bench (plain boto3, like a customer)."""
+
+from __future__ import annotations
+
+import json
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+from botocore.exceptions import ClientError
+
+from rehearsal import pki
+
+POLICY = {
+    "Version": "2012-10-17",
+    "Statement": [{"Effect": "Allow", "Action": "iot:Connect", "Resource": "*"}],
+}
+
+
+@dataclass
+class Fleet:
+    things: list[str] = field(default_factory=list)
+    cert_ids: dict[str, str] = field(default_factory=dict)  # thing -> certificate id
+    groups: list[str] = field(default_factory=list)
+
+
+def provision(
+    iot: Any, ca: pki.LocalCA, n: int, prefix: str = "dev", policy: str = "test-policy", threads: int = 16
+) -> Fleet:
+    """CA, two thing types, nested groups (fleet > east > east-a), a policy, n things with certs."""
+    try:
+        iot.register_ca_certificate(caCertificate=ca.cert_pem, setAsActive=True, certificateMode="SNI_ONLY")
+    except ClientError as e:  # already registered (by the replicator's readiness step)
+        if e.response["Error"]["Code"] != "ResourceAlreadyExistsException":
+            raise
+    for t in ("sensor", "gateway"):
+        iot.create_thing_type(thingTypeName=t, thingTypeProperties={"thingTypeDescription": f"{t}s"})
+    iot.create_thing_group(thingGroupName="test-fleet", thingGroupProperties={"thingGroupDescription": "all"})
+    iot.create_thing_group(thingGroupName="east", parentGroupName="test-fleet")
+    iot.create_thing_group(
+        thingGroupName="east-a",
+        parentGroupName="east",
+        thingGroupProperties={"attributePayload": {"attributes": {"site": "a"}}},
+    )
+    iot.create_policy(policyName=policy, policyDocument=json.dumps(POLICY))
+    fleet = Fleet(groups=["test-fleet", "east", "east-a"])
+    pems = [pki.issue_device_cert(ca, f"{prefix}-{i:04d}")[0] for i in range(n)]
+
+    def one(i: int) -> tuple[str, str]:
+        name = f"{prefix}-{i:04d}"
+        iot.create_thing(
+            thingName=name,
+            thingTypeName="sensor" if i % 3 else "gateway",
+            attributePayload={"attributes": {"sku": f"sku-{i % 7}", "batch": str(i // 50)}},
+        )
+        cert = iot.register_certificate(certificatePem=pems[i], caCertificatePem=ca.cert_pem, status="ACTIVE")
+        iot.attach_policy(policyName=policy, target=cert["certificateArn"])
+        iot.attach_thing_principal(thingName=name, principal=cert["certificateArn"])
+        iot.add_thing_to_thing_group(thingGroupName=("east-a", "east", "test-fleet")[i % 3], thingName=name)
+        return name, cert["certificateId"]
+
+    with ThreadPoolExecutor(threads) as pool:
+        for name, cid in pool.map(one, range(n)):
+            fleet.things.append(name)
+            fleet.cert_ids[name] = cid
+    return fleet

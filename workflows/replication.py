@@ -1,0 +1,249 @@
+"""RegistryReplicationWorkflow: one per deployment, keeps every region's registry a copy of its sources.
+
+Two loops run side by side: the event stream (drain every region's registry-event queue, apply,
+dead-letter what cannot be applied) for low lag, and anti-entropy (a full paged reconcile of every
+(source, target) pair) on a schedule and on demand. The workflow continues-as-new with its state
+after a bounded number of drains, so its history stays small however long it runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from temporalio import workflow
+from temporalio.common import RetryPolicy
+from temporalio.exceptions import ActivityError
+
+with workflow.unsafe.imports_passed_through():
+    from activities.registry import (
+        DeadLetter,
+        DrainInput,
+        DrainResult,
+        ReadyInput,
+        ReadyResult,
+        ReconcileInput,
+        ReconcileResult,
+        RegionPair,
+    )
+    from core.temporal import SA_DEPLOYMENT, SA_PHASE
+
+DEAD_LETTERS_KEPT = 20
+
+
+def workflow_id(deployment: str) -> str:
+    return f"replication-{deployment}"
+
+
+@dataclass
+class ReplicationState:
+    """Everything the workflow knows; carried across continue-as-new."""
+
+    ca_ids: dict[str, str] = field(default_factory=dict)
+    pairs: list[RegionPair] = field(default_factory=list)
+    last_full_reconcile: datetime | None = None
+    reconciles: int = 0
+    reconcile_requested: bool = False
+    reconcile_running: bool = False
+    last_results: list[ReconcileResult] = field(default_factory=list)
+    drift: dict[str, int] = field(default_factory=dict)  # kind -> differences the last reconcile found
+    lag_seconds: dict[str, float] = field(default_factory=dict)  # target region -> event lag
+    events_received: int = 0
+    events_applied: int = 0
+    jitr_registered: int = 0
+    dead_letter_count: int = 0
+    dead_letters: list[DeadLetter] = field(default_factory=list)  # the latest, newest last
+    last_error: str = ""
+    runs: int = 0
+
+
+@dataclass
+class ReplicationInput:
+    deployment: str
+    reconcile_interval_seconds: float = 900
+    drain_seconds: float = 5
+    reconcile_on_start: bool = True
+    concurrency: int = 16
+    page_size: int = 250
+    heartbeat_timeout_seconds: float = 60
+    drains_per_run: int = 300  # continue-as-new after this many drains
+    state: ReplicationState | None = None
+
+
+@dataclass
+class ReconcileNowInput:
+    wait: bool = True  # return after the reconcile finished (False: as soon as it is queued)
+
+
+@dataclass
+class ReconcileNowResult:
+    reconciles: int
+    drift: dict[str, int] = field(default_factory=dict)
+    results: list[ReconcileResult] = field(default_factory=list)
+    queued_only: bool = False
+
+
+@workflow.defn
+class RegistryReplicationWorkflow:
+    @workflow.init
+    def __init__(self, inp: ReplicationInput) -> None:
+        # State is set here, not in run(): an update delivered with the first task runs before run().
+        self.inp = inp
+        self.state = inp.state or ReplicationState()
+        self._stopping = False
+
+    @workflow.run
+    async def run(self, inp: ReplicationInput) -> None:
+        self.state.runs += 1
+        self.state.reconcile_running = False
+        workflow.upsert_search_attributes([SA_DEPLOYMENT.value_set(inp.deployment)])
+        if not self.state.pairs:
+            await self._prepare()
+        if inp.reconcile_on_start and self.state.last_full_reconcile is None:
+            self.state.reconcile_requested = True
+        reconciling = asyncio.create_task(self._reconcile_loop())
+        drains = 0
+        while drains < inp.drains_per_run and not workflow.info().is_continue_as_new_suggested():
+            await self._drain()
+            drains += 1
+        self._stopping = True
+        await reconciling
+        await workflow.wait_condition(workflow.all_handlers_finished)
+        workflow.continue_as_new(
+            ReplicationInput(**{**vars(inp), "state": self.state})  # type: ignore[arg-type]
+        )
+
+    # ------------------------------------------------------------------ handlers
+    @workflow.query(description="Lag, drift per kind, last full reconcile, dead letters")
+    def status(self) -> ReplicationState:
+        return self.state
+
+    @workflow.update(description="Run a full reconcile now (after the running one, if any)")
+    async def reconcile_now(self, req: ReconcileNowInput) -> ReconcileNowResult:
+        wanted = self.state.reconciles + (2 if self.state.reconcile_running else 1)
+        self.state.reconcile_requested = True
+        if req.wait and not self._stopping:
+            await workflow.wait_condition(lambda: self.state.reconciles >= wanted)
+            return ReconcileNowResult(self.state.reconciles, self.state.drift, self.state.last_results)
+        return ReconcileNowResult(self.state.reconciles, queued_only=True)
+
+    # ------------------------------------------------------------------ phases
+    async def _prepare(self) -> None:
+        ready: ReadyResult = await workflow.execute_activity(
+            "ensure_replication_ready",
+            ReadyInput(self._deployment),
+            result_type=ReadyResult,
+            start_to_close_timeout=timedelta(minutes=5),
+            retry_policy=RetryPolicy(maximum_interval=timedelta(minutes=1)),
+        )
+        self.state.ca_ids, self.state.pairs = ready.ca_ids, ready.pairs
+        self._show()
+
+    async def _drain(self) -> None:
+        try:
+            res: DrainResult = await workflow.execute_activity(
+                "drain_registry_events",
+                DrainInput(self._deployment, max_seconds=self.inp.drain_seconds),
+                result_type=DrainResult,
+                start_to_close_timeout=timedelta(seconds=self.inp.drain_seconds + 120),
+                heartbeat_timeout=timedelta(seconds=30),
+                retry_policy=RetryPolicy(maximum_attempts=3, maximum_interval=timedelta(seconds=30)),
+            )
+        except ActivityError as e:
+            self.state.last_error = f"event drain: {e.cause or e}"[:500]
+            await workflow.sleep(timedelta(seconds=10))
+            return
+        s = self.state
+        s.events_received += res.received
+        s.events_applied += res.applied
+        s.jitr_registered += res.jitr
+        s.dead_letter_count += res.dead_letter_count
+        s.dead_letters = (s.dead_letters + res.dead_letters)[-DEAD_LETTERS_KEPT:]
+        s.lag_seconds = res.lag_seconds
+        if res.received:
+            self._show()
+
+    async def _reconcile_loop(self) -> None:
+        interval = timedelta(seconds=self.inp.reconcile_interval_seconds)
+        while True:
+            last = self.state.last_full_reconcile
+            wait = (last + interval - workflow.now()) if last else interval
+            try:
+                await workflow.wait_condition(
+                    lambda: self.state.reconcile_requested or self._stopping,
+                    timeout=max(wait, timedelta(seconds=1)),
+                )
+            except TimeoutError:
+                self.state.reconcile_requested = True
+            if not self.state.reconcile_requested:
+                return  # stopping, nothing asked for
+            await self._reconcile()
+
+    async def _reconcile(self) -> None:
+        s = self.state
+        s.reconcile_requested, s.reconcile_running = False, True
+        workflow.upsert_search_attributes([SA_PHASE.value_set("reconciling")])
+        self._show()
+        pairs = s.pairs
+        outcomes = await asyncio.gather(*(self._reconcile_pair(p) for p in pairs), return_exceptions=True)
+        results = [o for o in outcomes if isinstance(o, ReconcileResult)]
+        errors = [
+            f"{p.source}->{p.target}: {o}"
+            for p, o in zip(pairs, outcomes, strict=True)
+            if isinstance(o, BaseException)
+        ]
+        drift: dict[str, int] = {}
+        for r in results:
+            for kind, n in r.drift.items():
+                drift[kind] = drift.get(kind, 0) + n
+        s.last_results, s.drift = results, drift
+        s.last_error = "; ".join(errors)[:500]
+        if not errors:
+            s.last_full_reconcile = workflow.now()
+        s.reconciles += 1
+        s.reconcile_running = False
+        workflow.upsert_search_attributes([SA_PHASE.value_set("streaming")])
+        self._show()
+
+    async def _reconcile_pair(self, pair: RegionPair) -> ReconcileResult:
+        try:
+            return await workflow.execute_activity(
+                "reconcile_registry",
+                ReconcileInput(
+                    self._deployment, pair.source, pair.target, self.inp.concurrency, self.inp.page_size
+                ),
+                result_type=ReconcileResult,
+                start_to_close_timeout=timedelta(hours=12),
+                heartbeat_timeout=timedelta(seconds=self.inp.heartbeat_timeout_seconds),
+                retry_policy=RetryPolicy(maximum_attempts=10, maximum_interval=timedelta(minutes=2)),
+            )
+        except ActivityError as e:
+            raise RuntimeError(str(e.cause or e)) from None
+
+    # ------------------------------------------------------------------ helpers
+    @property
+    def _deployment(self) -> str:
+        return self.inp.deployment
+
+    def _show(self) -> None:
+        s = self.state
+        lag = max(s.lag_seconds.values(), default=0.0)
+        drift = ", ".join(f"{k} {v}" for k, v in sorted(s.drift.items()) if v) or "none"
+        lines = [
+            f"**Registry replication** `{self._deployment}`: "
+            + ("reconciling" if s.reconcile_running else "streaming events"),
+            f"- pairs: {', '.join(f'{p.source} → {p.target}' for p in s.pairs) or '-'}",
+            f"- last full reconcile: {s.last_full_reconcile.isoformat() if s.last_full_reconcile else 'never'}"
+            f" (#{s.reconciles}); drift found: {drift}",
+            f"- event lag: {lag:.1f}s; events applied {s.events_applied}, JITR {s.jitr_registered}",
+            f"- dead letters: {s.dead_letter_count}"
+            + (
+                f" (latest: {s.dead_letters[-1].reason}: {s.dead_letters[-1].detail[:120]})"
+                if s.dead_letters
+                else ""
+            ),
+        ]
+        if s.last_error:
+            lines.append(f"- last error: {s.last_error[:200]}")
+        workflow.set_current_details("\n".join(lines))
