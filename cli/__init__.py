@@ -24,6 +24,7 @@ _NAMES = [
     "fleet",
     "replicate",
     "parity",
+    "demo",
 ]
 
 COMMAND_MODULES = [importlib.import_module(f"cli.{n}") for n in _NAMES]
