@@ -10,6 +10,7 @@ rules. Every decision, taken or refused, is kept with its reason.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
@@ -159,10 +160,11 @@ class DeploymentWorkflow:
             await self._initialize()
         self._report()
         while True:
-            await workflow.wait_condition(
-                lambda: self._child is not None or self._auto is not None or self._should_continue(),
-                timeout=timedelta(minutes=1),
-            )
+            with contextlib.suppress(TimeoutError):  # wake every minute to re-evaluate the safety rules
+                await workflow.wait_condition(
+                    lambda: self._child is not None or self._auto is not None or self._should_continue(),
+                    timeout=timedelta(minutes=1),
+                )
             self._evaluate_failover()
             if self._auto is not None and self._child is None:
                 req, self._auto = self._auto, None
@@ -430,6 +432,8 @@ class DeploymentWorkflow:
 
     def _evaluate_failover(self) -> None:
         """Health-triggered failover under the safety rules; every refusal is recorded once with its rule."""
+        if self._auto is not None:  # a decision is already waiting to start
+            return
         ctx, now = self._failover_context(), workflow.now()
         self.s.failback_offer = failback_offer(ctx, self.cfg.failover, now)
         decision = decide_failover(ctx, self.cfg.failover, now)

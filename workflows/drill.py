@@ -9,6 +9,7 @@ changed (fault switch, fleet location), even when aborted or failing.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -123,9 +124,10 @@ class DrillWorkflow:
                 arrivals.max_seconds,
             )
             self._phase(f"holding {inp.hold_seconds:.0f}s in {self.r.target}")
-            await workflow.wait_condition(
-                lambda: self._abort is not None, timeout=timedelta(seconds=inp.hold_seconds)
-            )
+            with contextlib.suppress(TimeoutError):  # the hold ends by time unless aborted
+                await workflow.wait_condition(
+                    lambda: self._abort is not None, timeout=timedelta(seconds=inp.hold_seconds)
+                )
         except Exception as e:  # noqa: BLE001 - a drill reports its failure instead of losing the fleet
             self.r.reasons.append(f"drill interrupted: {_message(e)}")
         finally:
@@ -163,6 +165,14 @@ class DrillWorkflow:
                     str,
                     inp.timeout_seconds + 60,
                 )
+                # what the standby never got from the source: the data a real outage would lose
+                parity = await self._act(
+                    "check_shadow_parity",
+                    {"deployment": inp.deployment, "source": self.r.source, "target": self.r.target},
+                    dict,
+                    600,
+                )
+                self.r.recovery_point_devices = int(parity.get("differing", 0))
             snap = await self._act("deployment_snapshot", inp.deployment, dict, 30)
             home = (
                 (snap.get("homes") or {}).get(scope, snap["active_region"])
@@ -230,7 +240,8 @@ class DrillWorkflow:
         )
         if p.mode == "emergency" and p.started_at and self.r.detection_seconds is None:
             self.r.detection_seconds = (p.started_at - t0).total_seconds()
-        self.r.stale_shadow_leaves += p.stale_shadow_leaves
+        if p.target == self.r.target:  # the way out; the fail back's sync runs the other way
+            self.r.stale_shadow_leaves += p.stale_shadow_leaves
         self.r.stragglers = sorted(set(self.r.stragglers) | set(p.stragglers))[:50]
         self.r.jobs += [
             f"{p.cutover_id} {w.job_id}: {w.job_status}, {w.confirmed}/{w.size} confirmed" for w in p.waves

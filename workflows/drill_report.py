@@ -31,7 +31,8 @@ class DrillReport:
     recovery_95_seconds: float | None = None
     recovery_100_seconds: float | None = None
     failback_seconds: float | None = None
-    stale_shadow_leaves: int = 0
+    stale_shadow_leaves: int = 0  # planned: leaves the target lacked at the flip, synced before moving
+    recovery_point_devices: int | None = None  # outage: devices whose standby shadow missed source writes
     stragglers: list[str] = field(default_factory=list)
     cutovers: list[str] = field(default_factory=list)
     jobs: list[str] = field(default_factory=list)
@@ -85,7 +86,9 @@ def render_markdown(r: DrillReport) -> str:
         f"| recovery time to 95% | {_s(r.recovery_95_seconds)} |",
         f"| recovery time to 100% of those that moved | {_s(r.recovery_100_seconds)} |",
         f"| fail back | {_s(r.failback_seconds)} |",
-        f"| shadow leaves stale in the target at the flip (recovery point) | {r.stale_shadow_leaves} |",
+        f"| shadow leaves stale in the target at the flip (synced before moving) | {r.stale_shadow_leaves} |",
+        f"| devices whose standby shadow missed source writes (outage recovery point) | "
+        f"{'n/a' if r.recovery_point_devices is None else r.recovery_point_devices} |",
         f"| stragglers | {len(r.stragglers)} |",
         "",
         f"Criteria: at least {r.criteria.min_confirmed_percent:g}% confirmed, 95% within "
