@@ -408,3 +408,34 @@ def test_region_outage_neither_blocks_nor_loses_events(
     faults.set_fault(fast_config.regions[E].endpoint_url, "outage")  # a source's queue is down
     out = _drain(acts, fast_config)
     assert out.unreachable == [E] and out.received == 0
+
+
+def test_reconcile_converges_through_throttling(
+    acts: RegistryActivities, fast_config: DeploymentConfig, local_ca: pki.LocalCA
+) -> None:
+    from rehearsal import faults
+
+    aws = _aws(acts, fast_config)
+    provision(aws.iot(E), local_ca, 8)
+    before = sum(
+        s.value
+        for m in REGISTRY.collect()
+        if m.name == "iotfailover_aws_throttles"
+        for s in m.samples
+        if s.labels.get("region") == W and s.name.endswith("_total")
+    )
+    faults.set_fault(fast_config.regions[W].endpoint_url, "throttle", rate=0.03)
+    try:
+        result = reconcile_pair(aws, E, W)
+    finally:
+        faults.set_fault(fast_config.regions[W].endpoint_url, "clear")
+    after = sum(
+        s.value
+        for m in REGISTRY.collect()
+        if m.name == "iotfailover_aws_throttles"
+        for s in m.samples
+        if s.labels.get("region") == W and s.name.endswith("_total")
+    )
+    assert after > before  # throttles were seen (and slowed the limiter), yet nothing was left behind
+    assert not result.failed
+    assert registry_parity(aws, E, W).ok
