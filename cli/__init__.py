@@ -21,6 +21,7 @@ _NAMES = [
     "health",
     "bootstrap",
     "shadows",
+    "fleet",
     "replicate",
     "parity",
 ]

@@ -116,6 +116,17 @@ def components(cfg: DeploymentConfig, config_path: str) -> list[Component]:
             env={"IOTFAILOVER_LOG_FORMAT": "json"},
         )
     )
+    if (state / "fleet" / "manifest.json").exists():  # the simulated fleet, once `fleet provision` ran
+        out.append(
+            Component(
+                name="fleet",
+                argv=[py, "-m", "simulator", "--config", config_path],
+                port=lp.simulator_metrics_port,
+                health_url=f"http://127.0.0.1:{lp.simulator_metrics_port}/metrics",
+                urls={"Fleet metrics": f"http://127.0.0.1:{lp.simulator_metrics_port}/metrics"},
+                env={"IOTFAILOVER_LOG_FORMAT": "json"},
+            )
+        )
     return out
 
 
@@ -190,8 +201,10 @@ class Stack:
                 ) from None
             echo(f"  {c.name:<22} started (pid {proc.pid})")
 
-    def down(self, echo=print) -> None:
+    def down(self, only: list[str] | None = None, echo=print) -> None:
         for c in reversed(components(self.cfg, self.config_path)):
+            if only and c.name not in only:
+                continue
             pid = self._recorded_pid(c)
             if pid is None:
                 continue

@@ -20,9 +20,6 @@ from pathlib import Path
 
 import pytest
 import pytest_asyncio
-from simulator.config import FaultSettings, SimulatorConfig
-from simulator.fleet import Fleet, load_manifest
-from simulator.provision import Provisioner
 from temporalio.client import Client, WorkflowHandle
 from temporalio.testing import WorkflowEnvironment
 
@@ -32,6 +29,9 @@ from core.config import DeploymentConfig, load_config
 from core.models import CutoverProgress, CutoverRequest, CutoverStarted, RegionHealthChange
 from rehearsal import faults
 from rehearsal.processes import free_port, spawn_python, tool_path, wait_http
+from simulator.config import FaultSettings, SimulatorConfig
+from simulator.fleet import Fleet, load_manifest
+from simulator.provision import Provisioner
 from worker import build_worker
 from workflows.deployment import DeploymentInput, DeploymentState
 
@@ -175,7 +175,8 @@ async def stack(
         )
         fleet = Fleet(cfg, sim, load_manifest(sim.manifest_path(cfg)), status_file=tmp_path / "status.json")
         stack = Stack(cfg, temporal_env.client, task_queue, fleet)
-        async with stack.worker():
+        stack.start_worker()
+        try:
             await stack.start_deployment()  # writes the first bootstrap answer the devices boot with
             await fleet.start()
             await until(
@@ -184,6 +185,8 @@ async def stack(
                 what="the fleet to connect in us-east-1",
             )
             yield stack
+        finally:
+            await stack.stop_worker()
     finally:
         if fleet is not None:
             await fleet.stop()

@@ -58,15 +58,25 @@ class AbortRequested(Exception):
 
 @workflow.defn(name="CutoverWorkflow")
 class CutoverWorkflow:
-    def __init__(self) -> None:
-        self.p: CutoverProgress | None = None
-        self._inp: CutoverInput | None = None
+    @workflow.init
+    def __init__(self, inp: CutoverInput) -> None:
+        # state exists before `run`, so a signal delivered with the first task finds it
+        self._inp = inp
+        self.p = CutoverProgress(
+            cutover_id=inp.cutover_id,
+            deployment=inp.deployment,
+            mode=inp.mode,
+            source=inp.source,
+            target=inp.target,
+            scope=inp.scope,
+            epoch=inp.epoch,
+        )
         self._approved = 0
         self._paused = False
         self._abort: OperatorAction | None = None
         self._hold: str | None = None  # a wave below its success threshold waits for approval
         self._compensating = False  # rollback steps run to the end whatever arrives meanwhile
-        self._health: dict[str, str] = {}
+        self._health: dict[str, str] = dict(inp.health)
         self._jobs_running: list[tuple[str, str]] = []  # (region, job id)
 
     # ---- operator controls (Temporal UI, CLI, `temporal workflow signal`) ----
@@ -125,18 +135,7 @@ class CutoverWorkflow:
 
     @workflow.run
     async def run(self, inp: CutoverInput) -> CutoverProgress:
-        self._inp = inp
-        self._health = dict(inp.health)
-        self.p = CutoverProgress(
-            cutover_id=inp.cutover_id,
-            deployment=inp.deployment,
-            mode=inp.mode,
-            source=inp.source,
-            target=inp.target,
-            scope=inp.scope,
-            epoch=inp.epoch,
-            started_at=workflow.now(),
-        )
+        self.p.started_at = workflow.now()
         try:
             if inp.mode == "planned":
                 await self._planned(inp)

@@ -101,9 +101,13 @@ class DeploymentInput:
 
 @workflow.defn(name="DeploymentWorkflow")
 class DeploymentWorkflow:
-    def __init__(self) -> None:
-        self.cfg: DeploymentConfig | None = None
-        self.s: DeploymentState | None = None
+    @workflow.init
+    def __init__(self, inp: DeploymentInput) -> None:
+        # state exists before `run`, so a signal delivered with the first task finds it
+        self.cfg: DeploymentConfig = inp.config
+        self.s: DeploymentState = inp.state or DeploymentState(active_region=inp.config.primary)
+        for r in self.cfg.regions:
+            self.s.health.setdefault(r, RegionView())
         self._child: workflow.ChildWorkflowHandle | None = None
         self._auto: CutoverRequest | None = None
         self._lock = asyncio.Lock()
@@ -151,10 +155,6 @@ class DeploymentWorkflow:
 
     @workflow.run
     async def run(self, inp: DeploymentInput) -> None:
-        self.cfg = inp.config
-        self.s = inp.state or DeploymentState(active_region=inp.config.primary)
-        for r in self.cfg.regions:
-            self.s.health.setdefault(r, RegionView())
         if not self.s.initialized:
             await self._initialize()
         self._report()

@@ -1,0 +1,1 @@
+"""The device fleet simulator: many devices in one process, each following DESIGN.md's device contract."""
