@@ -33,7 +33,7 @@ from activities.registry_records import (
 )
 from activities.registry_sync import Replicator
 from core.aws import all_items, fetch_page
-from core.errors import is_retryable
+from core.errors import is_not_found, is_retryable
 
 ITEM_TRIES = 5
 PHASES = ("catalog", "certificates", "things", "prune", "claims")
@@ -269,10 +269,10 @@ class Reconciler:
     def claim(self, name: str) -> None:
         """Converge one device's claim record (owner, application, extended attributes)."""
         rep, table = self.rep, self.rep.aws.cfg.claims_table
-        src = rep.aws.dynamodb(rep.source).get_item(TableName=table, Key=_claim_key(name)).get("Item")
+        src = _get_claim(rep.aws.dynamodb(rep.source), table, name)
         if src is None or CLAIM_MARK in src:
             return
-        tgt = rep.aws.dynamodb(rep.target).get_item(TableName=table, Key=_claim_key(name)).get("Item")
+        tgt = _get_claim(rep.aws.dynamodb(rep.target), table, name)
         create, update, _ = diff(
             {name: _claim_record(name, src)},
             {name: _claim_record(name, tgt)} if tgt else {},
@@ -314,6 +314,16 @@ def all_claims(ddb: Any, table: str, only_replicated: bool = False) -> list[str]
         start = resp.get("LastEvaluatedKey")
         if not start:
             return names
+
+
+def _get_claim(ddb: Any, table: str, name: str) -> dict | None:
+    """A device's claim item; none when the region has no claims table yet."""
+    try:
+        return ddb.get_item(TableName=table, Key=_claim_key(name)).get("Item")
+    except ClientError as e:
+        if is_not_found(e):
+            return None
+        raise
 
 
 def _claim_key(name: str) -> dict:

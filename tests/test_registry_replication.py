@@ -439,3 +439,23 @@ def test_reconcile_converges_through_throttling(
     assert after > before  # throttles were seen (and slowed the limiter), yet nothing was left behind
     assert not result.failed
     assert registry_parity(aws, E, W).ok
+
+
+def test_scope_replication_needs_no_prior_setup(fast_config: DeploymentConfig, local_ca: pki.LocalCA) -> None:
+    """The cutover preflight calls replicate_scope on regions the replication workflow never prepared."""
+    acts = RegistryActivities(Deployments([fast_config]))
+    aws = _aws(acts, fast_config)
+    provision(aws.iot(E), local_ca, 3)
+    assert (
+        acts.check_registry_parity(ParityInput(fast_config.name, E, W, "test-fleet")).kinds["thing"].missing
+        == 3
+    )
+    res = acts.replicate_scope(ReplicateScopeInput(fast_config.name, E, W, "test-fleet"))
+    assert res.applied["thing:create"] == 3 and not res.failed  # test-fleet and its descendants
+    assert acts.check_registry_parity(ParityInput(fast_config.name, E, W, "test-fleet")).ok
+    assert (
+        aws.iot(W).describe_ca_certificate(
+            certificateId=acts.ensure_replication_ready(ReadyInput(fast_config.name)).ca_ids[W]
+        )["certificateDescription"]["status"]
+        == "ACTIVE"
+    )
