@@ -145,6 +145,7 @@ class CancelJobInput:
     region: str
     job_id: str
     reason: str = "cutover aborted"
+    force: bool = True  # also cancel executions in progress (abort); False leaves them to finish
 
 
 @dataclass
@@ -435,7 +436,7 @@ class JobActivities:
         """Cancel a wave's job, in-progress executions included; a missing or finished job is fine."""
         iot = self.deployments.aws(inp.deployment).iot(inp.region)
         try:
-            iot.cancel_job(jobId=inp.job_id, reasonCode="ABORTED", comment=inp.reason[:2028], force=True)
+            iot.cancel_job(jobId=inp.job_id, reasonCode="ABORTED", comment=inp.reason[:2028], force=inp.force)
             return "canceled"
         except ClientError as e:
             if is_not_found(e) or e.response["Error"]["Code"] in (

@@ -49,7 +49,9 @@ async def start_deployment(client: Client, cfg: DeploymentConfig) -> WorkflowHan
 
 def _companions(cfg: DeploymentConfig) -> list:
     """The long-running workflows that serve a deployment besides its entity (health, replication)."""
-    return [start_health_monitors]
+    from cli import replicate
+
+    return [start_health_monitors, replicate.start]
 
 
 async def start_health_monitors(client: Client, cfg: DeploymentConfig) -> None:

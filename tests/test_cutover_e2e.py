@@ -12,6 +12,7 @@ import json
 import os
 import signal
 import subprocess
+import urllib.error
 import urllib.request
 import uuid
 from collections.abc import AsyncIterator
@@ -21,9 +22,10 @@ from pathlib import Path
 import pytest
 import pytest_asyncio
 from temporalio.client import Client, WorkflowHandle
-from temporalio.testing import WorkflowEnvironment
+from temporalio.testing import ActivityEnvironment, WorkflowEnvironment
 
 from activities.context import Deployments
+from activities.registry import ReadyInput, RegistryActivities, ReplicateScopeInput
 from core.aws import AwsClients, all_items
 from core.config import DeploymentConfig, load_config
 from core.models import CutoverProgress, CutoverRequest, CutoverStarted, RegionHealthChange
@@ -124,6 +126,12 @@ class Stack:
             out[d.region] = out.get(d.region, 0) + 1
         return out
 
+    def try_bootstrap_answer(self, region: str, thing: str) -> dict | None:
+        try:
+            return self.bootstrap_answer(region, thing)
+        except urllib.error.HTTPError:
+            return None
+
     def bootstrap_answer(self, region: str, thing: str) -> dict:
         with urllib.request.urlopen(f"{self.cfg.regions[region].bootstrap_url}/v1/bootstrap/{thing}") as r:
             return json.loads(r.read())
@@ -151,6 +159,13 @@ async def stack(
     path = _config(emulators, tmp_path / "ca" / "ca.pem", tmp_path, ports)
     cfg = load_config(path, need_ca=False)  # `fleet provision` makes the local CA
     await asyncio.to_thread(Provisioner(cfg).run, DEVICES, lambda _: None)
+    # the standby holds the registry before it is needed, as RegistryReplicationWorkflow keeps it
+    registry = RegistryActivities(Deployments([cfg]))
+    env = ActivityEnvironment()  # sync activities: run them off the event loop
+    await asyncio.to_thread(env.run, registry.ensure_replication_ready, ReadyInput(cfg.name))
+    await asyncio.to_thread(
+        env.run, registry.replicate_scope, ReplicateScopeInput(cfg.name, EAST, WEST, cfg.fleet.thing_group)
+    )
     procs = [
         spawn_python(
             "bootstrap.server",
@@ -292,7 +307,13 @@ async def test_emergency_cutover_does_not_wait_on_the_dead_region(stack: Stack) 
     await stack.handle.signal("region_health", RegionHealthChange(EAST, "Healthy", at=datetime.now(UTC)))
     s = await until(stack.state, lambda s: EAST not in s.catch_up, what="the catch-up of us-east-1")
     thing = stack.fleet.devices[0].thing
-    assert stack.bootstrap_answer(EAST, thing)["endpoints"][0]["region"] == WEST
+    answer = await until(
+        lambda: asyncio.to_thread(stack.try_bootstrap_answer, EAST, thing),
+        bool,
+        within=30,
+        what="the east bootstrap service to notice its region is back",
+    )
+    assert answer["endpoints"][0]["region"] == WEST
     assert any(d.kind == "catch-up" for d in s.decisions)
 
 

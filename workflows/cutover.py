@@ -343,17 +343,8 @@ class CutoverWorkflow:
             f"job {wave.job_id}",
         )
         self._jobs_running.append((region, ref.job_id))
-        timeout = inp.policy.in_progress_timeout_minutes * 60 + inp.policy.verify_timeout_seconds
-        outcome = await self._act(
-            "wait_for_job",
-            WaitJobInput(inp.deployment, region, ref.job_id, timeout, inp.policy.verify_poll_seconds),
-            JobOutcome,
-            timedelta(seconds=timeout + 120),
-            f"wait for {ref.job_id}",
-            heartbeat=60,
-        )
-        self._jobs_running.remove((region, ref.job_id))
-        wave.job_status, wave.failures = outcome.status, outcome.failures
+        # the wave lasts as long as verification: devices that never pick the job up (offline,
+        # broken) must not hold the cutover until the job's own timeouts
         verified = await self._act(
             "verify_devices",
             VerifyInput(
@@ -370,6 +361,25 @@ class CutoverWorkflow:
             f"verify {wave.group} in {target}",
             heartbeat=60,
         )
+        outcome = await self._act(
+            "wait_for_job",
+            WaitJobInput(inp.deployment, region, ref.job_id, 0),
+            JobOutcome,
+            timedelta(minutes=2),
+            f"outcome of {ref.job_id}",
+        )
+        if not outcome.settled:  # what is still queued is retargeted once, as stragglers
+            await self._act(
+                "cancel_job",
+                CancelJobInput(
+                    inp.deployment, region, ref.job_id, "wave verified; leftovers retargeted", force=False
+                ),
+                str,
+                timedelta(minutes=2),
+                f"close {ref.job_id}",
+            )
+        self._jobs_running.remove((region, ref.job_id))
+        wave.job_status, wave.failures = outcome.status, outcome.failures
         wave.confirmed, wave.pending = verified.confirmed, verified.pending
         for s in verified.pending_sample:
             reason = next(
