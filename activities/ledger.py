@@ -16,7 +16,7 @@ from typing import Any
 from botocore.exceptions import ClientError
 
 from core.aws import AwsClients
-from core.errors import is_already_exists
+from core.errors import is_already_exists, is_not_found
 
 LEDGER_KEYS = [
     {"AttributeName": "scope", "KeyType": "HASH"},
@@ -67,9 +67,14 @@ class Ledger:
         self.aws.dynamodb(region).delete_item(TableName=self.table, Key=self._key(kind, name))
 
     def has(self, region: str, kind: str, name: str) -> bool:
-        resp = self.aws.dynamodb(region).get_item(
-            TableName=self.table, Key=self._key(kind, name), ConsistentRead=True
-        )
+        try:
+            resp = self.aws.dynamodb(region).get_item(
+                TableName=self.table, Key=self._key(kind, name), ConsistentRead=True
+            )
+        except ClientError as e:
+            if is_not_found(e):  # no ledger in this region: nothing was replicated into it
+                return False
+            raise
         return "Item" in resp
 
     def names(self, region: str, kind: str) -> set[str]:
@@ -86,7 +91,12 @@ class Ledger:
             args["ExpressionAttributeNames"]["#n"] = "name"
             if start:
                 args["ExclusiveStartKey"] = start
-            resp = ddb.query(**args)
+            try:
+                resp = ddb.query(**args)
+            except ClientError as e:
+                if is_not_found(e):  # no ledger in this region: nothing was replicated into it
+                    return found
+                raise
             found |= {i["name"]["S"] for i in resp.get("Items", [])}
             start = resp.get("LastEvaluatedKey")
             if not start:

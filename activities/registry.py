@@ -218,6 +218,17 @@ def reconcile_pair(
     )
 
 
+def _prepare(aws: AwsClients, region: str, with_ca: bool) -> str:
+    """The ledger and claims tables in `region` (created if missing), and the CA when asked; its ID."""
+    cfg = aws.cfg
+    try:
+        ensure_table(aws.dynamodb(region), cfg.replication.ledger_table, LEDGER_KEYS)
+        ensure_table(aws.dynamodb(region), cfg.claims_table, CLAIMS_KEYS)
+        return certs.register_ca(aws, region) if with_ca else ""
+    except ClientError as e:
+        raise to_application_error(e, "preparing replication", region) from e
+
+
 def _beat(details: Any = None) -> None:
     if activity.in_activity():
         activity.heartbeat(*([details] if details is not None else []))
@@ -245,16 +256,16 @@ class RegistryActivities:
         for region in cfg.region_names:
             try:
                 aws.sqs(region).create_queue(QueueName=cfg.replication.events_queue)
-                ensure_table(aws.dynamodb(region), cfg.replication.ledger_table, LEDGER_KEYS)
-                ensure_table(aws.dynamodb(region), cfg.claims_table, CLAIMS_KEYS)
-                out.ca_ids[region] = certs.register_ca(aws, region)
             except ClientError as e:
-                raise to_application_error(e, "preparing replication", region) from e
+                raise to_application_error(e, "creating the registry events queue", region) from e
+            out.ca_ids[region] = _prepare(aws, region, with_ca=True)
         out.pairs = [RegionPair(s, t) for s in sources(cfg) for t in cfg.region_names if t != s]
         return out
 
     def _reconcile(self, inp: Any, scope: str | None, page_size: int = 250) -> ReconcileResult:
         aws = self.deployments.aws(inp.deployment)
+        for region in (inp.source, inp.target):  # callers other than the workflow (cutover preflight)
+            _prepare(aws, region, with_ca=scope is not None and region == inp.target)
         resume = _resume_point()
         if resume:
             log.info("reconcile resuming", source=inp.source, target=inp.target, phase=resume.phase)
@@ -271,11 +282,6 @@ class RegistryActivities:
     @activity.defn
     def replicate_scope(self, inp: ReplicateScopeInput) -> ReconcileResult:
         """Make a thing group's devices (CA, certificates, things, policies, attachments) exist in target."""
-        aws = self.deployments.aws(inp.deployment)
-        try:
-            certs.register_ca(aws, inp.target)
-        except ClientError as e:
-            raise to_application_error(e, "registering the CA certificate", inp.target) from e
         return self._reconcile(inp, inp.thing_group)
 
     @activity.defn

@@ -12,11 +12,14 @@ and nothing is deleted.
 from __future__ import annotations
 
 import json
+import time
 from collections import Counter
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
+
+from botocore.exceptions import BotoCoreError, ClientError
 
 from activities import certificates as certs
 from activities.registry_records import (
@@ -30,7 +33,9 @@ from activities.registry_records import (
 )
 from activities.registry_sync import Replicator
 from core.aws import all_items, fetch_page
+from core.errors import is_not_found, is_retryable
 
+ITEM_TRIES = 5
 PHASES = ("catalog", "certificates", "things", "prune", "claims")
 CATALOG = ("thing_type", "thing_group", "policy")
 CLAIM_MARK = "replicatedFrom"
@@ -89,9 +94,9 @@ class Reconciler:
         items = list(items)
         if len(items) <= 1 or self._pool is None:
             for i in items:
-                fn(i)
+                _patiently(fn, i)
             return
-        for f in [self._pool.submit(fn, i) for i in items]:
+        for f in [self._pool.submit(_patiently, fn, i) for i in items]:
             f.result()
 
     # ------------------------------------------------------------------ phases
@@ -264,10 +269,10 @@ class Reconciler:
     def claim(self, name: str) -> None:
         """Converge one device's claim record (owner, application, extended attributes)."""
         rep, table = self.rep, self.rep.aws.cfg.claims_table
-        src = rep.aws.dynamodb(rep.source).get_item(TableName=table, Key=_claim_key(name)).get("Item")
+        src = _get_claim(rep.aws.dynamodb(rep.source), table, name)
         if src is None or CLAIM_MARK in src:
             return
-        tgt = rep.aws.dynamodb(rep.target).get_item(TableName=table, Key=_claim_key(name)).get("Item")
+        tgt = _get_claim(rep.aws.dynamodb(rep.target), table, name)
         create, update, _ = diff(
             {name: _claim_record(name, src)},
             {name: _claim_record(name, tgt)} if tgt else {},
@@ -278,6 +283,21 @@ class Reconciler:
             item = {**src, CLAIM_MARK: {"S": rep.source}}
             rep.aws.dynamodb(rep.target).put_item(TableName=table, Item=item)
             rep.done("claim", "create" if create else "update")
+
+
+def _patiently(fn: Callable[[Any], None], item: Any, tries: int = ITEM_TRIES) -> None:
+    """Retry one item on throttling or a 5xx (after botocore's own retries) before failing the page.
+
+    Without this, one sporadic throttle among the thousands of calls of a page would fail the
+    attempt and replay the page; every item re-reads the target, so a retry converges, never repeats.
+    """
+    for attempt in range(tries):
+        try:
+            return fn(item)
+        except (ClientError, BotoCoreError) as e:
+            if attempt == tries - 1 or not is_retryable(e):
+                raise
+            time.sleep(min(5.0, 0.25 * 2**attempt))
 
 
 def all_claims(ddb: Any, table: str, only_replicated: bool = False) -> list[str]:
@@ -294,6 +314,16 @@ def all_claims(ddb: Any, table: str, only_replicated: bool = False) -> list[str]
         start = resp.get("LastEvaluatedKey")
         if not start:
             return names
+
+
+def _get_claim(ddb: Any, table: str, name: str) -> dict | None:
+    """A device's claim item; none when the region has no claims table yet."""
+    try:
+        return ddb.get_item(TableName=table, Key=_claim_key(name)).get("Item")
+    except ClientError as e:
+        if is_not_found(e):
+            return None
+        raise
 
 
 def _claim_key(name: str) -> dict:

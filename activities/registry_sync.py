@@ -267,8 +267,14 @@ class Replicator:
         except ClientError as e:
             if not is_already_exists(e):
                 raise
-            if kind != "thing":  # made by someone else meanwhile: not ours, so never deleted by us
-                self.ledger.forget(self.target, kind, name)
+            if kind == "thing":  # made meanwhile (or by an earlier try of ours): converge it instead
+                tgt = self.read_thing(self.target, name)
+                if tgt is not None and not rec.same(tgt):
+                    self.update(kind, rec, tgt)
+                return
+            # Made by someone else meanwhile: not ours, so never deleted by us. (If it was in fact an
+            # earlier try of ours whose answer was lost, forgetting errs on the safe side: kept.)
+            self.ledger.forget(self.target, kind, name)
             return
         self.present.add((kind, name))
         self.done(kind, "create")

@@ -408,3 +408,54 @@ def test_region_outage_neither_blocks_nor_loses_events(
     faults.set_fault(fast_config.regions[E].endpoint_url, "outage")  # a source's queue is down
     out = _drain(acts, fast_config)
     assert out.unreachable == [E] and out.received == 0
+
+
+def test_reconcile_converges_through_throttling(
+    acts: RegistryActivities, fast_config: DeploymentConfig, local_ca: pki.LocalCA
+) -> None:
+    from rehearsal import faults
+
+    aws = _aws(acts, fast_config)
+    provision(aws.iot(E), local_ca, 8)
+    before = sum(
+        s.value
+        for m in REGISTRY.collect()
+        if m.name == "iotfailover_aws_throttles"
+        for s in m.samples
+        if s.labels.get("region") == W and s.name.endswith("_total")
+    )
+    faults.set_fault(fast_config.regions[W].endpoint_url, "throttle", rate=0.03)
+    try:
+        result = reconcile_pair(aws, E, W)
+    finally:
+        faults.set_fault(fast_config.regions[W].endpoint_url, "clear")
+    after = sum(
+        s.value
+        for m in REGISTRY.collect()
+        if m.name == "iotfailover_aws_throttles"
+        for s in m.samples
+        if s.labels.get("region") == W and s.name.endswith("_total")
+    )
+    assert after > before  # throttles were seen (and slowed the limiter), yet nothing was left behind
+    assert not result.failed
+    assert registry_parity(aws, E, W).ok
+
+
+def test_scope_replication_needs_no_prior_setup(fast_config: DeploymentConfig, local_ca: pki.LocalCA) -> None:
+    """The cutover preflight calls replicate_scope on regions the replication workflow never prepared."""
+    acts = RegistryActivities(Deployments([fast_config]))
+    aws = _aws(acts, fast_config)
+    provision(aws.iot(E), local_ca, 3)
+    assert (
+        acts.check_registry_parity(ParityInput(fast_config.name, E, W, "test-fleet")).kinds["thing"].missing
+        == 3
+    )
+    res = acts.replicate_scope(ReplicateScopeInput(fast_config.name, E, W, "test-fleet"))
+    assert res.applied["thing:create"] == 3 and not res.failed  # test-fleet and its descendants
+    assert acts.check_registry_parity(ParityInput(fast_config.name, E, W, "test-fleet")).ok
+    assert (
+        aws.iot(W).describe_ca_certificate(
+            certificateId=acts.ensure_replication_ready(ReadyInput(fast_config.name)).ca_ids[W]
+        )["certificateDescription"]["status"]
+        == "ACTIVE"
+    )
