@@ -18,6 +18,7 @@ from rehearsal import faults, pki
 from rehearsal.processes import free_port, spawn_emulator, tool_path, wait_http
 
 REGIONS = ("us-east-1", "us-west-2")
+pytest_plugins = ["tests.e2e_stack"]  # the `stack` fixture of the end-to-end tests
 
 
 @pytest.fixture(scope="session")

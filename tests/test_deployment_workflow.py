@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from temporalio.client import Client, WorkflowHandle, WorkflowUpdateFailedError
+from temporalio.client import Client, WorkflowExecutionStatus, WorkflowHandle, WorkflowUpdateFailedError
 from temporalio.testing import WorkflowEnvironment
 
 from activities.context import Deployments
@@ -165,4 +165,19 @@ async def test_unhealthy_active_region_fails_over_automatically_and_never_back(
         )
         await asyncio.sleep(1)
         assert len((await handle.query("state", result_type=DeploymentState)).history) == 1
+        await handle.terminate()
+
+
+async def test_deployment_lives_through_idle_hours(
+    time_skipping_env: WorkflowEnvironment, cfg: DeploymentConfig, task_queue: str
+) -> None:
+    """The entity wakes every minute to re-check the safety rules; quiet hours must not end it."""
+    client = time_skipping_env.client
+    async with build_worker(client, task_queue, Deployments([cfg], client=client)):
+        handle = await _start(client, cfg, task_queue)
+        await _state(handle)
+        await time_skipping_env.sleep(timedelta(hours=3))
+        desc = await handle.describe()
+        assert desc.status == WorkflowExecutionStatus.RUNNING
+        assert (await handle.query("state", result_type=DeploymentState)).active_region == "us-east-1"
         await handle.terminate()
