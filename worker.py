@@ -91,7 +91,8 @@ def main(argv: list[str] | None = None) -> int:
         print(e.render(), file=sys.stderr)
         return 2
     first = configs[0].temporal
-    conn = TemporalConnection.from_env(args.address or first.address, args.namespace or first.namespace)
+    conn = TemporalConnection.from_env(first.address, first.namespace)  # flags > environment > config
+    conn.address, conn.namespace = args.address or conn.address, args.namespace or conn.namespace
     try:
         asyncio.run(run(configs, conn, args.metrics_port, args.threads))
     except RuntimeError as e:  # e.g. Temporal unreachable

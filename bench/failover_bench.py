@@ -36,12 +36,16 @@ async def _run(runs: int) -> None:
             continue
         detect.append(report.detection_seconds / interval)
         recover.append(report.recovery_95_seconds / interval)
-        print(f"run {i + 1}: detection {detect[-1]:.2f} intervals, recovery to 95% {recover[-1]:.2f} intervals "
-              f"({report.moved}/{report.devices} devices)")
+        print(
+            f"run {i + 1}: detection {detect[-1]:.2f} intervals, recovery to 95% {recover[-1]:.2f} intervals "
+            f"({report.moved}/{report.devices} devices)"
+        )
     if detect:
-        print(f"mean over {len(detect)} runs (interval {interval:g}s, unhealthy_after "
-              f"{cfg.health.unhealthy_after}): detection {statistics.mean(detect):.2f} intervals, "
-              f"recovery to 95% {statistics.mean(recover):.2f} intervals")
+        print(
+            f"mean over {len(detect)} runs (interval {interval:g}s, unhealthy_after "
+            f"{cfg.health.unhealthy_after}): detection {statistics.mean(detect):.2f} intervals, "
+            f"recovery to 95% {statistics.mean(recover):.2f} intervals"
+        )
 
 
 def main() -> None:

@@ -38,10 +38,11 @@ class TemporalConnection:
 
     @classmethod
     def from_env(cls, address: str | None = None, namespace: str | None = None) -> TemporalConnection:
+        """TEMPORAL_* variables win over the given (config) values, as with the Temporal CLI."""
         env = os.environ
         return cls(
-            address=address or env.get("TEMPORAL_ADDRESS", cls.address),
-            namespace=namespace or env.get("TEMPORAL_NAMESPACE", cls.namespace),
+            address=env.get("TEMPORAL_ADDRESS") or address or cls.address,
+            namespace=env.get("TEMPORAL_NAMESPACE") or namespace or cls.namespace,
             api_key=env.get("TEMPORAL_API_KEY") or None,
             tls_cert=env.get("TEMPORAL_TLS_CERT") or None,
             tls_key=env.get("TEMPORAL_TLS_KEY") or None,

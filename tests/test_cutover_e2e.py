@@ -8,8 +8,11 @@ source down completes without it; a worker killed mid-cutover resumes with no du
 from __future__ import annotations
 
 import asyncio
+import os
 import subprocess
+import sys
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
 
@@ -20,6 +23,7 @@ from rehearsal.processes import tool_path
 from tests.e2e_stack import DEVICES, EAST, FAULTY, WEST, Stack, until
 
 pytestmark = pytest.mark.e2e
+REPO = Path(__file__).resolve().parent.parent
 
 
 async def test_planned_cutover_with_cli_approval_moves_every_healthy_device(stack: Stack) -> None:
@@ -145,3 +149,40 @@ async def test_worker_killed_mid_cutover_resumes_without_duplicates(stack: Stack
     jobs = sorted(j["jobId"] for j in all_items(stack.aws.iot(EAST), "list_jobs", "jobs"))
     assert jobs == sorted({w.job_id for w in p.waves})  # one job per wave, none duplicated
     assert stack.regions_of_devices().get(WEST) == DEVICES - FAULTY
+
+
+def _starter(stack: Stack, *args: str) -> subprocess.CompletedProcess:
+    """The operator CLI, pointed at the test's Temporal server."""
+    env = {**os.environ, "TEMPORAL_ADDRESS": stack.client.service_client.config.target_host}
+    return subprocess.run(
+        [sys.executable, "starter.py", "--config", stack.cfg.source_path, *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+    )
+
+
+async def test_pause_holds_the_next_wave_until_resumed_from_the_starter(stack: Stack) -> None:
+    started = await stack.cutover(target=WEST, reason="e2e pause")
+    await until(lambda: stack.progress(started.cutover_id), lambda p: p and p.waves, what="the canary wave")
+    paused = await asyncio.to_thread(_starter, stack, "pause", started.cutover_id, "--by", "e2e")
+    assert paused.returncode == 0, paused.stderr
+    held = await until(lambda: stack.progress(started.cutover_id), lambda p: p.paused, what="the pause")
+    waves = len(held.waves)
+    await asyncio.sleep(5)
+    still = await stack.progress(started.cutover_id)
+    assert still.paused and len(still.waves) == waves and still.result is None  # no new wave started
+
+    status = await asyncio.to_thread(_starter, stack, "status")
+    assert status.returncode == 0 and started.cutover_id in status.stdout and "paused" in status.stdout
+    bad = await asyncio.to_thread(_starter, stack, "approve", started.cutover_id)
+    assert (
+        bad.returncode == 2 and "nothing waits for approval" in bad.stderr and "Traceback" not in bad.stderr
+    )
+
+    resumed = await asyncio.to_thread(_starter, stack, "resume", started.cutover_id)
+    assert resumed.returncode == 0, resumed.stderr
+    p = await until(lambda: stack.progress(started.cutover_id), lambda p: p.result, what="the cutover")
+    assert p.result.startswith("succeeded") and len(p.waves) > waves
