@@ -25,7 +25,7 @@ from temporalio.exceptions import ApplicationError
 from activities.context import Deployments
 from activities.jobs import DeviceReport
 from core import logs
-from core.aws import fetch_page
+from core.aws import group_member_pages
 from core.errors import is_already_exists, is_not_found, to_application_error
 from core.models import CutoverProgress, CutoverRequest, CutoverStarted
 from rehearsal import faults
@@ -232,24 +232,14 @@ class DrillActivities:
             except ClientError as e:
                 if not is_already_exists(e):
                     raise
-            chosen, token = 0, None
-            while True:
-                names, token = fetch_page(
-                    iot,
-                    "list_things_in_thing_group",
-                    "things",
-                    token,
-                    100,
-                    thingGroupName=fleet,
-                    recursive=True,
-                )
+            chosen = 0
+            for names in group_member_pages(iot, fleet):
                 for name in names:
                     if zlib.crc32(name.encode()) % 10_000 < inp.percent * 100:
                         iot.add_thing_to_thing_group(thingGroupName=inp.group, thingName=name)
                         chosen += 1
                 activity.heartbeat(chosen)
-                if not token:
-                    return chosen
+            return chosen
         except (ClientError, BotoCoreError) as e:
             raise to_application_error(e, f"sampling {inp.percent}% of {fleet}", inp.region) from e
 
@@ -273,24 +263,13 @@ class DrillActivities:
 
         t0 = inp.t0.timestamp()
         delays: list[float] = []
-        devices, token = 0, None
+        devices = 0
         try:
-            while True:
-                names, token = fetch_page(
-                    aws.iot(inp.list_region),
-                    "list_things_in_thing_group",
-                    "things",
-                    token,
-                    100,
-                    thingGroupName=inp.group,
-                    recursive=True,
-                )
+            for names in group_member_pages(aws.iot(inp.list_region), inp.group):
                 devices += len(names)
                 with ThreadPoolExecutor(16) as pool:
                     delays += [max(0.0, s - t0) for s in pool.map(since, names) if s is not None]
                 activity.heartbeat(devices)
-                if not token:
-                    break
         except (ClientError, BotoCoreError) as e:
             raise to_application_error(e, "reading arrival times", inp.target) from e
         return ArrivalStats(devices, len(delays), percentile(delays, 0.95), max(delays) if delays else None)

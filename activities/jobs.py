@@ -21,7 +21,7 @@ from temporalio import activity
 
 from activities.context import Deployments
 from core import logs
-from core.aws import fetch_page
+from core.aws import fetch_page, group_member_pages
 from core.errors import is_already_exists, is_not_found, to_application_error
 
 DEVICES_MIGRATED = Counter(
@@ -224,22 +224,12 @@ class JobActivities:
     def count_group(self, inp: CountGroupInput) -> int:
         """How many devices a cutover scope holds (members of the group and its children)."""
         iot = self.deployments.aws(inp.deployment).iot(inp.region)
-        count, token = 0, None
+        count = 0
         try:
-            while True:
-                names, token = fetch_page(
-                    iot,
-                    "list_things_in_thing_group",
-                    "things",
-                    token,
-                    250,
-                    thingGroupName=inp.group,
-                    recursive=True,
-                )
+            for names in group_member_pages(iot, inp.group, 250):
                 count += len(names)
                 activity.heartbeat(count)
-                if not token:
-                    return count
+            return count
         except (ClientError, BotoCoreError) as e:
             raise to_application_error(e, f"counting {inp.group}", inp.region) from e
 
@@ -387,17 +377,7 @@ class JobActivities:
         try:
             while True:
                 total, pending = 0, []
-                token = None
-                while True:
-                    names, token = fetch_page(
-                        aws.iot(inp.list_region),
-                        "list_things_in_thing_group",
-                        "things",
-                        token,
-                        100,
-                        thingGroupName=inp.list_group,
-                        recursive=True,
-                    )
+                for names in group_member_pages(aws.iot(inp.list_region), inp.list_group):
                     with ThreadPoolExecutor(self.max_workers) as pool:
                         conns = list(pool.map(lambda t: self._report(inp.deployment, inp.target, t), names))
                     total += len(names)
@@ -407,8 +387,6 @@ class JobActivities:
                         if not c.confirms(inp.target, inp.epoch, inp.fresh_since)
                     ]
                     activity.heartbeat({"checked": total, "pending": len(pending)})
-                    if not token:
-                        break
                 last = not pending or time.monotonic() > deadline
                 if last:
                     arn = None

@@ -195,4 +195,30 @@ def all_items(client: Any, method: str, items_key: str, page_size: int = 100, **
             return
 
 
-__all__ = ["AwsClients", "SERVICES", "all_items", "fetch_page", "error_code", "is_throttle"]
+def group_member_pages(iot: Any, group: str, page_size: int = 100) -> Iterator[list[str]]:
+    """The things of a thing group and of its children, a page at a time (cutover scopes nest)."""
+    token: str | None = None
+    while True:
+        names, token = fetch_page(
+            iot,
+            "list_things_in_thing_group",
+            "things",
+            token,
+            page_size,
+            thingGroupName=group,
+            recursive=True,
+        )
+        yield names
+        if not token:
+            return
+
+
+__all__ = [
+    "AwsClients",
+    "SERVICES",
+    "all_items",
+    "fetch_page",
+    "group_member_pages",
+    "error_code",
+    "is_throttle",
+]
