@@ -16,7 +16,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
-from prometheus_client import Counter
 from temporalio import activity
 
 from activities.context import Deployments
@@ -24,11 +23,6 @@ from core import logs
 from core.aws import fetch_page, group_member_pages
 from core.errors import is_already_exists, is_not_found, to_application_error
 
-DEVICES_MIGRATED = Counter(
-    "iotfailover_devices_migrated_total",
-    "Devices confirmed (or given up on) by cutover verification",
-    ["deployment", "target", "outcome"],
-)
 TERMINAL_EXECUTION = {"SUCCEEDED", "FAILED", "REJECTED", "TIMED_OUT", "REMOVED", "CANCELED"}
 log = logs.get("activities.jobs")
 
@@ -403,7 +397,6 @@ class JobActivities:
                                 )
                             )
                     confirmed = total - len(pending)
-                    DEVICES_MIGRATED.labels(inp.deployment, inp.target, "confirmed").inc(confirmed)
                     return VerifyOutcome(total, confirmed, len(pending), sorted(pending)[:20], arn)
                 time.sleep(inp.poll_seconds)
         except (ClientError, BotoCoreError) as e:

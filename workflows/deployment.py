@@ -390,14 +390,38 @@ class DeploymentWorkflow:
                 f"{rec.cutover_id} {result.result}: {result.confirmed}/{result.devices_total} "
                 f"devices confirmed in {rec.target}, {len(result.stragglers)} stragglers",
             )
-            workflow.metric_meter().create_counter(
-                "iotfailover_cutovers_total", "Cutovers by mode and result"
-            ).add(1, {"deployment": self.cfg.name, "mode": rec.mode, "result": result.result or "unknown"})
+            self._record_metrics(rec, result)
         rec.finished_at = workflow.now()
         self.s.last_cutover_end = rec.finished_at
         self.s.history = [*self.s.history, rec][-KEEP_HISTORY:]
         self.s.in_flight = None
         self._report()
+
+    def _record_metrics(self, rec: CutoverRecord, result: CutoverProgress) -> None:
+        """Cutovers by mode and result, their duration and phases, devices moved or not (SDK meter)."""
+        meter = workflow.metric_meter()
+        labels = {"deployment": self.cfg.name, "mode": rec.mode}
+        meter.create_counter("iotfailover_cutovers_total", "Cutovers by mode and result").add(
+            1, {**labels, "result": result.result or "unknown"}
+        )
+        if result.started_at and result.finished_at:
+            meter.create_histogram_float("iotfailover_cutover_seconds", "Cutover duration", "s").record(
+                (result.finished_at - result.started_at).total_seconds(), labels
+            )
+        phases = meter.create_histogram_float(
+            "iotfailover_cutover_phase_seconds", "Time per cutover phase", "s"
+        )
+        for phase, seconds in result.phase_seconds.items():
+            phases.record(seconds, {"deployment": self.cfg.name, "phase": phase})
+        devices = meter.create_counter(
+            "iotfailover_devices_migrated_total", "Devices confirmed or not in the target"
+        )
+        devices.add(
+            result.confirmed, {"deployment": self.cfg.name, "target": rec.target, "outcome": "confirmed"}
+        )
+        devices.add(
+            result.pending, {"deployment": self.cfg.name, "target": rec.target, "outcome": "unconfirmed"}
+        )
 
     # ---- health ----
 
