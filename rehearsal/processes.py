@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -42,10 +45,19 @@ def wait_http(url: str, timeout: float = 30, proc: subprocess.Popen | None = Non
         time.sleep(0.2)
 
 
+def _die_with_parent() -> None:
+    """Linux: the child gets SIGTERM when the process that spawned it dies, even by SIGKILL."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
 def spawn_python(
     module: str, args: list[str], log: Path, env: dict[str, str] | None = None
 ) -> subprocess.Popen:
-    """Start `python -m module args...` in its own session, logging to `log`."""
+    """Start `python -m module args...` (tests, benches) in its own session, logging to `log`.
+
+    The child dies with its parent, so an interrupted test run leaves no emulator behind.
+    """
     log.parent.mkdir(parents=True, exist_ok=True)
     out = open(log, "ab")  # noqa: SIM115 (handed to the child)
     root = Path(__file__).resolve().parent.parent
@@ -58,6 +70,7 @@ def spawn_python(
         cwd=root,
         env=child_env,
         start_new_session=True,
+        preexec_fn=_die_with_parent,
     )
 
 
