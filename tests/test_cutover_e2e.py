@@ -15,12 +15,15 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from temporalio.worker import Replayer
 
 from core.aws import all_items
 from core.models import RegionHealthChange
+from core.temporal import DATA_CONVERTER
 from rehearsal import faults
 from rehearsal.processes import tool_path
 from tests.e2e_stack import DEVICES, EAST, FAULTY, WEST, Stack, until
+from workflows import all_workflows
 
 pytestmark = pytest.mark.e2e
 REPO = Path(__file__).resolve().parent.parent
@@ -78,6 +81,10 @@ async def test_planned_cutover_with_cli_approval_moves_every_healthy_device(stac
 
     history = await stack.client.get_workflow_handle(started.cutover_id).fetch_history()
     assert len(history.events) < 400  # grows with waves and pages, not with devices
+    # the recorded histories replay against today's code: changes to running workflows stay safe
+    replayer = Replayer(workflows=all_workflows(), data_converter=DATA_CONVERTER)
+    await replayer.replay_workflow(history)
+    await replayer.replay_workflow(await stack.handle.fetch_history())
 
 
 async def test_abort_mid_way_rolls_the_fleet_back(stack: Stack) -> None:
