@@ -130,7 +130,7 @@ class LocalStack(_Strict):
     temporal_port: int = 7233
     temporal_ui_port: int = 8233
     worker_metrics_port: int = 9464
-    simulator_metrics_port: int = 9465
+    simulator_metrics_port: int = 9466  # 9465 is the worker's Temporal SDK metrics
 
 
 class TemporalConfig(_Strict):

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from rehearsal.processes import free_port, tool_path
+from rehearsal.processes import free_port, port_open, tool_path
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -19,6 +19,8 @@ REPO = Path(__file__).resolve().parent.parent
 def _write_config(tmp: Path) -> Path:
     raw = tomllib.loads((REPO / "deploy/local/deployment.toml").read_text())
     ports = {k: free_port() for k in ("east", "west", "beast", "bwest", "temporal", "ui", "metrics")}
+    while port_open(ports["metrics"] + 1):  # the worker exports the SDK's metrics on the next port
+        ports["metrics"] = free_port()
     raw["deployment"]["ca_certificate"] = str(tmp / "state" / "ca" / "ca.pem")
     raw["regions"]["us-east-1"].update(
         endpoint_url=f"http://127.0.0.1:{ports['east']}", bootstrap_url=f"http://127.0.0.1:{ports['beast']}"
