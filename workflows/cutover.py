@@ -181,7 +181,10 @@ class CutoverWorkflow:
     # ---- phases ----
 
     async def _phase(self, name: str, work: Any) -> None:
-        self._checkpoint()
+        """Run one phase of the runbook: name it in the UI and search attributes, time it."""
+        if self._abort is not None:
+            work.close()  # the phase never starts
+            raise AbortRequested()
         self.p.phase = name
         workflow.upsert_search_attributes([SA_PHASE.value_set(name)])
         self._report()
