@@ -404,7 +404,7 @@ class JobActivities:
 
     @activity.defn
     def cancel_job(self, inp: CancelJobInput) -> str:
-        """Cancel a wave's job, in-progress executions included; a missing or finished job is fine."""
+        """Cancel a wave's job (with `force`, in-progress executions too); a missing or finished job is fine."""
         iot = self.deployments.aws(inp.deployment).iot(inp.region)
         try:
             iot.cancel_job(jobId=inp.job_id, reasonCode="ABORTED", comment=inp.reason[:2028], force=inp.force)
