@@ -96,3 +96,22 @@ class RegionHealthChange:
     reasons: list[str] = field(default_factory=list)
     at: datetime | None = None
     consecutive: int = 0
+
+
+@dataclass
+class ReplicaReport:
+    """Sent by RegistryReplicationWorkflow to DeploymentWorkflow (signal `replica_status`): whether a
+    target region holds a complete copy of a source's registry, so automatic failover never moves
+    devices into a region that cannot authenticate them. Sent after every full reconcile, and when
+    the event stream falls behind or recovers.
+    """
+
+    source: str
+    target: str
+    complete: bool  # the last full reconcile applied everything, and nothing failed since
+    reason: str = ""  # why not complete, in words a person can act on
+    things: int = 0  # things in the source's registry at the last reconcile (the last known count)
+    at: datetime | None = None
+
+
+REPLICA_STATUS_SIGNAL = "replica_status"

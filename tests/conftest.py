@@ -92,7 +92,17 @@ async def temporal_env() -> AsyncIterator[WorkflowEnvironment]:
         data_converter=DATA_CONVERTER,
     )
     yield env
+    if os.environ.get("IOTFAILOVER_RECORD_HISTORIES"):
+        await record_histories(env, Path(os.environ["IOTFAILOVER_RECORD_HISTORIES"]))
     await env.shutdown()
+
+
+async def record_histories(env: WorkflowEnvironment, folder: Path) -> None:
+    """Every workflow history the session left on the dev server, for tests/histories (see its README)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    async for wf in env.client.list_workflows():
+        history = await env.client.get_workflow_handle(wf.id, run_id=wf.run_id).fetch_history()
+        (folder / f"{wf.workflow_type}--{wf.id}--{wf.run_id}.json").write_text(history.to_json())
 
 
 @pytest_asyncio.fixture(scope="session", loop_scope="session")
