@@ -110,7 +110,8 @@ class ReplicaReport:
     target: str
     complete: bool  # the last full reconcile applied everything, and nothing failed since
     reason: str = ""  # why not complete, in words a person can act on
-    things: int = 0  # things in the source's registry at the last reconcile (the last known count)
+    things: int = 0  # things in the source's registry at the last full reconcile
+    fleet_devices: int = 0  # members of the fleet thing group (with subgroups) in the source, then
     at: datetime | None = None
 
 
