@@ -17,6 +17,7 @@ from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 from temporalio import activity
+from temporalio.exceptions import ApplicationError
 
 from activities.context import Deployments
 from core import logs
@@ -314,11 +315,32 @@ class JobActivities:
             return JobRef(inp.job_id, resp["jobArn"], created=True)
         except ClientError as e:
             if is_already_exists(e):
-                job = iot.describe_job(jobId=inp.job_id)["job"]
-                return JobRef(inp.job_id, job["jobArn"], created=False)
+                return self._existing_job(iot, inp)
             raise to_application_error(e, f"creating job {inp.job_id}", inp.region) from e
         except BotoCoreError as e:
             raise to_application_error(e, f"creating job {inp.job_id}", inp.region) from e
+
+    def _existing_job(self, iot: Any, inp: WaveJobInput) -> JobRef:
+        """A job with this ID is this wave's (a retry) only if its document names our cutover and
+        epoch; anyone else's would leave the wave's devices unmoved while we wait for them."""
+        try:
+            job = iot.describe_job(jobId=inp.job_id)["job"]
+            doc = json.loads(iot.get_job_document(jobId=inp.job_id).get("document") or "{}")
+        except (ClientError, BotoCoreError) as e:
+            raise to_application_error(e, f"reading existing job {inp.job_id}", inp.region) from e
+        except ValueError:
+            doc = {}
+        ours = {k: inp.document.get(k) for k in ("cutoverId", "epoch", "targetRegion")}
+        theirs = {k: doc.get(k) for k in ours} if isinstance(doc, dict) else {}
+        if theirs != ours:
+            raise ApplicationError(
+                f"job {inp.job_id} already exists in {inp.region} for another cutover ({theirs}, this is "
+                f"{ours}): its epoch was used before (hint: restart the deployment entity so it adopts "
+                "the highest epoch of every fence, then request the cutover again)",
+                type="JobIdTaken",
+                non_retryable=True,
+            )
+        return JobRef(inp.job_id, job["jobArn"], created=False)
 
     @activity.defn
     def wait_for_job(self, inp: WaitJobInput) -> JobOutcome:
