@@ -19,6 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from bootstrap.runtime import endpoints_from_env
 from bootstrap.service import Answer, BootstrapService
 from core import logs
 from core.config import load_config
@@ -87,8 +88,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--cache-ttl", type=float, default=5.0, help="seconds answers' inputs are cached")
     args = parser.parse_args(argv)
     logs.configure()
-    service = BootstrapService(load_config(args.config), args.region, cache_ttl=args.cache_ttl)
-    service.warm()
+    cfg = load_config(args.config)
+    service = BootstrapService(cfg, args.region, cache_ttl=args.cache_ttl, endpoints=endpoints_from_env())
     logs.get("bootstrap", region=args.region).info("bootstrap service starting", port=args.port)
     web.run_app(build_app(service), host=args.host, port=args.port, print=None, access_log=None)
 

@@ -8,12 +8,11 @@ devices costs a few table scans per TTL, not one read per device.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import re
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
@@ -29,17 +28,15 @@ from bootstrap.records import (
     parse_record,
     scan_records,
 )
+from bootstrap.runtime import device_endpoints, service_clients
 from core import logs
 from core.aws import AwsClients, all_items
-from core.config import DeploymentConfig, Quotas
+from core.config import DeploymentConfig
 from core.errors import error_code, is_not_found, is_retryable
 from core.metrics import BAD_INPUT
 
 THING_NAME = re.compile(r"^[a-zA-Z0-9:_-]{1,128}$")
 _APPLICATION = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
-# Read rates for the service unless the deployment config sets them: DynamoDB has no per-API TPS
-# quota like IoT's, so the defaults are only there to bound a runaway loop.
-_SERVICE_RATES = {"Scan": 1000.0, "GetItem": 1000.0, "DescribeTable": 100.0, "ListThingGroupsForThing": 100.0}
 
 REQUESTS = Counter(
     "iotfailover_bootstrap_requests_total", "Bootstrap requests answered, by status", ["region", "status"]
@@ -121,27 +118,29 @@ class TtlCache:
 
 
 class BootstrapService:
-    """Answers `GET /v1/bootstrap/<thing>` for one region of one deployment."""
+    """Answers `GET /v1/bootstrap/<thing>` for one region of one deployment.
+
+    Reads with the process's own credentials and serves the configured device endpoints
+    (bootstrap/runtime.py); `endpoints` overrides the config's (IOTFAILOVER_IOT_ENDPOINTS).
+    """
 
     def __init__(
-        self, cfg: DeploymentConfig, region: str, cache_ttl: float = 5.0, aws: AwsClients | None = None
+        self,
+        cfg: DeploymentConfig,
+        region: str,
+        cache_ttl: float = 5.0,
+        aws: AwsClients | None = None,
+        endpoints: Mapping[str, str] | None = None,
     ):
         if region not in cfg.regions:
             raise ValueError(f"region {region!r} is not part of deployment {cfg.name!r}")
         self.cfg, self.region = cfg, region
-        # fail fast: a device waiting on a slow region is better served by its next endpoint
-        self.aws = aws or AwsClients(
-            _service_config(cfg),
-            max_pool_connections=64,
-            max_attempts=2,
-            read_timeout=5,
-            retry_mode="standard",
-        )
+        self.endpoints = device_endpoints(cfg, endpoints)
+        self.aws = aws or service_clients(cfg)
         self.available = True  # set by the server's health probe: False answers 503 at once
         self.things = TtlCache(cache_ttl, region, "thing")
         self.groups = TtlCache(cache_ttl, region, "groups")
         self.records = TtlCache(cache_ttl, region, "records")
-        self._endpoints: dict[str, str] = {}
         self._cas = [cfg.ca_pem()]
         self._log = logs.get("bootstrap", deployment=cfg.name, region=region)
 
@@ -187,9 +186,7 @@ class BootstrapService:
             return False
         if attributes is None:
             return True
-        if _groups_matter(records) and self.groups.peek(thing) is _MISSING:
-            return False
-        return len(self._endpoints) == len(self.cfg.regions)
+        return not _groups_matter(records) or self.groups.peek(thing) is not _MISSING
 
     def _unavailable(self, why: str) -> Answer:
         return Answer(
@@ -219,14 +216,13 @@ class BootstrapService:
             "scope": chosen.scope,
             "endpoints": [
                 {
-                    "endpoint": endpoint,
+                    "endpoint": self.endpoints[region],
                     "region": region,
                     "CAs": self._cas,
                     "primary": region == chosen.primary,
                     "retry": chosen.retry,
                 }
                 for region in chosen.order
-                if (endpoint := self._endpoint(region))
             ],
             "topics": {"configurations": f"cmd/{app}/config/{thing}/", "sensor": f"data/{app}/{thing}/"},
         }
@@ -240,24 +236,6 @@ class BootstrapService:
             order=[self.cfg.primary, *self.cfg.standbys()],
             reason="deployment config (never flipped)",
         )
-
-    def warm(self) -> None:
-        """Resolve every region's device endpoint now, while the regions answer (they never change)."""
-        for region in self.cfg.region_names:
-            with contextlib.suppress(ClientError, BotoCoreError):  # own region down: resolved later
-                self._endpoint(region)
-
-    def _endpoint(self, region: str) -> str | None:
-        """A region's device endpoint; None (left out of answers) while another region cannot say."""
-        endpoint = self._endpoints.get(region)
-        if endpoint is None:
-            try:
-                endpoint = self._endpoints[region] = self.aws.device_endpoint(region)
-            except (ClientError, BotoCoreError) as e:
-                if region == self.region:
-                    raise
-                self._log.warning("device endpoint unknown, left out", other_region=region, error=str(e))
-        return endpoint
 
     def _describe_thing(self, thing: str) -> dict[str, str] | None:
         try:
@@ -310,8 +288,3 @@ def _groups_matter(records: dict[str, dict]) -> bool:
 
     default = epoch(records.get(DEFAULT_SCOPE)) if DEFAULT_SCOPE in records else -1
     return any(epoch(v) > default for scope, v in records.items() if scope != DEFAULT_SCOPE)
-
-
-def _service_config(cfg: DeploymentConfig) -> DeploymentConfig:
-    quotas = Quotas(default_rps=cfg.quotas.default_rps, per_api={**_SERVICE_RATES, **cfg.quotas.per_api})
-    return cfg.model_copy(update={"quotas": quotas})

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import urllib.request
 from pathlib import Path
 
 from prometheus_client import REGISTRY
@@ -38,6 +40,9 @@ def write_config(cfg: DeploymentConfig, path: Path, bootstrap_urls: dict[str, st
     ]
     for name, r in cfg.regions.items():
         lines += [f"[regions.{name}]", f'role = "{r.role}"', f'endpoint_url = "{r.endpoint_url}"']
+        for key in ("role_arn", "external_id", "iot_endpoint"):
+            if getattr(r, key):
+                lines.append(f'{key} = "{getattr(r, key)}"')
         if bootstrap_urls and name in bootstrap_urls:
             lines.append(f'bootstrap_url = "{bootstrap_urls[name]}"')
     lines += [
@@ -47,6 +52,21 @@ def write_config(cfg: DeploymentConfig, path: Path, bootstrap_urls: dict[str, st
     ]
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+def with_device_endpoints(cfg: DeploymentConfig) -> DeploymentConfig:
+    """The deployment with every region's device endpoint set, as the bootstrap service needs it."""
+    regions = {
+        name: r.model_copy(update={"iot_endpoint": f"test-ats.iot.{name}.amazonaws.com"})
+        for name, r in cfg.regions.items()
+    }
+    return cfg.model_copy(update={"regions": regions})
+
+
+def assumed_roles(emulator_url: str) -> int:
+    """How many AssumeRole calls the region's emulator has answered since it started (moto's model data)."""
+    with urllib.request.urlopen(f"{emulator_url}/moto-api/data.json", timeout=10) as resp:  # noqa: S310
+        return len(json.loads(resp.read()).get("sts", {}).get("AssumedRole", []))
 
 
 def sample(name: str, **labels: str) -> float:
