@@ -6,8 +6,10 @@ import json
 import urllib.request
 from pathlib import Path
 
+import pytest
 from prometheus_client import REGISTRY
 
+from bootstrap import lambda_handler
 from core.aws import AwsClients
 from core.config import DeploymentConfig
 
@@ -52,6 +54,19 @@ def write_config(cfg: DeploymentConfig, path: Path, bootstrap_urls: dict[str, st
     ]
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+def cold_lambda(
+    monkeypatch: pytest.MonkeyPatch, cfg: DeploymentConfig, folder: Path, region: str, **env: str
+) -> None:
+    """A fresh Lambda instance of `cfg` in `region`: its environment set, its service not built yet."""
+    monkeypatch.setenv("IOTFAILOVER_CONFIG", str(write_config(cfg, folder / "deployment.toml")))
+    monkeypatch.setenv("AWS_REGION", region)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setattr(lambda_handler, "_service", None)
+    # structlog would keep pytest's capture stream for the rest of the session: leave logging as it is
+    monkeypatch.setattr(lambda_handler.logs, "configure", lambda **_: None)
 
 
 def with_device_endpoints(cfg: DeploymentConfig) -> DeploymentConfig:

@@ -22,7 +22,7 @@ from bootstrap.runtime import endpoints_from_env
 from bootstrap.service import BootstrapService
 from core.config import ConfigError, DeploymentConfig
 from rehearsal import pki
-from tests.bootstrap_support import assumed_roles, register_thing, sample, write_config
+from tests.bootstrap_support import assumed_roles, cold_lambda, register_thing, sample, write_config
 from tests.conftest import make_config
 
 EAST, WEST = "us-east-1", "us-west-2"
@@ -77,9 +77,7 @@ def test_service_reads_its_region_with_its_own_credentials(
         "abc123-ats.iot.us-east-1.amazonaws.com",
     ]
 
-    monkeypatch.setenv("IOTFAILOVER_CONFIG", str(write_config(aws_config, tmp_path / "deployment.toml")))
-    monkeypatch.setenv("AWS_REGION", WEST)
-    monkeypatch.setattr(lambda_handler, "_service", None)
+    cold_lambda(monkeypatch, aws_config, tmp_path, WEST)
     cert, _ = pki.issue_device_cert(local_ca, "sensor-own-creds")
     resp = lambda_handler.handler(_event("sensor-own-creds", cert))
     assert resp["statusCode"] == 200, resp["body"]

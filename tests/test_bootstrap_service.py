@@ -15,7 +15,7 @@ from bootstrap.records import to_item
 from bootstrap.service import BootstrapService, TtlCache, _groups_matter
 from core.config import DeploymentConfig
 from rehearsal import faults, pki
-from tests.bootstrap_support import register_thing, sample, with_device_endpoints, write_config
+from tests.bootstrap_support import cold_lambda, register_thing, sample, with_device_endpoints
 
 EAST, WEST = "us-east-1", "us-west-2"
 
@@ -161,9 +161,7 @@ def test_lambda_handler_answers_api_gateway_events(
     config: DeploymentConfig, deployments: Deployments, local_ca: pki.LocalCA, tmp_path, monkeypatch
 ) -> None:
     register_thing(deployments.aws(config.name), "sensor-5", regions=[WEST])
-    monkeypatch.setenv("IOTFAILOVER_CONFIG", str(write_config(config, tmp_path / "deployment.toml")))
-    monkeypatch.setenv("AWS_REGION", WEST)
-    monkeypatch.setattr(lambda_handler, "_service", None)
+    cold_lambda(monkeypatch, config, tmp_path, WEST)
     own_cert, _ = pki.issue_device_cert(local_ca, "sensor-5")
     resp = lambda_handler.handler(_event("sensor-5", own_cert))
     assert resp["statusCode"] == 200 and resp["headers"]["Content-Type"] == "application/json"
@@ -189,10 +187,7 @@ def test_a_failed_healthz_does_not_turn_devices_away(
 ) -> None:
     """/healthz is public: its own check reports, it never decides what devices are answered."""
     register_thing(deployments.aws(config.name), "sensor-7", regions=[WEST])
-    monkeypatch.setenv("IOTFAILOVER_CONFIG", str(write_config(config, tmp_path / "deployment.toml")))
-    monkeypatch.setenv("AWS_REGION", WEST)
-    monkeypatch.setenv("IOTFAILOVER_CACHE_SECONDS", "0")
-    monkeypatch.setattr(lambda_handler, "_service", None)
+    cold_lambda(monkeypatch, config, tmp_path, WEST, IOTFAILOVER_CACHE_SECONDS="0")
     assert lambda_handler.handler(_event("sensor-7"))["statusCode"] == 200  # a warm instance
     faults.set_fault(config.regions[WEST].endpoint_url, "outage")
     health = lambda_handler.handler({"rawPath": "/healthz"})
