@@ -49,14 +49,12 @@ def endpoints_from_env(environ: Mapping[str, str] = os.environ) -> dict[str, str
     """The `region=host` pairs of IOTFAILOVER_IOT_ENDPOINTS (comma or space separated); {} unset."""
     pairs: dict[str, str] = {}
     problems: list[str] = []
-    for entry in re.split(r"[,\s]+", environ.get(ENDPOINTS_ENV, "").strip()):
-        region, sep, host = entry.partition("=")
-        if not entry:
-            continue
-        if not sep or not region or not host:
-            problems.append(f"{entry!r} is not region=host")
+    for entry in filter(None, re.split(r"[,\s]+", environ.get(ENDPOINTS_ENV, ""))):
+        region, _, host = entry.partition("=")
+        if region and host:
+            pairs[region] = host
         else:
-            pairs[region.strip()] = host.strip()
+            problems.append(f"{entry!r} is not region=host")
     if problems:
         _count(len(problems))
         raise ConfigError(
