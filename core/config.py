@@ -6,6 +6,7 @@ operator fixes a config in one pass instead of one error per run.
 
 from __future__ import annotations
 
+import os
 import tomllib
 from datetime import time
 from pathlib import Path
@@ -15,6 +16,7 @@ import boto3
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 DEFAULT_CONFIG = Path("deploy/local/deployment.toml")
+STATE_DIR_ENV = "IOTFAILOVER_STATE_DIR"  # wins over [local] state_dir: a container's writable volume
 
 
 class ConfigError(Exception):
@@ -197,6 +199,10 @@ class DeploymentConfig(_Strict):
 
     @property
     def state_dir(self) -> Path:
+        """Where the process writes (drill reports; the local stack's state): IOTFAILOVER_STATE_DIR,
+        else `[local] state_dir` relative to the repository holding the config."""
+        if os.environ.get(STATE_DIR_ENV):
+            return Path(os.environ[STATE_DIR_ENV])
         base = Path(self.source_path).parent if self.source_path else Path.cwd()
         path = Path(self.local.state_dir)
         return path if path.is_absolute() else (_repo_root(base) / path)

@@ -7,6 +7,8 @@ whose message says what to fix.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from botocore.exceptions import (
     BotoCoreError,
     ClientError,
@@ -14,7 +16,9 @@ from botocore.exceptions import (
     EndpointConnectionError,
     ReadTimeoutError,
 )
-from temporalio.exceptions import ApplicationError
+
+if TYPE_CHECKING:  # imported where used: the bootstrap Lambda classifies errors without temporalio
+    from temporalio.exceptions import ApplicationError
 
 THROTTLING_CODES = {
     "Throttling",
@@ -85,6 +89,8 @@ def is_retryable(exc: BaseException) -> bool:
 
 def to_application_error(exc: BaseException, doing: str, region: str = "") -> ApplicationError:
     """Wrap an AWS failure as an ApplicationError that says whether a retry can help."""
+    from temporalio.exceptions import ApplicationError
+
     where = f" in {region}" if region else ""
     code = error_code(exc)
     if is_retryable(exc):

@@ -20,9 +20,14 @@ from activities.routing import FlipRoutingInput, ReadRoutingInput, RoutingActivi
 from bootstrap.service import BootstrapService
 from core.config import DeploymentConfig
 from rehearsal import faults
-from tests.bootstrap_support import register_thing, sample
+from tests.bootstrap_support import register_thing, sample, with_device_endpoints
 
 EAST, WEST = "us-east-1", "us-west-2"
+
+
+@pytest.fixture
+def config(config: DeploymentConfig) -> DeploymentConfig:
+    return with_device_endpoints(config)
 
 
 @pytest.fixture
