@@ -110,3 +110,81 @@ def test_bad_toml_and_missing_file(tmp_path: Path) -> None:
         load_config(bad)
     with pytest.raises(ConfigError, match="file not found"):
         load_config(tmp_path / "absent.toml")
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ({"deployment": "x"}, "deployment: must be a table"),
+        ({"deployment": ["name", "fleet"]}, "deployment: must be a table"),
+        ({"deployment": {"name": "f", "mode": "active-passive", "ca_certificate": 5}}, "ca_certificate"),
+        ({"fleet": "everything"}, "fleet:"),
+        ({"source_path": "/etc/passwd"}, "source_path: unknown section"),
+    ],
+)
+def test_a_config_of_the_wrong_shape_is_a_config_error(ca: Path, raw: dict, expected: str) -> None:
+    base = _raw(ca)
+    base.update(raw)
+    with pytest.raises(ConfigError) as e:
+        parse_config(base, ca.parent / "deployment.toml")
+    assert any(expected in p for p in e.value.problems), e.value.problems
+
+
+def test_a_config_that_is_not_a_table_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match="a TOML table"):
+        parse_config(["deployment"])  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        (
+            {"quotas": {"per_api": {"ListThings": 0}}},
+            "quotas.per_api.ListThings: Input should be greater than 0",
+        ),
+        (
+            {"quotas": {"per_api": {"CreateJob": -3}}},
+            "quotas.per_api.CreateJob: Input should be greater than 0",
+        ),
+        ({"quotas": {"default_rps": float("inf")}}, "quotas.default_rps: Input should be a finite number"),
+        (
+            {"cutover": {"cooldown_minutes": float("inf")}},
+            "cutover.cooldown_minutes: Input should be a finite",
+        ),
+        (
+            {"cutover": {"verify_timeout_seconds": float("nan")}},
+            "cutover.verify_timeout_seconds: Input should be",
+        ),
+        (
+            {"health": {"interval_seconds": 1e300}},
+            "health.interval_seconds: Input should be less than or equal",
+        ),
+        ({"failover": {"min_interval_minutes": 1e18}}, "failover.min_interval_minutes: Input should be less"),
+        ({"replication": {"reconcile_interval_minutes": 0}}, "replication.reconcile_interval_minutes"),
+        ({"local": {"temporal_port": 70000}}, "local.temporal_port"),
+        ({"cutover": {"canary_size": 50, "max_wave_size": 10}}, "cutover.canary_size: 50 is larger than"),
+        (
+            {"cutover": {"verify_poll_seconds": 60, "verify_timeout_seconds": 30}},
+            "cutover.verify_poll_seconds",
+        ),
+    ],
+)
+def test_rates_and_durations_are_finite_positive_and_consistent(
+    ca: Path, change: dict, expected: str
+) -> None:
+    problems = _problems(_raw(ca, **change))
+    assert any(expected in p for p in problems), problems
+
+
+def test_every_problem_of_every_section_is_reported_at_once(ca: Path) -> None:
+    problems = _problems(
+        _raw(
+            ca,
+            quotas={"per_api": {"ListThings": 0}},
+            cutover={"canary_size": 50, "max_wave_size": 10},
+            health={"interval_seconds": float("inf")},
+        )
+    )
+    fields = sorted(p.split(":", 1)[0] for p in problems)
+    assert fields == ["cutover.canary_size", "health.interval_seconds", "quotas.per_api.ListThings"], problems
+    assert all("hint" in p for p in problems if p.startswith("cutover.")), problems
