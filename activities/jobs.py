@@ -160,13 +160,17 @@ class DeviceReport:
 
     @classmethod
     def parse(cls, payload: bytes | str) -> DeviceReport:
+        """The report in a shadow document; anything unreadable is a report that confirms nothing."""
         try:
             doc = json.loads(payload)
             conn = doc.get("state", {}).get("reported", {}).get("connectivity") or {}
             meta = doc.get("metadata", {}).get("reported", {}).get("connectivity") or {}
-            return cls(conn.get("region"), int(conn.get("epoch", -1)), conn.get("since"), _newest(meta))
-        except (ValueError, TypeError, AttributeError):
-            return cls()
+            region, epoch, reported_at = conn.get("region"), int(conn.get("epoch", -1)), _newest(meta)
+        except (ValueError, TypeError, AttributeError, OverflowError, RecursionError):
+            return cls()  # OverflowError: an epoch of 1e400; RecursionError: nesting too deep
+        if not isinstance(region, str) or not -1 <= epoch < 2**63 or not 0 <= reported_at < 1e11:
+            return cls()  # 1e11 s: the year 5138; also refuses inf and NaN
+        return cls(region, epoch, conn.get("since"), reported_at)
 
     def confirms(self, region: str, epoch: int, fresh_since: float | None = None) -> bool:
         """In `region` under at least `epoch`, or (emergency) heard from there since `fresh_since`.
