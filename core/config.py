@@ -56,7 +56,9 @@ class RegionConfig(_Strict):
     name: str = ""
     role: Literal["primary", "standby", "peer"]
     role_arn: str | None = Field(None, pattern=r"^arn:aws[a-z-]*:iam::\d{12}:role/.+$")
-    external_id: str | None = Field(None, min_length=2, max_length=1224)
+    # A shared secret of the role's trust policy (NoEcho in the template): never serialized, so a
+    # config sent to a workflow keeps it out of history; workers use their own copy from the file.
+    external_id: str | None = Field(None, min_length=2, max_length=1224, exclude=True, repr=False)
     endpoint_url: str | None = Field(None, pattern=r"^https?://")
     bootstrap_url: str | None = Field(None, pattern=r"^https?://")
     iot_endpoint: str | None = None  # the device endpoint; discovered with DescribeEndpoint when unset

@@ -2,11 +2,22 @@
 
 from __future__ import annotations
 
+import asyncio
+import base64
+import json
+import uuid
 from pathlib import Path
 
 import pytest
+from temporalio.testing import WorkflowEnvironment
 
-from core.config import ConfigError, load_config, parse_config
+from activities.context import Deployments
+from core.aws import AwsClients
+from core.config import ConfigError, DeploymentConfig, load_config, parse_config
+from core.temporal import DATA_CONVERTER
+from tests.conftest import make_config
+from worker import build_worker
+from workflows.deployment import DeploymentInput, DeploymentState
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -188,3 +199,77 @@ def test_every_problem_of_every_section_is_reported_at_once(ca: Path) -> None:
     fields = sorted(p.split(":", 1)[0] for p in problems)
     assert fields == ["cutover.canary_size", "health.interval_seconds", "quotas.per_api.ListThings"], problems
     assert all("hint" in p for p in problems if p.startswith("cutover.")), problems
+
+
+SECRET = "ext-id-that-must-stay-out-of-history"
+
+
+def _with_external_id(emulators: dict[str, str], ca: Path, secret: str = SECRET) -> DeploymentConfig:
+    role = "arn:aws:iam::123456789012:role/iotfailover-controller"
+    return make_config(
+        emulators,
+        ca,
+        regions={
+            r: {"role": role_, "endpoint_url": emulators[r], "role_arn": role, "external_id": secret}
+            for r, role_ in (("us-east-1", "primary"), ("us-west-2", "standby"))
+        },
+    )
+
+
+def test_the_external_id_is_in_no_serialized_form_of_the_config(emulators: dict[str, str], ca: Path) -> None:
+    cfg = _with_external_id(emulators, ca)
+    assert cfg.regions["us-east-1"].external_id == SECRET  # the worker's own copy keeps it
+    for encoded in (
+        cfg.model_dump_json(),
+        str(cfg.model_dump()),
+        repr(cfg),
+        DATA_CONVERTER.payload_converter.to_payloads([DeploymentInput(cfg)])[0].data.decode(),
+    ):
+        assert SECRET not in encoded
+    decoded = DATA_CONVERTER.payload_converter.from_payloads(
+        DATA_CONVERTER.payload_converter.to_payloads([cfg]), [DeploymentConfig]
+    )[0]
+    assert decoded.regions["us-east-1"].external_id is None and decoded.regions["us-east-1"].role_arn
+
+
+async def test_the_external_id_never_reaches_workflow_history(
+    temporal_env: WorkflowEnvironment, emulators: dict[str, str], ca: Path
+) -> None:
+    cfg = _with_external_id(emulators, ca)
+    for region in cfg.regions:
+        AwsClients(cfg).iot(region).create_thing_group(thingGroupName=cfg.fleet.thing_group)
+    client, task_queue = temporal_env.client, f"tq-{uuid.uuid4().hex[:10]}"
+    async with build_worker(client, task_queue, Deployments([cfg], client=client)):
+        handle = await client.start_workflow(
+            "DeploymentWorkflow", DeploymentInput(cfg), id=f"deployment-{cfg.name}", task_queue=task_queue
+        )
+        for _ in range(200):
+            state = await handle.query("state", result_type=DeploymentState)
+            if state and state.initialized:
+                break
+            await asyncio.sleep(0.2)
+        assert state.initialized and state.epoch == 1  # its activities assumed the roles with the id
+        regions = {r: c.model_copy(update={"external_id": SECRET + "-2"}) for r, c in cfg.regions.items()}
+        await handle.execute_update("reload_config", cfg.model_copy(update={"regions": regions}))
+        history = _readable((await handle.fetch_history()).to_json())
+        await handle.terminate()
+    assert "reload_config" in history and cfg.regions["us-east-1"].role_arn in history  # payloads read
+    assert SECRET not in history
+
+
+def _readable(history_json: str) -> str:
+    """A history's JSON with every payload's data decoded (the JSON form holds them in base64)."""
+    decoded: list[str] = []
+
+    def walk(node: object) -> None:
+        if isinstance(node, dict):
+            if isinstance(node.get("data"), str):
+                decoded.append(base64.b64decode(node["data"]).decode(errors="replace"))
+            for v in node.values():
+                walk(v)
+        elif isinstance(node, list):
+            for v in node:
+                walk(v)
+
+    walk(json.loads(history_json))
+    return "\n".join([history_json, *decoded])
