@@ -21,6 +21,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from decimal import Decimal
 from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
@@ -95,6 +96,13 @@ def _bad(source: str, reason: str, message: str) -> ApplicationError:
     return ApplicationError(message, type="InvalidFlip", non_retryable=True)
 
 
+def _malformed(source: str, message: str) -> ApplicationError:
+    """A fence record edited into another shape: no retry makes it readable, and guessing its epoch
+    could let an older flip through, so it fails at once and is counted."""
+    BAD_INPUT.labels(source=source, reason="malformed_record").inc()
+    return ApplicationError(message, type="MalformedRecord", non_retryable=True)
+
+
 def _check_region(cfg: DeploymentConfig, region: str, source: str) -> None:
     if region not in cfg.regions:
         raise _bad(source, "region", f"{region!r} is not a region of deployment {cfg.name!r}")
@@ -149,11 +157,18 @@ class RoutingActivities:
         if item is None:
             return None
         v = from_item(item)
+        epoch = v.get("epoch", 0)
+        if not isinstance(epoch, Decimal | int) or isinstance(epoch, bool) or epoch != int(epoch):
+            raise _malformed(
+                "read_routing",
+                f"the routing record of {inp.application!r} in {inp.region} ({cfg.routing_table}) has epoch "
+                f"{epoch!r} (hint: a whole number; restore it with a new flip_routing at a higher epoch)",
+            )
         return RoutingRecord(
-            application=v["applicationId"],
+            application=str(v["applicationId"]),
             region=str(v.get("region", "")),
             stream=str(v.get("stream", "")),
-            epoch=int(v.get("epoch", 0)),
+            epoch=int(epoch),
             updated_at=str(v.get("updated_at", "")),
         )
 
@@ -269,11 +284,7 @@ def _txt(epoch: int, region: str) -> str:
 
 
 def _read_fence(r53: Any, zone: str, fence: str) -> tuple[int, str] | None:
-    """The (epoch, region) the fence TXT record holds, or None before the first flip.
-
-    A record edited by hand into another shape fails at once: no retry can make it readable, and
-    guessing its epoch could let an older flip through.
-    """
+    """The (epoch, region) the fence TXT record holds, or None before the first flip."""
     sets = r53.list_resource_record_sets(
         HostedZoneId=zone, StartRecordName=fence, StartRecordType="TXT", MaxItems="1"
     )["ResourceRecordSets"]
@@ -282,13 +293,11 @@ def _read_fence(r53: Any, zone: str, fence: str) -> tuple[int, str] | None:
     values = [r.get("Value", "") for r in sets[0].get("ResourceRecords", [])]
     match = _FENCE_VALUE.match(values[0]) if len(values) == 1 else None
     if match is None:
-        BAD_INPUT.labels(source="flip_dns", reason="malformed_fence").inc()
-        raise ApplicationError(
+        raise _malformed(
+            "flip_dns",
             f"the DNS fence record {fence} in zone {zone} holds {values!r}, not one "
             '"epoch=N region=R" (hint: set it to the epoch and region of the last DNS flip, '
             "as the deployment's history shows, or delete it if no flip ever ran; then retry)",
-            type="MalformedRecord",
-            non_retryable=True,
         )
     return int(match[1]), match[2]
 

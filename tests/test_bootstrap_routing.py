@@ -137,7 +137,7 @@ def test_a_hand_edited_fence_record_fails_at_once_and_is_counted(
             ]
         },
     )
-    labels = {"source": "flip_dns", "reason": "malformed_fence"}
+    labels = {"source": "flip_dns", "reason": "malformed_record"}
     before = REGISTRY.get_sample_value("iotfailover_bad_input_total", labels) or 0
     with pytest.raises(ApplicationError) as e:
         run(RoutingActivities(d).flip_dns, FlipDnsInput(cfg.name, 2, WEST))
@@ -165,3 +165,19 @@ def test_dns_flip_without_a_custom_domain_is_refused(config: DeploymentConfig) -
     with pytest.raises(ApplicationError, match="does not use a custom domain") as e:
         run(RoutingActivities(Deployments([config])).flip_dns, FlipDnsInput(config.name, 1, EAST))
     assert e.value.non_retryable
+
+
+def test_a_hand_edited_routing_record_fails_at_once_and_is_counted(config: DeploymentConfig) -> None:
+    d = Deployments([config])
+    acts = RoutingActivities(d)
+    run(acts.flip_routing, FlipRoutingInput(config.name, 1, "argus", EAST))
+    d.aws(config.name).dynamodb(EAST).put_item(
+        TableName=config.routing_table,
+        Item={"applicationId": {"S": "argus"}, "region": {"S": EAST}, "epoch": {"S": "one"}},
+    )
+    labels = {"source": "read_routing", "reason": "malformed_record"}
+    before = REGISTRY.get_sample_value("iotfailover_bad_input_total", labels) or 0
+    with pytest.raises(ApplicationError) as e:
+        run(acts.read_routing, ReadRoutingInput(config.name, EAST, "argus"))
+    assert e.value.type == "MalformedRecord" and e.value.non_retryable and "hint" in str(e.value)
+    assert REGISTRY.get_sample_value("iotfailover_bad_input_total", labels) == before + 1
