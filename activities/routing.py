@@ -190,7 +190,7 @@ class RoutingActivities:
         via = inp.via_regions or cfg.region_names
         for r in via:
             _check_region(cfg, r, "flip_dns")
-        aws = self.deployments.aws(cfg.name)
+        aws, log = self.deployments.aws(cfg.name), logs.get("routing", deployment=cfg.name)
         record = cfg.dns_record.rstrip(".") + "."
         doing = f"flipping {record} to {inp.region} at epoch {inp.epoch}"
         details = activity.info().heartbeat_details
@@ -210,19 +210,15 @@ class RoutingActivities:
                     if not unreachable(e):
                         raise _dns_error(e, doing, region) from e
                     missed.append(f"{region}: {error_code(e)}")
-                    self._log(cfg).warning("route53 unreachable, trying the next region", region=region)
+                    log.warning("route53 unreachable, trying the next region", region=region, error=str(e))
             else:
                 raise ApplicationError(
                     f"{doing}: Route 53 answered through none of {', '.join(missed)}; will retry",
                     type="Route53Unreachable",
                 )
         FLIPS.labels(kind="dns", region="route53", outcome="written" if result.changed else "unchanged").inc()
-        self._log(cfg).info("dns flipped", via=region, **vars(result))
+        log.info("dns flipped", via=region, **vars(result))
         return result
-
-    @staticmethod
-    def _log(cfg: DeploymentConfig) -> Any:
-        return logs.get("routing", deployment=cfg.name)
 
 
 class _Keepalive:
@@ -245,7 +241,11 @@ class _Keepalive:
 
     def _loop(self) -> None:
         while not self._stop.wait(HEARTBEAT_SECONDS):
-            activity.heartbeat(*self.details)
+            try:
+                activity.heartbeat(*self.details)
+            except Exception as e:  # the worker is shutting down: the heartbeat timeout will tell
+                logs.get("routing").warning("heartbeat failed", error=str(e))
+                return
 
     def __enter__(self) -> _Keepalive:
         activity.heartbeat(*self.details)

@@ -55,26 +55,28 @@ _TRANSIENT = (
     TimeoutError,
 )
 # Every other BotoCoreError is raised before a request leaves the worker: no retry changes it.
-_BOTOCORE_HINTS: tuple[tuple[type[Exception], str], ...] = (
+_BOTOCORE_HINTS: tuple[tuple[tuple[type[Exception], ...], str], ...] = (
     (
-        boto.ValidationError | boto.ParamValidationError | boto.MissingParametersError,
+        (boto.ValidationError, boto.ParamValidationError, boto.MissingParametersError),
         "the request does not match the AWS API (bad input or a bug; the message names the parameter)",
     ),
     (
-        boto.NoCredentialsError
-        | boto.PartialCredentialsError
-        | boto.UnknownCredentialError
-        | boto.ProfileNotFound
-        | boto.SSOError
-        | boto.TokenRetrievalError,
+        (
+            boto.NoCredentialsError,
+            boto.PartialCredentialsError,
+            boto.UnknownCredentialError,
+            boto.ProfileNotFound,
+            boto.SSOError,
+            boto.TokenRetrievalError,
+        ),
         "give the worker AWS credentials (environment, profile or its IAM role; docs/operating.md)",
     ),
     (
-        boto.BaseEndpointResolverError | boto.EndpointProviderError | boto.UnknownRegionError,
+        (boto.BaseEndpointResolverError, boto.EndpointProviderError, boto.UnknownRegionError),
         "check the region names and endpoint_url in the deployment config",
     ),
     (
-        boto.DataNotFoundError | boto.ApiVersionNotFoundError | boto.UnknownClientMethodError,
+        (boto.DataNotFoundError, boto.ApiVersionNotFoundError, boto.UnknownClientMethodError),
         "this botocore does not know the service or call: upgrade boto3/botocore",
     ),
 )
