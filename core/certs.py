@@ -19,7 +19,7 @@ class CertificateError(ValueError):
 # The device id becomes the thing's name and the sku one of its attributes (AWS IoT's own patterns),
 # so a NUL, a path, surrounding spaces or a bidi character is refused here, not by AWS mid-onboarding.
 THING_NAME = re.compile(r"[a-zA-Z0-9:_-]{1,128}")
-_ATTRIBUTE_VALUE = re.compile(r"[a-zA-Z0-9_.,@/:#=\[\]-]{1,800}")
+_ATTRIBUTE_VALUE = re.compile(r"[a-zA-Z0-9_.,@/:#=\[\]-]{0,800}")
 
 
 @dataclass(frozen=True)
@@ -61,6 +61,8 @@ def device_identity(pem: str) -> DeviceIdentity:
             f"common name names no valid device id (1-128 of a-z A-Z 0-9 : _ -): {raw[:80]!r}"
         )
     sku = cn.get("sku")
+    if isinstance(sku, int) and not isinstance(sku, bool):
+        sku = str(sku)  # a numeric SKU, as before
     if sku is not None and not (isinstance(sku, str) and _ATTRIBUTE_VALUE.fullmatch(sku)):
         raise CertificateError(f"common name's sku is not a valid thing attribute value: {raw[:80]!r}")
     return DeviceIdentity(device_id=device, sku=sku)
