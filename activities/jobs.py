@@ -160,16 +160,25 @@ class DeviceReport:
 
     @classmethod
     def parse(cls, payload: bytes | str) -> DeviceReport:
-        """The report in a shadow document; anything unreadable is a report that confirms nothing."""
+        """The report in a shadow document; an unreadable one is counted and confirms nothing."""
+        from core.metrics import BAD_INPUT  # here: this method is all of jobs.py that bad input owns
+
         try:
             doc = json.loads(payload)
             conn = doc.get("state", {}).get("reported", {}).get("connectivity") or {}
             meta = doc.get("metadata", {}).get("reported", {}).get("connectivity") or {}
-            region, epoch, reported_at = conn.get("region"), int(conn.get("epoch", -1)), _newest(meta)
-        except (ValueError, TypeError, AttributeError, OverflowError, RecursionError):
-            return cls()  # OverflowError: an epoch of 1e400; RecursionError: nesting too deep
-        if not isinstance(region, str) or not -1 <= epoch < 2**63 or not 0 <= reported_at < 1e11:
-            return cls()  # 1e11 s: the year 5138; also refuses inf and NaN
+            if conn.get("region") is None:
+                return cls()  # no report yet: nothing wrong
+            region, epoch, reported_at = conn["region"], int(conn.get("epoch", -1)), _newest(meta)
+            # 1e11 s is the year 5138; the comparisons also refuse inf and NaN
+            sane = (
+                isinstance(region, str) and bool(region) and -1 <= epoch < 2**63 and 0 <= reported_at < 1e11
+            )
+        except (ValueError, TypeError, AttributeError, OverflowError, RecursionError):  # e.g. epoch 1e400
+            sane = False
+        if not sane:
+            BAD_INPUT.labels(source="device_report", reason="unreadable").inc()
+            return cls()
         return cls(region, epoch, conn.get("since"), reported_at)
 
     def confirms(self, region: str, epoch: int, fresh_since: float | None = None) -> bool:

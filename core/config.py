@@ -14,16 +14,22 @@ from typing import Annotated, Any, Literal
 import boto3
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from core.metrics import BAD_INPUT
+
 DEFAULT_CONFIG = Path("deploy/local/deployment.toml")
 
 
 class ConfigError(Exception):
-    """A config file that cannot be used; `problems` lists every reason with its field."""
+    """A config file that cannot be used; `problems` lists every reason with its field.
 
-    def __init__(self, path: Path | str, problems: list[str]):
+    Every one is counted in iotfailover_bad_input_total{source="config"} as it is raised.
+    """
+
+    def __init__(self, path: Path | str, problems: list[str], reason: str = "invalid"):
         self.path = str(path)
         self.problems = problems
         super().__init__(f"{path}: " + "; ".join(problems))
+        BAD_INPUT.labels(source="config", reason=reason).inc()
 
     def render(self) -> str:
         lines = [f"Invalid deployment config {self.path}:"]
@@ -343,9 +349,9 @@ def load_config(path: str | Path = DEFAULT_CONFIG, need_ca: bool = True) -> Depl
     try:
         raw = tomllib.loads(path.read_text())
     except FileNotFoundError:
-        raise ConfigError(path, ["file not found (hint: pass --config PATH)"]) from None
+        raise ConfigError(path, ["file not found (hint: pass --config PATH)"], "not_found") from None
     except tomllib.TOMLDecodeError as e:
-        raise ConfigError(path, [f"not valid TOML: {e}"]) from None
+        raise ConfigError(path, [f"not valid TOML: {e}"], "bad_toml") from None
     return parse_config(raw, path, need_ca)
 
 

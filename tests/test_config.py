@@ -9,6 +9,7 @@ import uuid
 from pathlib import Path
 
 import pytest
+from prometheus_client import REGISTRY
 from temporalio.testing import WorkflowEnvironment
 
 from activities.context import Deployments
@@ -114,13 +115,28 @@ def test_private_key_is_refused_as_ca(tmp_path: Path, local_ca) -> None:
     assert any("private key" in p for p in _problems(_raw(f)))
 
 
+def _rejected(reason: str) -> float:
+    return (
+        REGISTRY.get_sample_value("iotfailover_bad_input_total", {"source": "config", "reason": reason}) or 0
+    )
+
+
 def test_bad_toml_and_missing_file(tmp_path: Path) -> None:
     bad = tmp_path / "bad.toml"
     bad.write_text("[deployment\nname=")
+    before = _rejected("bad_toml"), _rejected("not_found")
     with pytest.raises(ConfigError, match="not valid TOML"):
         load_config(bad)
     with pytest.raises(ConfigError, match="file not found"):
         load_config(tmp_path / "absent.toml")
+    assert (_rejected("bad_toml"), _rejected("not_found")) == (before[0] + 1, before[1] + 1)
+
+
+def test_every_rejected_config_is_counted(ca: Path) -> None:
+    before = _rejected("invalid")
+    _problems(_raw(ca, quotas={"per_api": {"ListThings": 0}}, cutover={"canary_size": 9, "max_wave_size": 3}))
+    _problems({"deployment": "x"})
+    assert _rejected("invalid") == before + 2
 
 
 @pytest.mark.parametrize(

@@ -20,6 +20,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from prometheus_client import REGISTRY
 
 from activities.jobs import DeviceReport
 from activities.registry_events import OPERATIONS, EventError, parse_event
@@ -186,9 +187,22 @@ def test_any_json_event_is_an_event_or_an_event_error(fields: dict) -> None:
     ],
     ids=lambda p: p[:60],
 )
-def test_a_report_of_no_real_epoch_confirms_nothing(payload: str) -> None:
+def test_a_report_of_no_real_epoch_confirms_nothing_and_is_counted(payload: str) -> None:
+    before = _unreadable_reports()
     report = DeviceReport.parse(payload)
     assert not report.confirms("r", 1) and not report.confirms("r", 1, fresh_since=0.0)
+    assert _unreadable_reports() == before + 1
+
+
+def test_a_device_that_never_reported_is_no_bad_input() -> None:
+    before = _unreadable_reports()
+    assert DeviceReport.parse('{"state": {"reported": {"temp": 20}}}') == DeviceReport()
+    assert _unreadable_reports() == before
+
+
+def _unreadable_reports() -> float:
+    labels = {"source": "device_report", "reason": "unreadable"}
+    return REGISTRY.get_sample_value("iotfailover_bad_input_total", labels) or 0
 
 
 @settings(max_examples=300, deadline=None)
