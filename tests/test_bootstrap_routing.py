@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import time
 from typing import Any
 
@@ -151,14 +152,14 @@ def test_dns_flip_heartbeats_while_route53_is_slow(config: DeploymentConfig, mon
     d, _, _ = _dns_deployment(config)
     cfg = d.config(d.names()[0])
     monkeypatch.setattr(routing, "HEARTBEAT_SECONDS", 0.2)
-    faults.set_fault(cfg.regions[EAST].endpoint_url, "latency", latency_ms=1200)  # every call 1.2 s
+    faults.set_fault(cfg.regions[EAST].endpoint_url, "latency", latency_ms=1500)  # every call 1.5 s
     beats: list[float] = []
     env = ActivityEnvironment()
     env.on_heartbeat = lambda *details: beats.append(time.monotonic())
     started = time.monotonic()
     env.run(RoutingActivities(d).flip_dns, FlipDnsInput(cfg.name, 1, EAST))
     stamps = [started, *beats, time.monotonic()]
-    assert max(b - a for a, b in zip(stamps, stamps[1:], strict=False)) < 0.8, stamps
+    assert max(b - a for a, b in itertools.pairwise(stamps)) < 1.0, stamps
 
 
 def test_dns_flip_without_a_custom_domain_is_refused(config: DeploymentConfig) -> None:
