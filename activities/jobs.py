@@ -161,13 +161,26 @@ class DeviceReport:
 
     @classmethod
     def parse(cls, payload: bytes | str) -> DeviceReport:
+        """The report in a shadow document; an unreadable one is counted and confirms nothing."""
+        from core.metrics import BAD_INPUT  # here: this method is all of jobs.py that bad input owns
+
         try:
             doc = json.loads(payload)
             conn = doc.get("state", {}).get("reported", {}).get("connectivity") or {}
             meta = doc.get("metadata", {}).get("reported", {}).get("connectivity") or {}
-            return cls(conn.get("region"), int(conn.get("epoch", -1)), conn.get("since"), _newest(meta))
-        except (ValueError, TypeError, AttributeError):
+            if conn.get("region") is None:
+                return cls()  # no report yet: nothing wrong
+            region, epoch, reported_at = conn["region"], int(conn.get("epoch", -1)), _newest(meta)
+            # 1e11 s is the year 5138; the comparisons also refuse inf and NaN
+            sane = (
+                isinstance(region, str) and bool(region) and -1 <= epoch < 2**63 and 0 <= reported_at < 1e11
+            )
+        except (ValueError, TypeError, AttributeError, OverflowError, RecursionError):  # e.g. epoch 1e400
+            sane = False
+        if not sane:
+            BAD_INPUT.labels(source="device_report", reason="unreadable").inc()
             return cls()
+        return cls(region, epoch, conn.get("since"), reported_at)
 
     def confirms(self, region: str, epoch: int, fresh_since: float | None = None) -> bool:
         """In `region` under at least `epoch`, or (emergency) heard from there since `fresh_since`.
