@@ -5,16 +5,40 @@ from __future__ import annotations
 import json
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from botocore.exceptions import ClientError
 
+from activities.context import Deployments
+from activities.registry import ReadyInput, RegistryActivities
+from core.config import DeploymentConfig
 from rehearsal import pki
+from tests.conftest import make_config
 
 POLICY = {
     "Version": "2012-10-17",
     "Statement": [{"Effect": "Allow", "Action": "iot:Connect", "Resource": "*"}],
 }
+
+# the limiter is tested elsewhere; here the emulator sets the pace
+FAST = {"default_rps": 5000, "per_api": {}}
+
+
+def fast_config(
+    emulators: dict[str, str], ca: pki.LocalCA, tmp_path: Path, **overrides: dict
+) -> DeploymentConfig:
+    """A two-region deployment on the emulators with the rate limiter out of the way."""
+    ca_file = tmp_path / "ca.pem"
+    ca_file.write_text(ca.cert_pem)
+    return make_config(emulators, ca_file, quotas=FAST, **overrides)
+
+
+def ready_activities(cfg: DeploymentConfig) -> RegistryActivities:
+    """The registry activities with queues, tables and CA prepared, as the workflow's first step does."""
+    acts = RegistryActivities(Deployments([cfg]))
+    acts.ensure_replication_ready(ReadyInput(cfg.name))
+    return acts
 
 
 @dataclass
