@@ -32,7 +32,7 @@ from activities.registry_records import (
 )
 from core import logs
 from core.aws import AwsClients, all_items
-from core.errors import is_already_exists, is_not_found, is_retryable
+from core.errors import ACCESS_CODES, error_code, is_already_exists, is_not_found, is_retryable
 
 log = logs.get("replication")
 APPLIED_HOOK = Callable[[str, str, str], None]  # (target region, kind, operation)
@@ -72,15 +72,19 @@ class Replicator:
             self._on_applied(self.target, kind, op)
 
     def guarded(self, kind: str, name: str, fn: Callable[[], None]) -> None:
-        """Run one item's change; a non-retryable AWS error is recorded, a retryable one raised."""
+        """Run one item's change; a non-retryable AWS error is recorded, a retryable one raised.
+
+        Access denied is raised too: it is the controller's role, not the item, so it stops the run
+        with a message that says which right to grant, instead of failing every item alike.
+        """
         try:
             fn()
         except ItemFailed as e:
             self._fail(kind, name, str(e))
         except ClientError as e:
-            if is_retryable(e):
+            if is_retryable(e) or error_code(e) in ACCESS_CODES:
                 raise
-            self._fail(kind, name, f"{e.response['Error'].get('Code')}: {e}")
+            self._fail(kind, name, f"{error_code(e)}: {e}")
 
     def _fail(self, kind: str, name: str, why: str) -> None:
         with self._lock:
