@@ -27,9 +27,9 @@ from activities.registry_reconcile import Progress, Reconciler
 from activities.registry_records import KINDS
 from activities.registry_sync import Replicator
 from core import logs, metrics
-from core.aws import AwsClients
+from core.aws import AwsClients, group_member_pages
 from core.config import DeploymentConfig
-from core.errors import ACCESS_CODES, error_code, is_retryable, to_application_error
+from core.errors import ACCESS_CODES, error_code, is_not_found, is_retryable, to_application_error
 
 log = logs.get("replication")
 
@@ -109,6 +109,8 @@ class ReconcileResult:
     failures: list[str] = field(default_factory=list)
     seconds: float = 0.0
     resumed_from: str = ""  # "<phase>@<page token>" when a retried attempt continued a checkpoint
+    things: int = 0  # the source's own things seen (full reconcile)
+    fleet_devices: int = 0  # members of the fleet thing group and its subgroups in the source (full)
 
 
 @dataclass
@@ -223,7 +225,19 @@ def reconcile_pair(
         rep.failures,
         round(time.monotonic() - started, 3),
         f"{resume.phase}@{resume.token or ''}" if resume else "",
+        done.things,
+        0 if scope else fleet_size(aws, source),
     )
+
+
+def fleet_size(aws: AwsClients, region: str) -> int:
+    """Members of the fleet thing group, its subgroups included, in `region` (0 if it has no such group)."""
+    try:
+        return sum(len(page) for page in group_member_pages(aws.iot(region), aws.cfg.fleet.thing_group, 250))
+    except ClientError as e:
+        if is_not_found(e):
+            return 0
+        raise
 
 
 def _prepare(aws: AwsClients, region: str, with_ca: bool) -> str:

@@ -51,6 +51,7 @@ class Progress:
     token: str | None = None
     applied: dict[str, int] = field(default_factory=dict)  # "kind:operation" -> n
     drift: dict[str, int] = field(default_factory=dict)  # kind -> differences found
+    things: int = 0  # the source's own things seen so far
 
 
 class Reconciler:
@@ -65,6 +66,7 @@ class Reconciler:
         self.rep, self.checkpoint = rep, checkpoint
         self.concurrency, self.page_size, self.scope = concurrency, page_size, scope_group
         self.base = Progress()
+        self.things = 0  # the source's own things seen by this attempt
         self._pool: ThreadPoolExecutor | None = None
 
     def run(self, start: Progress | None = None) -> Progress:
@@ -86,7 +88,7 @@ class Reconciler:
     def progress(self, phase: str, token: str | None) -> Progress:
         applied = Counter(self.base.applied) + Counter(self.rep.applied)
         drift = Counter(self.base.drift) + Counter({k: d.drift for k, d in self.rep.diffs.items()})
-        return Progress(phase, token, dict(applied), dict(drift))
+        return Progress(phase, token, dict(applied), dict(drift), self.base.things + self.things)
 
     def _save(self, phase: str, token: str | None) -> None:
         self.checkpoint(self.progress(phase, token))
@@ -188,6 +190,12 @@ class Reconciler:
             page, token = fetch_page(rep.iot(rep.source), "list_things", "things", token, self.page_size)
             self._each(page, one)
             seen |= {t["thingName"] for t in page}
+            self.things += sum(
+                1
+                for t in page
+                if t["thingName"] not in mine
+                and (t.get("attributes") or {}).get(MARKER_ATTRIBUTE) != rep.marker
+            )
             self._save("things", token)
             if not token:
                 break

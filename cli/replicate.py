@@ -16,6 +16,7 @@ from temporalio.service import RPCError
 from activities.registry_dead_letters import DeadLetterQueues
 from cli import CliError
 from cli.common import client_for, config_of, run_async, ui_link
+from cli.deployment import deployment_id
 from core.aws import AwsClients
 from core.config import DeploymentConfig
 from core.temporal import SA_DEPLOYMENT
@@ -54,7 +55,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def replication_input(cfg: DeploymentConfig) -> ReplicationInput:
     return ReplicationInput(
-        deployment=cfg.name, reconcile_interval_seconds=cfg.replication.reconcile_interval_minutes * 60
+        deployment=cfg.name,
+        reconcile_interval_seconds=cfg.replication.reconcile_interval_minutes * 60,
+        deployment_workflow_id=deployment_id(cfg),  # replica reports go to the deployment's entity
     )
 
 
@@ -118,6 +121,14 @@ async def _status(client: Client, cfg: DeploymentConfig) -> int:
     )
     for d in s.dead_letters[-5:]:
         print(f"    {d.at} {d.region} {d.reason}: {d.detail}")
+    if s.dead_letter_queue_depth:
+        print(f"  waiting in the dead-letter queues: {s.dead_letter_queue_depth} (`replicate dead-letters`)")
+    for r in s.replicas:
+        print(
+            f"  copy in {r.target} of {r.source}: {'complete' if r.complete else 'incomplete: ' + r.reason}"
+        )
+    if s.replica_unsent:
+        print(f"  the deployment workflow was not told: {s.replica_signal_error}")
     return 0
 
 

@@ -45,7 +45,9 @@ def _aws(acts: RegistryActivities, cfg: DeploymentConfig) -> Any:
 
 def _send(aws: Any, cfg: DeploymentConfig, body: Any, region: str = E) -> None:
     url = aws.sqs(region).get_queue_url(QueueName=cfg.replication.events_queue)["QueueUrl"]
-    aws.sqs(region).send_message(QueueUrl=url, MessageBody=body if isinstance(body, str) else json.dumps(body))
+    aws.sqs(region).send_message(
+        QueueUrl=url, MessageBody=body if isinstance(body, str) else json.dumps(body)
+    )
 
 
 def _drain(acts: RegistryActivities, cfg: DeploymentConfig) -> DrainResult:
@@ -86,9 +88,9 @@ def _denied(client: Any, operation: str) -> Iterator[None]:
 
 def _jitr(iot: Any, ca: pki.LocalCA, device: str) -> dict:
     pem, _ = pki.issue_device_cert(ca, device, sku="s")
-    cid = iot.register_certificate(certificatePem=pem, caCertificatePem=ca.cert_pem, status="PENDING_ACTIVATION")[
-        "certificateId"
-    ]
+    cid = iot.register_certificate(
+        certificatePem=pem, caCertificatePem=ca.cert_pem, status="PENDING_ACTIVATION"
+    )["certificateId"]
     ca_id = iot.list_ca_certificates()["certificates"][0]["certificateId"]
     return {
         "topic": f"$aws/events/certificates/registered/{ca_id}",
@@ -160,7 +162,9 @@ def test_a_message_is_deleted_only_once_it_is_parked(
     sqs = aws.sqs(E)
     events_url = sqs.get_queue_url(QueueName=fast_config.replication.events_queue)["QueueUrl"]
     sqs.set_queue_attributes(QueueUrl=events_url, Attributes={"VisibilityTimeout": "1"})
-    dead_url = sqs.get_queue_url(QueueName=dead_letter_queue(fast_config.replication.events_queue))["QueueUrl"]
+    dead_url = sqs.get_queue_url(QueueName=dead_letter_queue(fast_config.replication.events_queue))[
+        "QueueUrl"
+    ]
     sqs.delete_queue(QueueUrl=dead_url)  # the dead-letter queue is gone: parking fails
     _send(aws, fast_config, "{poison")
     with pytest.raises(ApplicationError) as e:
@@ -171,7 +175,9 @@ def test_a_message_is_deleted_only_once_it_is_parked(
     assert _queued(aws, fast_config) == 1  # still in the events queue, not lost
 
 
-def test_retryable_failures_are_never_dead_lettered(acts: RegistryActivities, fast_config: DeploymentConfig) -> None:
+def test_retryable_failures_are_never_dead_lettered(
+    acts: RegistryActivities, fast_config: DeploymentConfig
+) -> None:
     aws = _aws(acts, fast_config)
     aws.iot(E).create_thing(thingName="late")
     _send(aws, fast_config, {"eventType": "THING_EVENT", "operation": "CREATED", "thingName": "late"})

@@ -159,6 +159,11 @@ def test_prune_deletes_only_what_the_source_says_is_gone(
 # ---------------------------------------------------------------- item 13: a failed JITR is retried
 
 
+def _bad_common_names() -> float:
+    labels = {"source": "jitr", "reason": "bad_common_name"}
+    return REGISTRY.get_sample_value("iotfailover_bad_input_total", labels) or 0
+
+
 def _pending(iot: Any, ca: pki.LocalCA, device: str, **kw: Any) -> str:
     pem, _ = pki.issue_device_cert(ca, device, **kw)
     return iot.register_certificate(
@@ -205,9 +210,7 @@ def test_reconcile_completes_a_jitr_whose_event_was_lost_or_dead_lettered(
     foreign_pem, _ = pki.issue_device_cert(other_ca, "foreign")
     foreign = east.register_certificate_without_ca(certificatePem=foreign_pem, status="PENDING_ACTIVATION")
     bad = _pending(east, local_ca, "x", cn="plain-name")
-    bad_before = REGISTRY.get_sample_value(
-        "iotfailover_bad_input_total", {"source": "jitr", "reason": "bad_common_name"}
-    ) or 0  # fmt: skip
+    bad_before = _bad_common_names()
 
     result = reconcile_pair(aws, E, W)
     assert not result.failed, result.failures
@@ -216,7 +219,5 @@ def test_reconcile_completes_a_jitr_whose_event_was_lost_or_dead_lettered(
     _assert_device_everywhere(aws, "jitr-lost", lost)
     status = lambda cid: east.describe_certificate(certificateId=cid)["certificateDescription"]["status"]  # noqa: E731
     assert status(foreign["certificateId"]) == "PENDING_ACTIVATION" and status(bad) == "PENDING_ACTIVATION"
-    assert (REGISTRY.get_sample_value(
-        "iotfailover_bad_input_total", {"source": "jitr", "reason": "bad_common_name"}
-    ) or 0) == bad_before  # fmt: skip  (counted when its event came, not by every reconcile)
+    assert _bad_common_names() == bad_before  # counted when its event came, not by every reconcile
     assert registry_parity(aws, E, W).ok, registry_parity(aws, E, W).render()
