@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 from botocore.exceptions import ClientError
@@ -105,3 +108,22 @@ def write_toml(cfg: DeploymentConfig, path: Path, **temporal: str) -> Path:
         text += "\n[temporal]\n" + "".join(f'{k} = "{v}"\n' for k, v in temporal.items())
     path.write_text(text)
     return path
+
+
+@contextmanager
+def denied(client: Any, operation: str) -> Iterator[None]:
+    """Answer `operation` on this boto3 client as AWS does when the role lacks the right."""
+
+    def deny(**_: Any) -> tuple[Any, dict]:
+        error = {"Code": "AccessDeniedException", "Message": f"not authorized to perform iot:{operation}"}
+        return SimpleNamespace(status_code=403, headers={}), {
+            "Error": error,
+            "ResponseMetadata": {"HTTPStatusCode": 403},
+        }
+
+    event = f"before-call.iot.{operation}"
+    client.meta.events.register(event, deny)
+    try:
+        yield
+    finally:
+        client.meta.events.unregister(event, deny)

@@ -9,10 +9,7 @@ from __future__ import annotations
 import base64
 import json
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -24,7 +21,7 @@ from activities.registry_dead_letters import DeadLetterQueues, dead_letter_queue
 from core.config import DeploymentConfig
 from rehearsal import faults, pki
 from tests import replication_fleet
-from tests.replication_fleet import POLICY
+from tests.replication_fleet import POLICY, denied
 
 E, W = "us-east-1", "us-west-2"
 
@@ -67,25 +64,6 @@ def _dead_total(cfg: DeploymentConfig, reason: str) -> float:
     return REGISTRY.get_sample_value("iotfailover_replication_dead_letters_total", labels) or 0
 
 
-@contextmanager
-def _denied(client: Any, operation: str) -> Iterator[None]:
-    """Answer `operation` on this boto3 client as AWS does when the role lacks the right."""
-
-    def deny(**_: Any) -> tuple[Any, dict]:
-        error = {"Code": "AccessDeniedException", "Message": f"not authorized to perform iot:{operation}"}
-        return SimpleNamespace(status_code=403, headers={}), {
-            "Error": error,
-            "ResponseMetadata": {"HTTPStatusCode": 403},
-        }
-
-    event = f"before-call.iot.{operation}"
-    client.meta.events.register(event, deny)
-    try:
-        yield
-    finally:
-        client.meta.events.unregister(event, deny)
-
-
 def _jitr(iot: Any, ca: pki.LocalCA, device: str) -> dict:
     pem, _ = pki.issue_device_cert(ca, device, sku="s")
     cid = iot.register_certificate(
@@ -116,7 +94,7 @@ def test_unappliable_events_are_parked_with_their_reason_and_replay_once_fixed(
     _send(aws, fast_config, "{poison")
     _send(aws, fast_config, _jitr(east, local_ca, "jitr-1"))  # the fleet policy is missing in the source
     _send(aws, fast_config, {"eventType": "THING_EVENT", "operation": "CREATED", "thingName": "dev-1"})
-    with _denied(west, "CreateThing"):  # the controller's role may not create things in the standby
+    with denied(west, "CreateThing"):  # the controller's role may not create things in the standby
         out = _drain(acts, fast_config)
     assert out.received == 3 and out.applied == 0 and out.dead_letter_count == 3
     assert sorted(d.reason for d in out.dead_letters) == ["access_denied", "bad_json", "not_found"]

@@ -12,15 +12,22 @@ from typing import Any
 
 import pytest
 from prometheus_client import REGISTRY
+from temporalio.exceptions import ApplicationError
 
 from activities.ledger import Ledger
-from activities.registry import DrainInput, RegistryActivities, reconcile_pair, registry_parity
+from activities.registry import (
+    DrainInput,
+    ReconcileInput,
+    RegistryActivities,
+    reconcile_pair,
+    registry_parity,
+)
 from activities.registry_reconcile import Reconciler
 from activities.registry_sync import Replicator
 from core.config import DeploymentConfig
 from rehearsal import pki
 from tests import replication_fleet
-from tests.replication_fleet import POLICY
+from tests.replication_fleet import POLICY, denied
 
 E, W = "us-east-1", "us-west-2"
 
@@ -101,6 +108,18 @@ def test_replicas_of_the_marker_era_are_adopted_once_and_lose_the_marker(
     assert names == {"kept", "theirs"}  # a `replicatedBy` of someone else's is their data: kept
     assert reconcile_pair(aws, E, W).applied == {}  # converged: once only
     assert registry_parity(aws, E, W).ok
+
+
+def test_access_denied_stops_the_reconcile_with_the_right_to_grant(
+    acts: RegistryActivities, fast_config: DeploymentConfig
+) -> None:
+    """The controller's role, not the item: one clear error, not a failure counted for every thing."""
+    aws = acts.deployments.aws(fast_config.name)
+    for i in range(3):
+        aws.iot(E).create_thing(thingName=f"dev-{i}")
+    with denied(aws.iot(W), "CreateThing"), pytest.raises(ApplicationError) as e:
+        acts.reconcile_registry(ReconcileInput(fast_config.name, E, W))
+    assert e.value.non_retryable and "AccessDeniedException" in str(e.value) and "grant" in str(e.value)
 
 
 # ---------------------------------------------------------------- item 14: prune re-reads the source
