@@ -34,9 +34,9 @@ with workflow.unsafe.imports_passed_through():
     )
     from core.models import REPLICA_STATUS_SIGNAL, ReplicaReport
     from core.temporal import SA_DEPLOYMENT, SA_PHASE
+    from workflows.versions import REPLICA_REPORTS
 
 DEAD_LETTERS_KEPT = 20
-REPLICA_REPORTS_PATCH = "replica-reports"  # the replica_status signals to the DeploymentWorkflow
 FIRST_RECONCILE = "first full reconcile still running"
 DEAD_LETTERED = (
     "registry events were dead-lettered since the last full reconcile "
@@ -123,7 +123,7 @@ class RegistryReplicationWorkflow:
         workflow.upsert_search_attributes([SA_DEPLOYMENT.value_set(inp.deployment)])
         if not self.state.pairs:
             await self._prepare()
-        self._reporting = bool(inp.deployment_workflow_id) and workflow.patched(REPLICA_REPORTS_PATCH)
+        self._reporting = bool(inp.deployment_workflow_id) and workflow.patched(REPLICA_REPORTS)
         await self._report()
         if inp.reconcile_on_start and self.state.last_full_reconcile is None:
             self.state.reconcile_requested = True
