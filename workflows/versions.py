@@ -47,3 +47,8 @@ REATTACH_CUTOVER = "reattach-cutover"
 # The entity continues-as-new only when idle: a cutover started while it waited for its handlers
 # to finish keeps it in this run (before: the new run inherited the cutover without its handle).
 CONTINUE_ONLY_IDLE = "continue-only-idle"
+
+# ---- RegistryReplicationWorkflow --------------------------------------------------------------
+# The workflow tells the DeploymentWorkflow whether each target holds a complete copy (signal
+# replica_status with a ReplicaReport); only with ReplicationInput.deployment_workflow_id set.
+REPLICA_REPORTS = "replica-reports"
