@@ -98,6 +98,8 @@ def bar(done: int, total: int, width: int = 24) -> str:
 def print_progress(p: CutoverProgress) -> None:
     print(f"  {p.cutover_id}: {p.mode} {p.source} → {p.target} (scope {p.scope}, epoch {p.epoch})")
     print(f"    phase {p.phase}{' (paused)' if p.paused else ''}" + (f": {p.result}" if p.result else ""))
+    if p.takeover:
+        print(f"    takeover: {p.takeover}")
     if p.waiting_for:
         print(f"    waiting for: {p.waiting_for}")
     if p.devices_total:
@@ -121,8 +123,11 @@ async def cmd_status(args: argparse.Namespace) -> int:
         print(f"  {region:<12} {v.state:<10}{reasons}")
     for scope, home in s.homes.items():
         print(f"scope {scope} is served from {home}")
+    for v in s.replicas.values():
+        state = "complete" if v.complete else f"INCOMPLETE: {v.reason}"
+        print(f"registry copy {v.source} → {v.target}: {state} ({v.fleet_devices} fleet devices)")
     if s.in_flight:
-        print("cutover in flight:")
+        print("cutover in flight:" + (f" {s.in_flight.note}" if s.in_flight.note else ""))
         p = await client.get_workflow_handle(s.in_flight.cutover_id).query(
             "progress", result_type=CutoverProgress
         )
@@ -131,18 +136,18 @@ async def cmd_status(args: argparse.Namespace) -> int:
         print(f"  {ui_link(cfg, s.in_flight.cutover_id)}")
     if s.failback_offer:
         print(f"offer: {s.failback_offer}")
-    pending = {r: v for r, v in s.catch_up.items() if v}
-    if pending:
-        print(
-            "bootstrap to catch up when healthy: "
-            + ", ".join(f"{r} ({', '.join(v)})" for r, v in pending.items())
-        )
+    for region, missed in s.catch_up.items():
+        if missed:
+            retry = s.catch_up_after.get(region)
+            when = f", next try {retry:%H:%M:%S} UTC" if retry else ""
+            print(f"{region} disagrees (missed {', '.join(missed)}): caught up when it answers{when}")
     if s.history:
         print("recent cutovers:")
         for h in s.history[-5:]:
             print(
                 f"  {h.cutover_id}: {h.mode} {h.source} → {h.target}: {h.result} "
                 f"({h.confirmed}/{h.devices} confirmed, {h.stragglers} stragglers)"
+                + (f"; {h.note}" if h.note else "")
             )
     if s.decisions:
         print("recent decisions:")

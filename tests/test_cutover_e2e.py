@@ -8,6 +8,7 @@ source down completes without it; a worker killed mid-cutover resumes with no du
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import subprocess
 import sys
@@ -81,6 +82,18 @@ async def test_planned_cutover_with_cli_approval_moves_every_healthy_device(stac
 
     history = await stack.client.get_workflow_handle(started.cutover_id).fetch_history()
     assert len(history.events) < 400  # grows with waves and pages, not with devices
+    scheduled = [
+        e.activity_task_scheduled_event_attributes
+        for e in history.events
+        if e.HasField("activity_task_scheduled_event_attributes")
+    ]
+    for name in ("fill_group", "flip_bootstrap"):  # a dead worker is noticed within a minute (item 11)
+        beats = [
+            a.heartbeat_timeout.ToTimedelta().total_seconds()
+            for a in scheduled
+            if a.activity_type.name == name
+        ]
+        assert beats and all(0 < b <= 60 for b in beats), (name, beats)
     # the recorded histories replay against today's code: changes to running workflows stay safe
     replayer = Replayer(workflows=all_workflows(), data_converter=DATA_CONVERTER)
     await replayer.replay_workflow(history)
@@ -94,6 +107,10 @@ async def test_abort_mid_way_rolls_the_fleet_back(stack: Stack) -> None:
         lambda p: p and (p.waiting_for or "").startswith("approval"),
         what="the first approval gate",
     )
+    # an application writes to a device that moved: the rollback must not lose it (item 15)
+    moved = next(d.thing for d in stack.fleet.devices if d.region == WEST)
+    desired = json.dumps({"state": {"desired": {"setpoint": 42}}})
+    stack.aws.iot_data(WEST).update_thing_shadow(thingName=moved, payload=desired)
     await stack.client.get_workflow_handle(started.cutover_id).signal("pause")
     await stack.client.get_workflow_handle(started.cutover_id).signal(
         "abort", {"by": "e2e", "reason": "test"}
@@ -105,6 +122,12 @@ async def test_abort_mid_way_rolls_the_fleet_back(stack: Stack) -> None:
         lambda c: c.get(EAST) == DEVICES,
         what="every device back in us-east-1",
     )
+    shadow = json.loads(stack.aws.iot_data(EAST).get_thing_shadow(thingName=moved)["payload"].read())
+    assert shadow["state"]["desired"]["setpoint"] == 42
+    with pytest.raises(stack.aws.iot(WEST).exceptions.ResourceNotFoundException):  # item 20
+        stack.aws.iot(WEST).describe_thing_group(
+            thingGroupName=f"{stack.cfg.name}-{started.epoch + 1}-rollback"
+        )
     thing = stack.fleet.devices[0].thing
     answer = stack.bootstrap_answer(EAST, thing)
     assert answer["endpoints"][0]["region"] == EAST and answer["epoch"] == started.epoch + 1

@@ -39,7 +39,14 @@ from activities.registry import ReconcileResult, ReplicateScopeInput
 from activities.routing import FlipRoutingInput, ReadRoutingInput, RoutingActivities
 from core.aws import AwsClients
 from core.config import DeploymentConfig
-from core.models import CutoverProgress, CutoverRequest, CutoverStarted, OperatorAction, RegionHealthChange
+from core.models import (
+    CutoverProgress,
+    CutoverRequest,
+    CutoverStarted,
+    OperatorAction,
+    RegionHealthChange,
+    ReplicaReport,
+)
 from core.temporal import DATA_CONVERTER, SEARCH_ATTRIBUTES
 from rehearsal import faults
 from rehearsal.processes import tool_path
@@ -55,13 +62,13 @@ def cfg(emulators: dict[str, str], local_ca, tmp_path: Path) -> DeploymentConfig
     return _config(emulators, local_ca, tmp_path)
 
 
-def _config(emulators, local_ca, tmp_path: Path, **overrides) -> DeploymentConfig:
+def _config(emulators, local_ca, tmp_path: Path, cooldown: float = 0, **overrides) -> DeploymentConfig:
     ca = tmp_path / "ca.pem"
     ca.write_text(local_ca.cert_pem)
     cfg = make_config(
         emulators,
         ca,
-        cutover={"verify_timeout_seconds": 2, "verify_poll_seconds": 1, "cooldown_minutes": 0},
+        cutover={"verify_timeout_seconds": 2, "verify_poll_seconds": 1, "cooldown_minutes": cooldown},
         failover={"min_interval_minutes": 0, "max_per_day": 10},
         **overrides,
     )
@@ -139,7 +146,8 @@ async def cutover(handle: WorkflowHandle, **kw) -> CutoverStarted:
 
 
 async def result_of(client: Client, cutover_id: str) -> CutoverProgress:
-    return await client.get_workflow_handle(cutover_id, result_type=CutoverProgress).result()
+    handle = client.get_workflow_handle(cutover_id, result_type=CutoverProgress)
+    return await asyncio.wait_for(handle.result(), 120)
 
 
 def bootstrap_in(cfg: DeploymentConfig, region: str, scope: str = "default"):
@@ -534,4 +542,54 @@ async def test_a_whole_fleet_cutover_flips_routing_and_dns_with_heartbeats_that_
         for name in ("flip_bootstrap", "flip_routing", "flip_dns"):
             timeouts = heartbeat_timeouts(events, name)
             assert timeouts and all(0 < t <= 60 for t in timeouts), (name, timeouts)
+        await handle.terminate()
+
+
+async def test_a_source_lost_before_the_flip_hands_over_to_automatic_failover_at_once(
+    temporal_env: WorkflowEnvironment, emulators, local_ca, tmp_path: Path, task_queue: str
+) -> None:
+    """Item 0: nothing points devices at the target yet, so the cutover ends; the deployment's
+    automatic failover decides at once (a cutover that changed nothing starts no cooldown)."""
+    cfg = _config(emulators, local_ca, tmp_path, cooldown=30)
+    client, replication = temporal_env.client, HeldReplication()
+    async with worker(client, task_queue, cfg, replication.replicate_scope):
+        handle = await start(client, cfg, task_queue, healthy=(EAST, WEST))
+        started = await cutover(handle, target=WEST, reason="the source dies in preflight")
+        await replication.hold.reached()
+        await health(handle, EAST, "Unhealthy")
+        p = await result_of(client, started.cutover_id)
+        replication.hold.opened.set()
+        assert (p.result, p.handed_over, p.primary_after, p.epoch_after) == ("aborted", True, EAST, 0)
+        s = await until(handle, lambda s: len(s.history) == 2, "the automatic failover after the hand-over")
+        assert s.history[0].result == "aborted" and s.history[1].automatic
+        assert s.history[1].mode == "emergency" and s.active_region == WEST
+        await handle.terminate()
+
+
+async def test_automatic_failover_waits_for_a_complete_registry_copy_and_never_reports_0_of_0(
+    temporal_env: WorkflowEnvironment, cfg: DeploymentConfig, task_queue: str
+) -> None:
+    """Item 0b: refused while replication says the standby's copy is incomplete; once it says
+    complete (here wrongly: the standby lacks the devices), the emergency cutover counts the
+    fleet from what replication last counted in the source, so it cannot claim 0/0."""
+    iot = AwsClients(cfg).iot(EAST)
+    for i in range(3):
+        iot.create_thing(thingName=f"dev-{i}")
+        iot.add_thing_to_thing_group(thingGroupName=cfg.fleet.thing_group, thingName=f"dev-{i}")
+    client = temporal_env.client
+    async with worker(client, task_queue, cfg):
+        handle = await start(client, cfg, task_queue, healthy=(EAST, WEST))
+        first = ReplicaReport(EAST, WEST, False, "first full reconcile still running")
+        await handle.signal("replica_status", first)
+        await health(handle, EAST, "Unhealthy")
+        s = await until(
+            handle, lambda s: any(d.rule == "replica_incomplete" for d in s.decisions), "a refusal"
+        )
+        assert not s.history and s.in_flight is None
+        assert "first full reconcile still running" in next(d.reason for d in s.decisions if d.rule)
+        await handle.signal("replica_status", ReplicaReport(EAST, WEST, True, things=3, fleet_devices=3))
+        s = await until(handle, lambda s: s.history, "the automatic failover")
+        record = s.history[-1]
+        assert record.automatic and (record.result, record.devices, record.confirmed) == ("failed", 3, 0)
+        assert "none of the 3 devices" in record.note
         await handle.terminate()
