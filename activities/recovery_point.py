@@ -7,8 +7,9 @@ recovery point is how far back that loss reaches: T minus the timestamp of its o
 0 when the standby had everything. The scope's recovery point is the distribution of that span over
 every device of the scope (p50, p95, max), with the count of devices that lost anything.
 
-Spans are whole seconds (shadow timestamps are); a span of 1000 s or more is kept to 3 significant
-digits (0.5%), so a heartbeated tally stays small for any fleet size. The maximum is exact.
+Spans are whole seconds (shadow timestamps are), rounded down; a span of 1000 s or more is kept to 3
+significant digits (under 1%), so a heartbeated tally stays small for any fleet size. The maximum
+is exact.
 """
 
 from __future__ import annotations
@@ -29,9 +30,10 @@ def lost_writes(stale: list[StaleLeaf], as_of: float) -> list[StaleLeaf]:
 
 
 def bucket(seconds: float) -> int:
-    """Whole seconds; 3 significant digits from 1000 s on."""
-    whole = max(0, round(seconds))
-    return whole if whole < 1000 else int(float(f"{whole:.3g}"))
+    """Whole seconds, rounded down (never above the exact span); 3 significant digits from 1000 s on."""
+    whole = max(0, int(seconds))
+    step = 10 ** max(0, len(str(whole)) - 3)
+    return whole - whole % step
 
 
 def histogram_percentile(counts: dict[int, int], q: float) -> float | None:

@@ -68,7 +68,7 @@ def test_the_histogram_answers_the_nearest_rank_of_the_bucketed_spans(values: li
         counts[bucket(v)] = counts.get(bucket(v), 0) + 1
     assert histogram_percentile(counts, q) == _nearest_rank([bucket(v) for v in values], q)
     exact = _nearest_rank(values, q)
-    assert abs(histogram_percentile(counts, q) - exact) <= max(0.5, exact * 0.005) + 1e-6
+    assert 0 <= exact - histogram_percentile(counts, q) < max(1, exact * 0.01)  # never above, under 1%
 
 
 @given(spans)
@@ -79,3 +79,4 @@ def test_the_tally_stays_small_whatever_the_spread(values: list[float]) -> None:
     assert sum(tally.spans.values()) == len(values) and tally.devices_lost == len(values)
     assert tally.max_seconds == pytest.approx(max(values), abs=1e-6)
     assert all(k < 1000 or len(str(k).rstrip("0")) <= 3 for k in tally.spans)  # 3 significant digits
+    assert histogram_percentile(tally.spans, 1.0) <= tally.max_seconds

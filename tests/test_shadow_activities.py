@@ -232,8 +232,8 @@ def test_recovery_point_is_the_span_of_the_writes_the_standby_lacked(
     assert (point.devices, point.devices_lost, point.unreadable) == (20, 12, 0)  # "loose" not counted
     assert point.leaves_lost == 1 + 3 + 8 + 1
     # nearest rank over 20 devices: 8 zeros, 8 at t_c, 3 at t_b, 1 at t_a
-    assert point.p50_seconds == round(now - t_c)
-    assert point.p95_seconds == round(now - t_b)
+    assert point.p50_seconds == int(now - t_c)  # whole seconds, rounded down
+    assert point.p95_seconds == int(now - t_b)
     assert point.max_seconds == pytest.approx(now - t_a, abs=0.01)
     assert any(s.startswith(f"{things[1]}#telemetry: 1 leaves lost (reported.b") for s in point.sample)
 
