@@ -14,10 +14,13 @@ from datetime import UTC, datetime
 
 import pytest
 from botocore.exceptions import ClientError
+from temporalio.worker import Replayer
 
 from core.models import CutoverProgress, RegionHealthChange
+from core.temporal import DATA_CONVERTER
 from rehearsal import faults
 from tests.e2e_stack import DEVICES, EAST, FAULTY, WEST, Stack, until
+from workflows import all_workflows
 from workflows.drill import DrillInput
 from workflows.drill_report import DrillCriteria, DrillReport
 
@@ -60,7 +63,11 @@ async def test_a_drill_missing_its_criteria_fails_with_reasons_and_restores(stac
     assert report.moved == DEVICES - FAULTY and report.restored
     assert report.recovery_95_seconds is not None and report.failback_seconds is not None
     assert len(report.report_paths) == 2 and report.report_paths[1].endswith(".md")
+    assert report.recovery_point_checked == DEVICES  # measured before the move, over the scope
     await _restored(stack)
+    history = await handle.fetch_history()
+    assert len(history.events) < 100  # a step per activity, never per device
+    await Replayer(workflows=all_workflows(), data_converter=DATA_CONVERTER).replay_workflow(history)
 
 
 async def test_an_aborted_drill_restores_the_fleet_and_the_bootstrap_answer(stack: Stack) -> None:
