@@ -41,3 +41,12 @@ def test_the_cli_asks_no_approval_and_bounds_every_wait(tmp_path, local_ca) -> N
     assert inp.approval is None and inp.timeout_seconds == 5400
     with pytest.raises(CliError, match="--timeout"):
         drill_input(cfg, "d", argparse.Namespace(kind="planned", percent=None, timeout=timedelta(0)))
+
+
+async def test_abort_cutover_still_takes_the_bare_id_recorded_drills_send() -> None:
+    from activities.drill import AbortCutoverInput
+    from core.temporal import DATA_CONVERTER
+
+    for sent in ("cutover-demo-3", AbortCutoverInput("cutover-demo-3", "held: wave 0")):
+        decoded = await DATA_CONVERTER.decode(await DATA_CONVERTER.encode([sent]), [str | AbortCutoverInput])
+        assert decoded == [sent]

@@ -219,7 +219,9 @@ class DrillWorkflow:
                     self.r.recovery_point_devices = int(parity.get("differing", 0))
             snap = await self._act("deployment_snapshot", inp.deployment, dict, 30)
             flight = snap.get("in_flight") if self._bounded else None
-            if flight and flight["epoch"] > self._epoch_before:  # the failover of an outage stopped early
+            if (
+                flight and flight["epoch"] > self._epoch_before
+            ):  # still running: a late failover, a slow rollback
                 t0 = self._t0 or workflow.now()
                 self._record_cutover(await self._follow(inp, flight["cutover_id"], t0, abortable=False), t0)
                 snap = await self._act("deployment_snapshot", inp.deployment, dict, 30)
@@ -284,6 +286,7 @@ class DrillWorkflow:
                 RecoveryPointInput(inp.deployment, self.r.source, self.r.target, scope, workflow.now()),
                 RecoveryPoint,
                 inp.timeout_seconds,
+                total=inp.timeout_seconds,
             )
         except ActivityError as e:
             self.r.reasons.append(f"recovery point not measured: {_message(e)}")
