@@ -28,6 +28,7 @@ def _load() -> list:
         "shadows",
         "certificates",
         "registry",
+        "peers",
     ]
     return [importlib.import_module(f"activities.{n}") for n in names]
 

@@ -21,6 +21,7 @@ from activities.fencing import (
     ensure_tables,
     flip_regions,
     put_one,
+    scan_table,
     unreachable,
 )
 from bootstrap.records import (
@@ -29,7 +30,6 @@ from bootstrap.records import (
     MalformedRecord,
     from_item,
     parse_record,
-    scan_records,
     scope_problem,
     to_item,
 )
@@ -81,6 +81,31 @@ class CatchUpBootstrapInput:
 
 
 @dataclass
+class ReadFencesInput:
+    deployment: str
+
+
+@dataclass
+class FencedRecord:
+    """The newest record of one bootstrap scope or routed application across regions."""
+
+    epoch: int
+    primary: str  # bootstrap: the primary region; routing: the region that processes the telemetry
+    order: list[str] = field(default_factory=list)
+    cleared: bool = False
+
+
+@dataclass
+class FenceSnapshot:
+    """Config-table fences across regions; `records` is keyed `<scope>` or `routing:<application>`."""
+
+    epoch: int = 0  # the highest epoch any fence holds: a restarted entity continues above it
+    records: dict[str, FencedRecord] = field(default_factory=dict)
+    lagging: list[str] = field(default_factory=list)  # regions holding an older record than another
+    unreachable: list[str] = field(default_factory=list)
+
+
+@dataclass
 class CatchUpResult:
     region: str
     sources: list[str] = field(default_factory=list)  # the regions its records were taken from
@@ -100,6 +125,31 @@ def _regions(cfg: DeploymentConfig, wanted: list[str] | None, source: str) -> li
     if unknown:
         raise _bad(source, "region", f"regions {unknown} are not regions of deployment {cfg.name!r}")
     return regions
+
+
+def _config_tables(cfg: DeploymentConfig) -> list[tuple[str, str, str, str]]:
+    """(kind, table, key attribute, name prefix) of the epoch-fenced config tables."""
+    return [
+        ("bootstrap", cfg.bootstrap_table, "scope", ""),
+        ("routing", cfg.routing_table, "applicationId", "routing:"),
+    ]
+
+
+def _fenced(values: dict) -> FencedRecord:
+    order = values.get("regions")
+    return FencedRecord(
+        epoch=_epoch(values),
+        primary=str(values.get("primary") or values.get("region") or ""),
+        order=[str(r) for r in order] if isinstance(order, list) else [],
+        cleared=values.get("cleared") is True,
+    )
+
+
+def _epoch(values: dict) -> int:
+    try:
+        return int(values.get("epoch", 0))
+    except (TypeError, ValueError):
+        return 0
 
 
 def _now() -> str:
@@ -149,33 +199,84 @@ class BootstrapActivities:
 
     @activity.defn
     def catch_up_bootstrap(self, inp: CatchUpBootstrapInput) -> CatchUpResult:
-        """Copy the newest record of every scope from the other regions into one that was down.
+        """Copy the newest record of every bootstrap scope and routed application from the other
+        regions into one that missed flips while it was down.
 
         The same fencing applies, so the copy never overwrites a newer epoch, and the caller needs
-        no memory of the flips the region missed.
+        no memory of the flips the region missed. Routing entries are named `routing:<application>`.
         """
         cfg = self.deployments.config(inp.deployment)
         region = _regions(cfg, [inp.region], "catch_up_bootstrap")[0]
         aws = self.deployments.aws(cfg.name)
         out = CatchUpResult(region=region)
-        newest: dict[str, dict] = {}
-        for other in (r for r in cfg.region_names if r != region):
-            try:
-                records = scan_records(aws.dynamodb(other), cfg.bootstrap_table)
-            except (ClientError, BotoCoreError) as e:
-                if is_not_found(e) or unreachable(e):
-                    continue
-                raise to_application_error(e, "reading bootstrap records", other) from e
-            out.sources.append(other)
-            for scope, values in records.items():
-                if scope not in newest or values["epoch"] > newest[scope]["epoch"]:
-                    newest[scope] = values
-        for scope, values in sorted(newest.items()):
-            outcome = put_one(aws, "bootstrap", region, cfg.bootstrap_table, "scope", values)
-            if outcome == "unreachable":
-                raise ApplicationError(f"{region} does not answer yet; will retry", type="RegionUnreachable")
-            {"written": out.written, "unchanged": out.current}.get(outcome, out.ahead).append(scope)
+        for kind, table, key, prefix in _config_tables(cfg):
+            newest = self._newest(aws, cfg, table, key, exclude=region, sources=out.sources)
+            for name, values in sorted(newest.items()):
+                activity.heartbeat(f"{prefix}{name}")
+                outcome = put_one(aws, kind, region, table, key, values)
+                if outcome == "unreachable":
+                    raise ApplicationError(
+                        f"{region} does not answer yet; will retry", type="RegionUnreachable"
+                    )
+                {"written": out.written, "unchanged": out.current}.get(outcome, out.ahead).append(
+                    f"{prefix}{name}"
+                )
         return out
+
+    @activity.defn
+    def read_fences(self, inp: ReadFencesInput) -> FenceSnapshot:
+        """The newest bootstrap and routing records across the regions that answer, and which
+        region lags behind them: what a restarted deployment entity adopts and catches up."""
+        cfg = self.deployments.config(inp.deployment)
+        aws = self.deployments.aws(cfg.name)
+        out = FenceSnapshot()
+        seen: dict[str, dict[str, int]] = {}
+        for kind, table, key, prefix in _config_tables(cfg):
+            for region in cfg.region_names:
+                try:
+                    items = scan_table(aws, region, table, key)
+                except (ClientError, BotoCoreError) as e:
+                    if not unreachable(e):
+                        raise to_application_error(e, f"reading {table}", region) from e
+                    if region not in out.unreachable:
+                        out.unreachable.append(region)
+                    continue
+                for name, values in items.items():
+                    rec = _fenced(values)
+                    seen.setdefault(region, {})[f"{prefix}{name}"] = rec.epoch
+                    newest = out.records.get(f"{prefix}{name}")
+                    if newest is None or rec.epoch > newest.epoch:
+                        out.records[f"{prefix}{name}"] = rec
+                seen.setdefault(region, {})
+            activity.heartbeat(kind)
+        if len(out.unreachable) == len(cfg.region_names):
+            raise ApplicationError(
+                f"no region's config tables answer ({', '.join(out.unreachable)}); will retry",
+                type="RegionUnreachable",
+            )
+        out.epoch = max((r.epoch for r in out.records.values()), default=0)
+        for region, epochs in seen.items():
+            if any(epochs.get(name, -1) < r.epoch for name, r in out.records.items()):
+                out.lagging.append(region)
+        return out
+
+    def _newest(
+        self, aws, cfg: DeploymentConfig, table: str, key: str, exclude: str, sources: list[str]
+    ) -> dict[str, dict]:
+        newest: dict[str, dict] = {}
+        for other in (r for r in cfg.region_names if r != exclude):
+            try:
+                records = scan_table(aws, other, table, key)
+            except (ClientError, BotoCoreError) as e:
+                if unreachable(e):
+                    continue
+                raise to_application_error(e, f"reading {table}", other) from e
+            if other not in sources:
+                sources.append(other)
+            for name, values in records.items():
+                if name not in newest or _epoch(values) > _epoch(newest[name]):
+                    newest[name] = values
+        return newest
 
     @activity.defn
     def read_bootstrap(self, inp: ReadBootstrapInput) -> BootstrapRecord | None:
@@ -244,5 +345,6 @@ def activities(deployments: Deployments) -> list:
         a.flip_bootstrap,
         a.clear_bootstrap_scope,
         a.catch_up_bootstrap,
+        a.read_fences,
         a.read_bootstrap,
     ]

@@ -14,6 +14,7 @@ from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 from prometheus_client import Counter
+from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from bootstrap.records import from_item, to_item
@@ -84,6 +85,25 @@ def ensure_tables(aws: AwsClients, regions: list[str], tables: dict[str, str]) -
     return out
 
 
+def scan_table(aws: AwsClients, region: str, table: str, key: str) -> dict[str, dict[str, Any]]:
+    """Every item of one region's config table by its key (one item per scope or application, so
+    the table stays tiny); a missing table reads as empty."""
+    ddb, items, args = aws.dynamodb(region), {}, {"TableName": table}
+    while True:
+        try:
+            page = ddb.scan(**args)
+        except ClientError as e:
+            if is_not_found(e):
+                return items
+            raise
+        for item in page.get("Items", []):
+            values = from_item(item)
+            items[str(values.get(key))] = values
+        if not page.get("LastEvaluatedKey"):
+            return items
+        args["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+
+
 def unreachable(exc: BaseException) -> bool:
     """A region that does not answer (connection error, 5xx, emulator outage) after botocore's tries."""
     return is_retryable(exc) and not is_throttle(exc)
@@ -128,6 +148,8 @@ def flip_regions(
     log = logs.get("fencing", deployment=aws.cfg.name, kind=kind, epoch=epoch)
     result = FlipResult(epoch=epoch)
     for region in regions:
+        if activity.in_activity():  # a worker that dies mid-flip is noticed within the heartbeat timeout
+            activity.heartbeat(region)
         outcome = put_one(aws, kind, region, table, key, values)
         log.info("config flip", region=region, outcome=outcome, key=values[key])
         {"written": result.written, "unchanged": result.written, "refused": result.refused}.get(

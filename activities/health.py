@@ -5,7 +5,8 @@ concurrently by RegionHealthWorkflow) and returns a ProbeResult instead of raisi
 is data, not an error. Probes use their own client set with a single attempt, no client-side
 backoff and a read timeout of the probe timeout, so a probe measures one try of the region itself
 and the health interval is its retry. Throttling answers mean the service is up but pushing back:
-"degraded", never "failed".
+"degraded", never "failed". The one exception is the bootstrap health endpoint: it is public, so its
+429s may be anyone's flood and count as "ok" (see `_bootstrap`).
 """
 
 from __future__ import annotations
@@ -49,6 +50,11 @@ PROBE_RESULTS = Counter(
     "iotfailover_probe_results_total",
     "Region health probe outcomes",
     ["deployment", "region", "probe", "status"],
+)
+BOOTSTRAP_THROTTLED = Counter(
+    "iotfailover_bootstrap_probe_throttled_total",
+    "Bootstrap health checks answered 429 (counted ok: the public endpoint is up and shedding load)",
+    ["deployment", "region"],
 )
 
 
@@ -276,6 +282,17 @@ class HealthProbes:
             with urllib.request.urlopen(url, timeout=inp.policy.probe_timeout_seconds) as resp:  # noqa: S310
                 resp.read()
         except urllib.error.HTTPError as e:
+            if e.code == 429:
+                # The health API is public and rate-limited: anyone can flood it into 429s. Counting them
+                # as failed or degraded would let an outsider mark a region down, or veto failovers onto
+                # a standby (only a Healthy one is a target); the other probes still see a real outage.
+                BOOTSTRAP_THROTTLED.labels(inp.deployment, inp.region).inc()
+                return ProbeResult(
+                    "bootstrap",
+                    OK,
+                    None,
+                    f"{url} answered HTTP 429: throttled, endpoint up (service not checked)",
+                )
             return ProbeResult("bootstrap", FAILED, None, f"{url} answered HTTP {e.code}")
         except (urllib.error.URLError, OSError) as e:
             return ProbeResult("bootstrap", FAILED, None, f"{url} unreachable: {getattr(e, 'reason', e)}")

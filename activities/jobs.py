@@ -17,6 +17,7 @@ from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 from temporalio import activity
+from temporalio.exceptions import ApplicationError
 
 from activities.context import Deployments
 from core import logs
@@ -160,13 +161,26 @@ class DeviceReport:
 
     @classmethod
     def parse(cls, payload: bytes | str) -> DeviceReport:
+        """The report in a shadow document; an unreadable one is counted and confirms nothing."""
+        from core.metrics import BAD_INPUT  # here: this method is all of jobs.py that bad input owns
+
         try:
             doc = json.loads(payload)
             conn = doc.get("state", {}).get("reported", {}).get("connectivity") or {}
             meta = doc.get("metadata", {}).get("reported", {}).get("connectivity") or {}
-            return cls(conn.get("region"), int(conn.get("epoch", -1)), conn.get("since"), _newest(meta))
-        except (ValueError, TypeError, AttributeError):
+            if conn.get("region") is None:
+                return cls()  # no report yet: nothing wrong
+            region, epoch, reported_at = conn["region"], int(conn.get("epoch", -1)), _newest(meta)
+            # 1e11 s is the year 5138; the comparisons also refuse inf and NaN
+            sane = (
+                isinstance(region, str) and bool(region) and -1 <= epoch < 2**63 and 0 <= reported_at < 1e11
+            )
+        except (ValueError, TypeError, AttributeError, OverflowError, RecursionError):  # e.g. epoch 1e400
+            sane = False
+        if not sane:
+            BAD_INPUT.labels(source="device_report", reason="unreadable").inc()
             return cls()
+        return cls(region, epoch, conn.get("since"), reported_at)
 
     def confirms(self, region: str, epoch: int, fresh_since: float | None = None) -> bool:
         """In `region` under at least `epoch`, or (emergency) heard from there since `fresh_since`.
@@ -314,11 +328,32 @@ class JobActivities:
             return JobRef(inp.job_id, resp["jobArn"], created=True)
         except ClientError as e:
             if is_already_exists(e):
-                job = iot.describe_job(jobId=inp.job_id)["job"]
-                return JobRef(inp.job_id, job["jobArn"], created=False)
+                return self._existing_job(iot, inp)
             raise to_application_error(e, f"creating job {inp.job_id}", inp.region) from e
         except BotoCoreError as e:
             raise to_application_error(e, f"creating job {inp.job_id}", inp.region) from e
+
+    def _existing_job(self, iot: Any, inp: WaveJobInput) -> JobRef:
+        """A job with this ID is this wave's (a retry) only if its document names our cutover and
+        epoch; anyone else's would leave the wave's devices unmoved while we wait for them."""
+        try:
+            job = iot.describe_job(jobId=inp.job_id)["job"]
+            doc = json.loads(iot.get_job_document(jobId=inp.job_id).get("document") or "{}")
+        except (ClientError, BotoCoreError) as e:
+            raise to_application_error(e, f"reading existing job {inp.job_id}", inp.region) from e
+        except ValueError:
+            doc = {}
+        ours = {k: inp.document.get(k) for k in ("cutoverId", "epoch", "targetRegion")}
+        theirs = {k: doc.get(k) for k in ours} if isinstance(doc, dict) else {}
+        if theirs != ours:
+            raise ApplicationError(
+                f"job {inp.job_id} already exists in {inp.region} for another cutover ({theirs}, this is "
+                f"{ours}): its epoch was used before (hint: restart the deployment entity so it adopts "
+                "the highest epoch of every fence, then request the cutover again)",
+                type="JobIdTaken",
+                non_retryable=True,
+            )
+        return JobRef(inp.job_id, job["jobArn"], created=False)
 
     @activity.defn
     def wait_for_job(self, inp: WaitJobInput) -> JobOutcome:

@@ -7,15 +7,21 @@ application up there (deploy/aws/telemetry-routing.yaml) and forwards only what 
 DNS: when devices connect through a custom domain (an IoT domain configuration), its Route 53 CNAME
 is pointed at the target region's device endpoint. The epoch lives in a TXT record beside it,
 changed in the same atomic change batch (DELETE of the exact old TXT + CREATE of the new one), so a
-concurrent or older flip fails instead of overwriting a newer one.
+concurrent or older flip fails instead of overwriting a newer one. Route 53 is global, but its
+calls need some region's credentials (and, locally, its emulator): the flip goes through the
+regions it is given in order and moves on from one that does not answer, so a dead region never
+blocks the emergency cutover away from it.
 """
 
 from __future__ import annotations
 
+import contextvars
 import re
+import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from decimal import Decimal
 from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
@@ -23,7 +29,7 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from activities.context import Deployments
-from activities.fencing import FLIPS, FlipResult, flip_regions
+from activities.fencing import FLIPS, FlipResult, flip_regions, unreachable
 from bootstrap.records import from_item, to_item
 from core import logs
 from core.config import DeploymentConfig
@@ -35,6 +41,8 @@ _STREAM = re.compile(r"^[a-zA-Z0-9_.-]{1,128}$")
 DEFAULT_STREAM_PREFIX = "iotfailover-telemetry-"  # the streams deploy/aws/region.yaml lets rules write
 _DNS_TTL = 60
 _INSYNC_WAIT_SECONDS = 300
+HEARTBEAT_SECONDS = 5.0  # flip_dns heartbeats at least this often, whatever call it waits on
+_FENCE_VALUE = re.compile(r'^"?epoch=(\d{1,18}) region=([a-z0-9-]{1,32})"?$')
 
 
 @dataclass
@@ -68,6 +76,9 @@ class FlipDnsInput:
     deployment: str
     epoch: int
     region: str  # the region whose device endpoint the record points to
+    # Regions whose credentials (locally: emulator) may carry the Route 53 calls, tried in order;
+    # empty: every region of the deployment in config order. Pass the healthy ones first.
+    via_regions: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -85,14 +96,16 @@ def _bad(source: str, reason: str, message: str) -> ApplicationError:
     return ApplicationError(message, type="InvalidFlip", non_retryable=True)
 
 
+def _malformed(source: str, message: str) -> ApplicationError:
+    """A fence record edited into another shape: no retry makes it readable, and guessing its epoch
+    could let an older flip through, so it fails at once and is counted."""
+    BAD_INPUT.labels(source=source, reason="malformed_record").inc()
+    return ApplicationError(message, type="MalformedRecord", non_retryable=True)
+
+
 def _check_region(cfg: DeploymentConfig, region: str, source: str) -> None:
     if region not in cfg.regions:
         raise _bad(source, "region", f"{region!r} is not a region of deployment {cfg.name!r}")
-
-
-def dns_region(cfg: DeploymentConfig) -> str:
-    """Route 53 is global; its calls go through the first region's clients (locally, its emulator)."""
-    return cfg.region_names[0]
 
 
 class RoutingActivities:
@@ -144,11 +157,18 @@ class RoutingActivities:
         if item is None:
             return None
         v = from_item(item)
+        epoch = v.get("epoch", 0)
+        if not isinstance(epoch, Decimal | int) or isinstance(epoch, bool) or epoch != int(epoch):
+            raise _malformed(
+                "read_routing",
+                f"the routing record of {inp.application!r} in {inp.region} ({cfg.routing_table}) has epoch "
+                f"{epoch!r} (hint: a whole number; restore it with a new flip_routing at a higher epoch)",
+            )
         return RoutingRecord(
-            application=v["applicationId"],
+            application=str(v["applicationId"]),
             region=str(v.get("region", "")),
             stream=str(v.get("stream", "")),
-            epoch=int(v.get("epoch", 0)),
+            epoch=int(epoch),
             updated_at=str(v.get("updated_at", "")),
         )
 
@@ -156,8 +176,8 @@ class RoutingActivities:
     def flip_dns(self, inp: FlipDnsInput) -> DnsFlipResult:
         """Point the deployment's custom domain at a region's device endpoint, fenced, then wait INSYNC.
 
-        Heartbeats the change ID, so a retry after a crash waits for the same change instead of
-        writing again.
+        Heartbeats every few seconds with the change ID once written, so a dead worker is noticed
+        quickly and a retry waits for the same change instead of writing again.
         """
         cfg = self.deployments.config(inp.deployment)
         if not (cfg.dns_record and cfg.hosted_zone_id):
@@ -167,37 +187,96 @@ class RoutingActivities:
                 f"deployment {cfg.name!r} has no dns_record/hosted_zone_id: it does not use a custom domain",
             )
         _check_region(cfg, inp.region, "flip_dns")
-        aws = self.deployments.aws(cfg.name)
-        r53 = aws.client(dns_region(cfg), "route53")
+        via = inp.via_regions or cfg.region_names
+        for r in via:
+            _check_region(cfg, r, "flip_dns")
+        aws, log = self.deployments.aws(cfg.name), logs.get("routing", deployment=cfg.name)
         record = cfg.dns_record.rstrip(".") + "."
-        fence = f"_iotfailover-epoch.{record}"
         doing = f"flipping {record} to {inp.region} at epoch {inp.epoch}"
-        try:
-            target = aws.device_endpoint(inp.region)
-            result = DnsFlipResult(epoch=inp.epoch, record=record, target=target, changed=False)
-            details = activity.info().heartbeat_details
-            if details:
-                result.changed, result.change_id = True, str(details[0])
+        details = activity.info().heartbeat_details
+        with _Keepalive(*details[:1]) as beat:
+            try:
+                target = aws.device_endpoint(inp.region)
+            except (ClientError, BotoCoreError) as e:
+                raise to_application_error(e, f"{doing}: reading the device endpoint", inp.region) from e
+            result = DnsFlipResult(epoch=inp.epoch, record=record, target=target, changed=bool(details))
+            result.change_id = str(details[0]) if details else ""
+            missed: list[str] = []
+            for region in via:
+                try:
+                    _flip_through(aws.client(region, "route53"), cfg.hosted_zone_id, inp, result, beat)
+                    break
+                except (ClientError, BotoCoreError) as e:
+                    if not unreachable(e):
+                        raise _dns_error(e, doing, region) from e
+                    missed.append(f"{region}: {error_code(e)}")
+                    log.warning("route53 unreachable, trying the next region", region=region, error=str(e))
             else:
-                current = _read_fence(r53, cfg.hosted_zone_id, fence)
-                if current != (inp.epoch, inp.region):
-                    _refuse_if_stale(current, inp, record)
-                    result.change_id = _write(r53, cfg.hosted_zone_id, record, fence, target, current, inp)
-                    result.changed = True
-                    activity.heartbeat(result.change_id)
-            result.status = _wait_insync(r53, result.change_id) if result.change_id else "INSYNC"
-        except ClientError as e:
-            if error_code(e) == "InvalidChangeBatch" and re.search("not found|already exists", str(e)):
                 raise ApplicationError(
-                    f"{doing}: the epoch record changed under this flip (another flip ran); will re-read",
-                    type="FenceMoved",
-                ) from e
-            raise to_application_error(e, doing, dns_region(cfg)) from e
-        except BotoCoreError as e:
-            raise to_application_error(e, doing, dns_region(cfg)) from e
+                    f"{doing}: Route 53 answered through none of {', '.join(missed)}; will retry",
+                    type="Route53Unreachable",
+                )
         FLIPS.labels(kind="dns", region="route53", outcome="written" if result.changed else "unchanged").inc()
-        logs.get("routing", deployment=cfg.name).info("dns flipped", **vars(result))
+        log.info("dns flipped", via=region, **vars(result))
         return result
+
+
+class _Keepalive:
+    """Heartbeats the latest details from a side thread while the activity blocks on AWS calls.
+
+    botocore's tries of one call can take longer than a heartbeat timeout; this keeps a live
+    worker visibly alive and lets a dead one be noticed within HEARTBEAT_SECONDS plus the timeout.
+    """
+
+    def __init__(self, *details: Any):
+        self.details = details
+        self._stop = threading.Event()
+        self._thread = threading.Thread(
+            target=contextvars.copy_context().run, args=(self._loop,), name="flip-dns-heartbeat", daemon=True
+        )
+
+    def beat(self, *details: Any) -> None:
+        self.details = details
+        activity.heartbeat(*details)
+
+    def _loop(self) -> None:
+        while not self._stop.wait(HEARTBEAT_SECONDS):
+            try:
+                activity.heartbeat(*self.details)
+            except Exception as e:  # the worker is shutting down: the heartbeat timeout will tell
+                logs.get("routing").warning("heartbeat failed", error=str(e))
+                return
+
+    def __enter__(self) -> _Keepalive:
+        activity.heartbeat(*self.details)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def _flip_through(r53: Any, zone: str, inp: FlipDnsInput, result: DnsFlipResult, beat: _Keepalive) -> None:
+    """Read the fence, write the flip unless it is in place, wait INSYNC: all through one client."""
+    fence = f"_iotfailover-epoch.{result.record}"
+    if not result.change_id:
+        current = _read_fence(r53, zone, fence)
+        if current != (inp.epoch, inp.region):
+            _refuse_if_stale(current, inp, result.record)
+            result.change_id = _write(r53, zone, result.record, fence, result.target, current, inp)
+            result.changed = True
+            beat.beat(result.change_id)
+    result.status = _wait_insync(r53, result.change_id, beat) if result.change_id else "INSYNC"
+
+
+def _dns_error(e: ClientError | BotoCoreError, doing: str, region: str) -> ApplicationError:
+    if error_code(e) == "InvalidChangeBatch" and re.search("not found|already exists", str(e)):
+        return ApplicationError(
+            f"{doing}: the epoch record changed under this flip (another flip ran); will re-read",
+            type="FenceMoved",
+        )
+    return to_application_error(e, doing, region)
 
 
 def _txt(epoch: int, region: str) -> str:
@@ -211,8 +290,16 @@ def _read_fence(r53: Any, zone: str, fence: str) -> tuple[int, str] | None:
     )["ResourceRecordSets"]
     if not sets or sets[0]["Name"].rstrip(".") != fence.rstrip(".") or sets[0]["Type"] != "TXT":
         return None
-    fields = dict(p.split("=", 1) for p in sets[0]["ResourceRecords"][0]["Value"].strip('"').split())
-    return int(fields["epoch"]), fields["region"]
+    values = [r.get("Value", "") for r in sets[0].get("ResourceRecords", [])]
+    match = _FENCE_VALUE.match(values[0]) if len(values) == 1 else None
+    if match is None:
+        raise _malformed(
+            "flip_dns",
+            f"the DNS fence record {fence} in zone {zone} holds {values!r}, not one "
+            '"epoch=N region=R" (hint: set it to the epoch and region of the last DNS flip, '
+            "as the deployment's history shows, or delete it if no flip ever ran; then retry)",
+        )
+    return int(match[1]), match[2]
 
 
 def _refuse_if_stale(current: tuple[int, str] | None, inp: FlipDnsInput, record: str) -> None:
@@ -250,7 +337,7 @@ def _write(
     return resp["ChangeInfo"]["Id"]
 
 
-def _wait_insync(r53: Any, change_id: str) -> str:
+def _wait_insync(r53: Any, change_id: str, beat: _Keepalive) -> str:
     deadline = time.monotonic() + _INSYNC_WAIT_SECONDS
     while True:
         status = r53.get_change(Id=change_id)["ChangeInfo"]["Status"]
@@ -258,7 +345,7 @@ def _wait_insync(r53: Any, change_id: str) -> str:
             return status
         if time.monotonic() > deadline:
             raise ApplicationError(f"Route 53 change {change_id} still {status}; will check again")
-        activity.heartbeat(change_id)
+        beat.beat(change_id)
         time.sleep(2)
 
 

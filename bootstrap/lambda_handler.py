@@ -5,8 +5,10 @@ handler runs; the handler then only lets a device ask for its own thing: the cer
 common name `{"id": ...}` must name the thing requested. Both event formats are read: REST APIs
 (payload 1.0: `path`, `requestContext.identity.clientCert`) and HTTP APIs (2.0: `rawPath`,
 `requestContext.authentication.clientCert`). Environment: IOTFAILOVER_CONFIG (path of the
-deployment config bundled with the function), IOTFAILOVER_CACHE_SECONDS, and AWS_REGION (set by
-Lambda). The service and its cache live as long as the warm execution environment.
+deployment config bundled with the function), IOTFAILOVER_CACHE_SECONDS, IOTFAILOVER_IOT_ENDPOINTS
+(optional, else each region's `iot_endpoint` in the config) and AWS_REGION (set by Lambda). The
+service and its cache live as long as the warm execution environment. The package holds this module's
+imports only (deploy/aws/bootstrap-requirements.txt): no temporalio.
 """
 
 from __future__ import annotations
@@ -14,9 +16,11 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from bootstrap.runtime import endpoints_from_env
 from bootstrap.service import REQUESTS, Answer, BootstrapService
+from core import logs
 from core.certs import CertificateError, device_identity
-from core.config import load_config
+from core.config import ConfigError, load_config
 from core.metrics import BAD_INPUT
 
 _service: BootstrapService | None = None
@@ -25,10 +29,14 @@ _service: BootstrapService | None = None
 def service() -> BootstrapService:
     global _service
     if _service is None:
-        cfg = load_config(os.environ.get("IOTFAILOVER_CONFIG", "deployment.toml"))
-        ttl = float(os.environ.get("IOTFAILOVER_CACHE_SECONDS", "5"))
-        _service = BootstrapService(cfg, os.environ["AWS_REGION"], cache_ttl=ttl)
-        _service.warm()
+        logs.configure()
+        try:
+            cfg = load_config(os.environ.get("IOTFAILOVER_CONFIG", "deployment.toml"))
+            ttl = float(os.environ.get("IOTFAILOVER_CACHE_SECONDS", "5"))
+            _service = BootstrapService(cfg, os.environ["AWS_REGION"], ttl, endpoints=endpoints_from_env())
+        except ConfigError as e:
+            logs.get("bootstrap").error("bootstrap function misconfigured", problems=e.problems)
+            raise
     return _service
 
 

@@ -3,9 +3,9 @@
 python -m bootstrap.server --config deploy/local/deployment.toml --region us-east-1 --port 8081
 
 Answers that need AWS are built on a thread pool (boto3 is blocking), answers from the cache on
-the event loop; a background probe of the region's
-DynamoDB turns every answer into 503 within a second of a regional outage, which is how simulated
-devices see the outage and move to their next endpoint.
+the event loop. The service's own check of the region's DynamoDB, every second, turns every answer
+into 503 within a second of a regional outage (`BootstrapService.check`), which is how simulated
+devices see the outage and move to their next endpoint. `/healthz` only reports: it changes nothing.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from bootstrap.runtime import endpoints_from_env
 from bootstrap.service import Answer, BootstrapService
 from core import logs
 from core.config import load_config
@@ -64,7 +65,7 @@ def build_app(service: BootstrapService, probe_seconds: float = 1.0, threads: in
     async def probe(app: web.Application) -> AsyncIterator[None]:
         async def loop() -> None:
             while True:
-                await asyncio.get_running_loop().run_in_executor(app[POOL], service.health)
+                await asyncio.get_running_loop().run_in_executor(app[POOL], service.check)
                 await asyncio.sleep(probe_seconds)
 
         task = asyncio.create_task(loop())
@@ -87,8 +88,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--cache-ttl", type=float, default=5.0, help="seconds answers' inputs are cached")
     args = parser.parse_args(argv)
     logs.configure()
-    service = BootstrapService(load_config(args.config), args.region, cache_ttl=args.cache_ttl)
-    service.warm()
+    cfg = load_config(args.config)
+    service = BootstrapService(cfg, args.region, cache_ttl=args.cache_ttl, endpoints=endpoints_from_env())
     logs.get("bootstrap", region=args.region).info("bootstrap service starting", port=args.port)
     web.run_app(build_app(service), host=args.host, port=args.port, print=None, access_log=None)
 

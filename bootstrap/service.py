@@ -4,22 +4,26 @@ The answer is built from the region's own registry (does the thing exist here, w
 in, which application) and the region's own bootstrap table, so a region answers alone when the
 others are down. Everything read is kept in a short in-memory cache: a boot storm of thousands of
 devices costs a few table scans per TTL, not one read per device.
+
+Availability is decided by the service's own reads, never by `/healthz` (a public endpoint anyone can
+call): a read that fails answers that request 503, and until a read succeeds again no answer comes
+from the cache, so a region whose table has stopped answering cannot keep handing out answers it can
+no longer confirm.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import re
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 
 from bootstrap.records import (
     DEFAULT_SCOPE,
@@ -29,17 +33,15 @@ from bootstrap.records import (
     parse_record,
     scan_records,
 )
+from bootstrap.runtime import device_endpoints, service_clients
 from core import logs
 from core.aws import AwsClients, all_items
-from core.config import DeploymentConfig, Quotas
-from core.errors import error_code, is_not_found, is_retryable
+from core.config import DeploymentConfig
+from core.errors import error_code, is_not_found, is_retryable, is_throttle
 from core.metrics import BAD_INPUT
 
 THING_NAME = re.compile(r"^[a-zA-Z0-9:_-]{1,128}$")
 _APPLICATION = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
-# Read rates for the service unless the deployment config sets them: DynamoDB has no per-API TPS
-# quota like IoT's, so the defaults are only there to bound a runaway loop.
-_SERVICE_RATES = {"Scan": 1000.0, "GetItem": 1000.0, "DescribeTable": 100.0, "ListThingGroupsForThing": 100.0}
 
 REQUESTS = Counter(
     "iotfailover_bootstrap_requests_total", "Bootstrap requests answered, by status", ["region", "status"]
@@ -48,6 +50,11 @@ CACHE = Counter(
     "iotfailover_bootstrap_cache_total",
     "Bootstrap service cache lookups by kind (thing, groups, records) and result (hit, miss)",
     ["region", "kind", "result"],
+)
+READS_FAILING = Gauge(
+    "iotfailover_bootstrap_reads_failing",
+    "1 while the region's last read failed: answers bypass the cache until a read succeeds",
+    ["region"],
 )
 LATENCY = Histogram(
     "iotfailover_bootstrap_request_seconds",
@@ -92,10 +99,14 @@ class TtlCache:
             return entry[1]
         return _MISSING
 
-    def get(self, key: Any, load: Callable[[], Any]) -> Any:
-        if self.ttl <= 0:
+    def get(self, key: Any, load: Callable[[], Any], refresh: bool = False) -> Any:
+        """The cached value, or `load()`'s (kept for `ttl`); `refresh` loads even over a fresh entry."""
+        if self.ttl <= 0 or refresh:
             self._miss.inc()
-            return load()
+            value = load()
+            if self.ttl > 0:
+                self._store(key, value)
+            return value
         value = self.peek(key)
         if value is not _MISSING:
             self._hit.inc()
@@ -110,38 +121,45 @@ class TtlCache:
             self._miss.inc()
             try:
                 value = load()
-                with self._lock:
-                    if len(self._data) >= self.max_entries:
-                        self._data.clear()
-                    self._data[key] = (time.monotonic() + self.ttl, value)
+                self._store(key, value)
             finally:
                 with self._lock:
                     self._gates.pop(key, None)
             return value
 
+    def _store(self, key: Any, value: Any) -> None:
+        with self._lock:
+            if len(self._data) >= self.max_entries:
+                self._data.clear()
+            self._data[key] = (time.monotonic() + self.ttl, value)
+
 
 class BootstrapService:
-    """Answers `GET /v1/bootstrap/<thing>` for one region of one deployment."""
+    """Answers `GET /v1/bootstrap/<thing>` for one region of one deployment.
+
+    Reads with the process's own credentials and serves the configured device endpoints
+    (bootstrap/runtime.py); `endpoints` overrides the config's (IOTFAILOVER_IOT_ENDPOINTS).
+    """
 
     def __init__(
-        self, cfg: DeploymentConfig, region: str, cache_ttl: float = 5.0, aws: AwsClients | None = None
+        self,
+        cfg: DeploymentConfig,
+        region: str,
+        cache_ttl: float = 5.0,
+        aws: AwsClients | None = None,
+        endpoints: Mapping[str, str] | None = None,
     ):
         if region not in cfg.regions:
             raise ValueError(f"region {region!r} is not part of deployment {cfg.name!r}")
         self.cfg, self.region = cfg, region
-        # fail fast: a device waiting on a slow region is better served by its next endpoint
-        self.aws = aws or AwsClients(
-            _service_config(cfg),
-            max_pool_connections=64,
-            max_attempts=2,
-            read_timeout=5,
-            retry_mode="standard",
-        )
-        self.available = True  # set by the server's health probe: False answers 503 at once
+        self.endpoints = device_endpoints(cfg, endpoints)
+        self.aws = aws or service_clients(cfg)
+        self.reads_failing = False  # the breaker: set by a failed read, cleared by the next good one
+        self._reads_failing = READS_FAILING.labels(region=region)
+        self._reads_failing.set(0)
         self.things = TtlCache(cache_ttl, region, "thing")
         self.groups = TtlCache(cache_ttl, region, "groups")
         self.records = TtlCache(cache_ttl, region, "records")
-        self._endpoints: dict[str, str] = {}
         self._cas = [cfg.ca_pem()]
         self._log = logs.get("bootstrap", deployment=cfg.name, region=region)
 
@@ -157,39 +175,55 @@ class BootstrapService:
         if not THING_NAME.match(thing):
             BAD_INPUT.labels(source="bootstrap_request", reason="thing_name").inc()
             return Answer(400, {"error": f"invalid thing name {thing[:140]!r}: use 1-128 of [a-zA-Z0-9:_-]"})
-        if not self.available:
-            return self._unavailable("its DynamoDB table does not answer")
+        refresh = self.reads_failing
+        records: dict[str, dict] = {}
+        groups: list[str] = []
         try:
-            attributes = self.things.get(thing, lambda: self._describe_thing(thing))
-            if attributes is None:
-                return Answer(404, {"error": f"device {thing!r} is not registered in {self.region}"})
-            records = self.records.get("all", self._scan_records)
-            groups: list[str] = []
-            if _groups_matter(records):
-                groups = self.groups.get(thing, lambda: self._thing_groups(thing))
+            attributes = self.things.get(thing, lambda: self._describe_thing(thing), refresh)
+            if attributes is not None:
+                records = self.records.get("all", self._scan_records, refresh)
+                if _groups_matter(records):
+                    groups = self.groups.get(thing, lambda: self._thing_groups(thing), refresh)
+        except (ClientError, BotoCoreError) as e:
+            if is_retryable(e):
+                self._record_read(is_throttle(e))  # throttled: the region is up, pushing back
+                return self._unavailable(f"{error_code(e)}")
+            self._log.error("bootstrap lookup failed", thing=thing, error=str(e))
+            return Answer(500, {"error": f"bootstrap lookup failed in {self.region}: {error_code(e)}: {e}"})
+        self._record_read(True)
+        if attributes is None:
+            return Answer(404, {"error": f"device {thing!r} is not registered in {self.region}"})
+        try:
             return Answer(200, self.contract(thing, attributes, records, groups))
         except MalformedRecord as e:
             BAD_INPUT.labels(source="bootstrap_table", reason="malformed_record").inc()
             self._log.error("malformed bootstrap config", thing=thing, error=str(e))
             return Answer(500, {"error": f"bootstrap config of {self.region} is malformed: {e}"})
-        except (ClientError, BotoCoreError) as e:
-            if is_retryable(e):
-                return self._unavailable(f"{error_code(e)}")
-            self._log.error("bootstrap lookup failed", thing=thing, error=str(e))
-            return Answer(500, {"error": f"bootstrap lookup failed in {self.region}: {error_code(e)}: {e}"})
+
+    def _record_read(self, ok: bool) -> None:
+        """Close (ok) or open the breaker; logged when it changes."""
+        failing = not ok
+        if failing == self.reads_failing:
+            return
+        self.reads_failing = failing
+        self._reads_failing.set(0 if ok else 1)
+        if ok:
+            self._log.info("region reads answer again: serving from the cache")
+        else:
+            self._log.warning("region reads fail: answering 503 and bypassing the cache until one succeeds")
 
     def from_cache(self, thing: str) -> bool:
         """Whether answer(thing) needs no AWS call, so a server may answer it on its event loop."""
-        if not THING_NAME.match(thing) or not self.available:
+        if not THING_NAME.match(thing):
             return True
+        if self.reads_failing:
+            return False
         attributes, records = self.things.peek(thing), self.records.peek("all")
         if attributes is _MISSING or records is _MISSING:
             return False
         if attributes is None:
             return True
-        if _groups_matter(records) and self.groups.peek(thing) is _MISSING:
-            return False
-        return len(self._endpoints) == len(self.cfg.regions)
+        return not _groups_matter(records) or self.groups.peek(thing) is not _MISSING
 
     def _unavailable(self, why: str) -> Answer:
         return Answer(
@@ -219,14 +253,13 @@ class BootstrapService:
             "scope": chosen.scope,
             "endpoints": [
                 {
-                    "endpoint": endpoint,
+                    "endpoint": self.endpoints[region],
                     "region": region,
                     "CAs": self._cas,
                     "primary": region == chosen.primary,
                     "retry": chosen.retry,
                 }
                 for region in chosen.order
-                if (endpoint := self._endpoint(region))
             ],
             "topics": {"configurations": f"cmd/{app}/config/{thing}/", "sensor": f"data/{app}/{thing}/"},
         }
@@ -240,24 +273,6 @@ class BootstrapService:
             order=[self.cfg.primary, *self.cfg.standbys()],
             reason="deployment config (never flipped)",
         )
-
-    def warm(self) -> None:
-        """Resolve every region's device endpoint now, while the regions answer (they never change)."""
-        for region in self.cfg.region_names:
-            with contextlib.suppress(ClientError, BotoCoreError):  # own region down: resolved later
-                self._endpoint(region)
-
-    def _endpoint(self, region: str) -> str | None:
-        """A region's device endpoint; None (left out of answers) while another region cannot say."""
-        endpoint = self._endpoints.get(region)
-        if endpoint is None:
-            try:
-                endpoint = self._endpoints[region] = self.aws.device_endpoint(region)
-            except (ClientError, BotoCoreError) as e:
-                if region == self.region:
-                    raise
-                self._log.warning("device endpoint unknown, left out", other_region=region, error=str(e))
-        return endpoint
 
     def _describe_thing(self, thing: str) -> dict[str, str] | None:
         try:
@@ -284,20 +299,28 @@ class BootstrapService:
             raise
 
     def health(self) -> tuple[bool, dict[str, Any]]:
-        """Whether this region's DynamoDB answers (a missing table still answers: never flipped)."""
+        """What /healthz reports: whether this region's table answers now (missing: never flipped;
+        throttled: up and pushing back). Read-only: anyone may call /healthz, so it never changes
+        what devices are answered."""
         body: dict[str, Any] = {"region": self.region, "deployment": self.cfg.name}
         try:
             self.aws.dynamodb(self.region).describe_table(TableName=self.cfg.bootstrap_table)
-            body["table"] = "ready"
-            ok = True
+            ok, body["table"] = True, "ready"
         except ClientError as e:
-            ok = is_not_found(e)
-            body["table"] = "missing" if ok else f"error: {error_code(e)}"
+            ok = is_not_found(e) or is_throttle(e)
+            body["table"] = "missing" if is_not_found(e) else "throttled" if ok else f"error: {error_code(e)}"
         except BotoCoreError as e:
             ok, body["table"] = False, f"error: {error_code(e)}"
-        self.available = ok
         body["status"] = "ok" if ok else "unavailable"
+        body["answers"] = "bypassing the cache (a read failed)" if self.reads_failing else "normal"
         return ok, body
+
+    def check(self) -> bool:
+        """The service's own periodic check (the local server runs it every second): it opens or
+        closes the breaker, so a table outage turns even cached answers into 503 within a period."""
+        ok, _ = self.health()
+        self._record_read(ok)
+        return ok
 
 
 def _groups_matter(records: dict[str, dict]) -> bool:
@@ -310,8 +333,3 @@ def _groups_matter(records: dict[str, dict]) -> bool:
 
     default = epoch(records.get(DEFAULT_SCOPE)) if DEFAULT_SCOPE in records else -1
     return any(epoch(v) > default for scope, v in records.items() if scope != DEFAULT_SCOPE)
-
-
-def _service_config(cfg: DeploymentConfig) -> DeploymentConfig:
-    quotas = Quotas(default_rps=cfg.quotas.default_rps, per_api={**_SERVICE_RATES, **cfg.quotas.per_api})
-    return cfg.model_copy(update={"quotas": quotas})

@@ -22,7 +22,7 @@ from botocore.credentials import DeferredRefreshableCredentials
 
 from core import metrics
 from core.config import DeploymentConfig, RegionConfig
-from core.errors import error_code, is_throttle
+from core.errors import THROTTLING_CODES, error_code, is_throttle
 from core.ratelimit import RateLimiter
 
 SERVICES = ("iot", "iot-data", "iot-jobs-data", "dynamodb", "sqs", "route53", "sts")
@@ -151,7 +151,7 @@ def _instrument(client: BaseClient, region: str, limiter: RateLimiter) -> None:
         else:
             status = response[0].status_code
             code = (response[1] or {}).get("Error", {}).get("Code", "")
-            if status == 429 or code in _THROTTLE_HINT:
+            if status == 429 or code in THROTTLING_CODES:
                 limiter.throttled(region, api)
                 outcome = "throttled"
             else:
@@ -160,9 +160,6 @@ def _instrument(client: BaseClient, region: str, limiter: RateLimiter) -> None:
 
     client.meta.events.register("before-send", before_send)
     client.meta.events.register("needs-retry", needs_retry)
-
-
-_THROTTLE_HINT = {"Throttling", "ThrottlingException", "TooManyRequestsException", "RequestLimitExceeded"}
 
 
 def fetch_page(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import dataclass
 
 from cryptography import x509
@@ -13,6 +14,12 @@ from cryptography.x509.oid import NameOID
 
 class CertificateError(ValueError):
     """A certificate that cannot be used; the message says why."""
+
+
+# The device id becomes the thing's name and the sku one of its attributes (AWS IoT's own patterns),
+# so a NUL, a path, surrounding spaces or a bidi character is refused here, not by AWS mid-onboarding.
+THING_NAME = re.compile(r"[a-zA-Z0-9:_-]{1,128}")
+_ATTRIBUTE_VALUE = re.compile(r"[a-zA-Z0-9_.,@/:#=\[\]-]{0,800}")
 
 
 @dataclass(frozen=True)
@@ -42,12 +49,20 @@ def device_identity(pem: str) -> DeviceIdentity:
     cns = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
     if not cns:
         raise CertificateError("certificate has no common name")
-    raw = cns[0].value if isinstance(cns[0].value, str) else cns[0].value.decode()
+    value = cns[0].value
+    raw = value if isinstance(value, str) else value.decode(errors="replace")
     try:
         cn = json.loads(raw)
-    except json.JSONDecodeError:
+    except (ValueError, RecursionError):  # not JSON, a 5,000-digit number, or nested too deeply
         raise CertificateError(f'common name is not JSON {{"id": ..., "sku": ...}}: {raw[:80]!r}') from None
-    if not isinstance(cn, dict) or not isinstance(cn.get("id"), str) or not cn["id"].strip():
-        raise CertificateError(f"common name names no device id: {raw[:80]!r}")
+    device = cn.get("id") if isinstance(cn, dict) else None
+    if not isinstance(device, str) or not THING_NAME.fullmatch(device):
+        raise CertificateError(
+            f"common name names no valid device id (1-128 of a-z A-Z 0-9 : _ -): {raw[:80]!r}"
+        )
     sku = cn.get("sku")
-    return DeviceIdentity(device_id=cn["id"], sku=str(sku) if sku is not None else None)
+    if isinstance(sku, int) and not isinstance(sku, bool):
+        sku = str(sku)  # a numeric SKU, as before
+    if sku is not None and not (isinstance(sku, str) and _ATTRIBUTE_VALUE.fullmatch(sku)):
+        raise CertificateError(f"common name's sku is not a valid thing attribute value: {raw[:80]!r}")
+    return DeviceIdentity(device_id=device, sku=sku)

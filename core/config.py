@@ -6,24 +6,32 @@ operator fixes a config in one pass instead of one error per run.
 
 from __future__ import annotations
 
+import os
 import tomllib
 from datetime import time
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Any, Literal
 
 import boto3
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from core.metrics import BAD_INPUT
+
 DEFAULT_CONFIG = Path("deploy/local/deployment.toml")
+STATE_DIR_ENV = "IOTFAILOVER_STATE_DIR"  # wins over [local] state_dir: a container's writable volume
 
 
 class ConfigError(Exception):
-    """A config file that cannot be used; `problems` lists every reason with its field."""
+    """A config file that cannot be used; `problems` lists every reason with its field.
 
-    def __init__(self, path: Path | str, problems: list[str]):
+    Every one is counted in iotfailover_bad_input_total{source="config"} as it is raised.
+    """
+
+    def __init__(self, path: Path | str, problems: list[str], reason: str = "invalid"):
         self.path = str(path)
         self.problems = problems
         super().__init__(f"{path}: " + "; ".join(problems))
+        BAD_INPUT.labels(source="config", reason=reason).inc()
 
     def render(self) -> str:
         lines = [f"Invalid deployment config {self.path}:"]
@@ -32,7 +40,22 @@ class ConfigError(Exception):
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # No `inf`/`nan` (TOML has both): a timer or a timedelta of them overflows inside a workflow.
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+
+# Upper bounds keep every duration within a timedelta and a Temporal timer, far above any sane value.
+_MAX_SECONDS = 7 * 24 * 3600
+_MAX_MINUTES = 30 * 24 * 60
+_MAX_RPS = 100_000
+Port = Annotated[int, Field(ge=1, le=65535)]
+Rate = Annotated[float, Field(gt=0, le=_MAX_RPS)]
+
+
+def _cross_field(rule: bool, field: str, message: str) -> None:
+    """A rule between two fields of a section, named by its first field (see _pydantic_problems)."""
+    if not rule:
+        raise ValueError(f"{field}: {message}")
 
 
 class RegionConfig(_Strict):
@@ -41,7 +64,9 @@ class RegionConfig(_Strict):
     name: str = ""
     role: Literal["primary", "standby", "peer"]
     role_arn: str | None = Field(None, pattern=r"^arn:aws[a-z-]*:iam::\d{12}:role/.+$")
-    external_id: str | None = Field(None, min_length=2, max_length=1224)
+    # A shared secret of the role's trust policy (NoEcho in the template): never serialized, so a
+    # config sent to a workflow keeps it out of history; workers use their own copy from the file.
+    external_id: str | None = Field(None, min_length=2, max_length=1224, exclude=True, repr=False)
     endpoint_url: str | None = Field(None, pattern=r"^https?://")
     bootstrap_url: str | None = Field(None, pattern=r"^https?://")
     iot_endpoint: str | None = None  # the device endpoint; discovered with DescribeEndpoint when unset
@@ -55,14 +80,14 @@ class FleetConfig(_Strict):
 
 
 class HealthPolicy(_Strict):
-    interval_seconds: float = Field(10, gt=0)
-    probe_timeout_seconds: float = Field(5, gt=0)
-    unhealthy_after: int = Field(3, ge=1)
-    healthy_after: int = Field(3, ge=1)
-    degraded_latency_ms: float = Field(800, gt=0)
+    interval_seconds: float = Field(10, gt=0, le=3600)
+    probe_timeout_seconds: float = Field(5, gt=0, le=300)
+    unhealthy_after: int = Field(3, ge=1, le=1000)
+    healthy_after: int = Field(3, ge=1, le=1000)
+    degraded_latency_ms: float = Field(800, gt=0, le=300_000)
     canary_thing: str = "iotfailover-canary"
-    heartbeat_sample: int = Field(50, ge=0)
-    heartbeat_fresh_seconds: float = Field(120, gt=0)
+    heartbeat_sample: int = Field(50, ge=0, le=10_000)
+    heartbeat_fresh_seconds: float = Field(120, gt=0, le=_MAX_SECONDS)
     min_fresh_share: float = Field(0.5, ge=0, le=1)
 
 
@@ -76,28 +101,44 @@ class BlockedWindow(_Strict):
 class CutoverPolicy(_Strict):
     approval: Literal["none", "canary", "every-wave"] = "none"
     canary_size: int = Field(5, ge=1)
-    wave_growth: float = Field(4, ge=1)
-    max_wave_size: int = Field(5000, ge=1)
+    wave_growth: float = Field(4, ge=1, le=1000)
+    max_wave_size: int = Field(5000, ge=1, le=10_000_000)
     rollout_per_minute: int = Field(1000, ge=1, le=1000)
     abort_failure_percent: float = Field(20, gt=0, le=100)
     wave_success_percent: float = Field(95, gt=0, le=100)
     in_progress_timeout_minutes: int = Field(10, ge=1, le=10080)
-    verify_timeout_seconds: float = Field(300, gt=0)
-    verify_poll_seconds: float = Field(5, gt=0)
-    cooldown_minutes: float = Field(10, ge=0)
+    verify_timeout_seconds: float = Field(300, gt=0, le=_MAX_SECONDS)
+    verify_poll_seconds: float = Field(5, gt=0, le=3600)
+    cooldown_minutes: float = Field(10, ge=0, le=_MAX_MINUTES)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> CutoverPolicy:
+        _cross_field(
+            self.canary_size <= self.max_wave_size,
+            "canary_size",
+            f"{self.canary_size} is larger than max_wave_size {self.max_wave_size} "
+            "(hint: the canary is the first wave; lower canary_size or raise max_wave_size)",
+        )
+        _cross_field(
+            self.verify_poll_seconds <= self.verify_timeout_seconds,
+            "verify_poll_seconds",
+            f"{self.verify_poll_seconds:g} is longer than verify_timeout_seconds {self.verify_timeout_seconds:g} "
+            "(hint: a wave polls its devices several times before it times out)",
+        )
+        return self
 
 
 class FailoverPolicy(_Strict):
     automatic: bool = True
     standby_order: list[str] = []
-    min_interval_minutes: float = Field(30, ge=0)
-    max_per_day: int = Field(2, ge=0)
+    min_interval_minutes: float = Field(30, ge=0, le=_MAX_MINUTES)
+    max_per_day: int = Field(2, ge=0, le=1000)
     blocked_windows: list[BlockedWindow] = []
-    failback_offer_after_minutes: float = Field(10, ge=0)
+    failback_offer_after_minutes: float = Field(10, ge=0, le=_MAX_MINUTES)
 
 
 class ReplicationPolicy(_Strict):
-    reconcile_interval_minutes: float = Field(15, gt=0)
+    reconcile_interval_minutes: float = Field(15, gt=0, le=_MAX_MINUTES)
     allow_register_without_ca: bool = False
     events_queue: str = "iotfailover-registry-events"
     ledger_table: str = "iotfailover-replication-ledger"  # what the replicator created, per region
@@ -106,8 +147,8 @@ class ReplicationPolicy(_Strict):
 class Quotas(_Strict):
     """Requests per second per API, below the account's AWS IoT quotas."""
 
-    default_rps: float = Field(20, gt=0)
-    per_api: dict[str, float] = {
+    default_rps: Rate = 20
+    per_api: dict[str, Rate] = {
         "CreateThing": 100,
         "UpdateThing": 100,
         "DeleteThing": 100,
@@ -127,10 +168,10 @@ class LocalStack(_Strict):
     """Where the local rehearsal stack listens; ignored against AWS."""
 
     state_dir: str = ".local"
-    temporal_port: int = 7233
-    temporal_ui_port: int = 8233
-    worker_metrics_port: int = 9464
-    simulator_metrics_port: int = 9466  # 9465 is the worker's Temporal SDK metrics
+    temporal_port: Port = 7233
+    temporal_ui_port: Port = 8233
+    worker_metrics_port: Port = 9464
+    simulator_metrics_port: Port = 9466  # 9465 is the worker's Temporal SDK metrics
 
 
 class TemporalConfig(_Strict):
@@ -162,8 +203,8 @@ class DeploymentConfig(_Strict):
 
     @model_validator(mode="before")
     @classmethod
-    def _name_regions(cls, data: dict) -> dict:
-        regions = data.get("regions")
+    def _name_regions(cls, data: Any) -> Any:
+        regions = data.get("regions") if isinstance(data, dict) else None
         if isinstance(regions, dict):
             data["regions"] = {
                 k: ({**v, "name": k} if isinstance(v, dict) else v) for k, v in regions.items()
@@ -197,6 +238,10 @@ class DeploymentConfig(_Strict):
 
     @property
     def state_dir(self) -> Path:
+        """Where the process writes (drill reports; the local stack's state): IOTFAILOVER_STATE_DIR,
+        else `[local] state_dir` relative to the repository holding the config."""
+        if os.environ.get(STATE_DIR_ENV):
+            return Path(os.environ[STATE_DIR_ENV])
         base = Path(self.source_path).parent if self.source_path else Path.cwd()
         path = Path(self.local.state_dir)
         return path if path.is_absolute() else (_repo_root(base) / path)
@@ -254,23 +299,28 @@ def _semantic_problems(cfg: DeploymentConfig, need_ca: bool) -> list[str]:
     for r in cfg.failover.standby_order:
         if r not in cfg.regions:
             problems.append(f"failover.standby_order: '{r}' is not a region of this deployment")
-    if not need_ca:
-        pass
-    elif not cfg.ca_certificate.is_file():
-        problems.append(
-            f"deployment.ca_certificate: file not found: {cfg.ca_certificate} "
-            "(hint: the customer CA's public certificate in PEM; locally `starter.py fleet provision` creates it)"
-        )
-    elif "BEGIN CERTIFICATE" not in cfg.ca_certificate.read_text(errors="replace"):
-        problems.append(f"deployment.ca_certificate: {cfg.ca_certificate} is not a PEM certificate")
-    elif "PRIVATE KEY" in cfg.ca_certificate.read_text(errors="replace"):
-        problems.append(
-            "deployment.ca_certificate: the file holds a private key; the controller takes the public "
-            "certificate only"
-        )
+    if need_ca and (problem := _ca_problem(cfg.ca_certificate)):
+        problems.append(f"deployment.ca_certificate: {problem}")
     if bool(cfg.dns_record) != bool(cfg.hosted_zone_id):
         problems.append("deployment.dns_record and deployment.hosted_zone_id go together")
     return problems
+
+
+def _ca_problem(path: Path) -> str | None:
+    try:
+        text = path.read_text(errors="replace") if path.is_file() else None
+    except (OSError, ValueError) as e:  # unreadable, or a name the OS refuses (a NUL byte)
+        return f"cannot read {str(path)[:200]!r}: {e}"
+    if text is None:
+        return (
+            f"file not found: {path} "
+            "(hint: the customer CA's public certificate in PEM; locally `starter.py fleet provision` creates it)"
+        )
+    if "BEGIN CERTIFICATE" not in text:
+        return f"{path} is not a PEM certificate"
+    if "PRIVATE KEY" in text:
+        return "the file holds a private key; the controller takes the public certificate only"
+    return None
 
 
 def _pydantic_problems(err: ValidationError) -> list[str]:
@@ -279,8 +329,12 @@ def _pydantic_problems(err: ValidationError) -> list[str]:
         loc = [str(p) for p in e["loc"]]
         if loc and loc[0] in ("name", "mode", "ca_certificate", "bootstrap_table", "dns_record"):
             loc = ["deployment", *loc]
-        field = ".".join(loc)
         msg = e["msg"]
+        if e["type"] == "value_error":  # a _cross_field rule: "<field>: <message>"
+            name, _, rest = str(e.get("ctx", {}).get("error", "")).partition(": ")
+            if name.isidentifier() and rest:
+                loc, msg = [*loc, name], rest
+        field = ".".join(loc)
         if e["type"] == "extra_forbidden":
             msg = "unknown setting (hint: check the spelling against deploy/local/deployment.toml)"
         elif e["type"] == "missing":
@@ -301,25 +355,51 @@ def load_config(path: str | Path = DEFAULT_CONFIG, need_ca: bool = True) -> Depl
     try:
         raw = tomllib.loads(path.read_text())
     except FileNotFoundError:
-        raise ConfigError(path, ["file not found (hint: pass --config PATH)"]) from None
+        raise ConfigError(path, ["file not found (hint: pass --config PATH)"], "not_found") from None
     except tomllib.TOMLDecodeError as e:
-        raise ConfigError(path, [f"not valid TOML: {e}"]) from None
+        raise ConfigError(path, [f"not valid TOML: {e}"], "bad_toml") from None
     return parse_config(raw, path, need_ca)
 
 
+_SECTIONS = (
+    "regions",
+    "fleet",
+    "health",
+    "cutover",
+    "failover",
+    "replication",
+    "quotas",
+    "temporal",
+    "local",
+)
+
+
 def parse_config(raw: dict, path: str | Path = "<config>", need_ca: bool = True) -> DeploymentConfig:
-    data = dict(raw.get("deployment", {}))
-    if "ca_certificate" in data and path != "<config>":
+    """Validate a parsed config (TOML tables); raises ConfigError listing every problem."""
+    if not isinstance(raw, dict):
+        raise ConfigError(
+            path, ["the config must be a TOML table of sections ([deployment], [regions.<name>], ...)"]
+        )
+    problems: list[str] = []
+    data = raw.get("deployment", {})
+    if not isinstance(data, dict):
+        problems.append("deployment: must be a table (hint: [deployment] with name, mode and ca_certificate)")
+        data = {}
+    data = dict(data)
+    if isinstance(data.get("ca_certificate"), str) and path != "<config>":
         ca = Path(data["ca_certificate"])
         data["ca_certificate"] = str(ca if ca.is_absolute() else Path(path).parent / ca)
-    for section in (k for k in raw if k != "deployment"):
-        data[section] = raw[section]
+    for section, value in raw.items():
+        if section in _SECTIONS:
+            data[section] = value
+        elif section != "deployment":
+            problems.append(f"{section}: unknown section (hint: one of [deployment], {', '.join(_SECTIONS)})")
     data["source_path"] = str(path)
     try:
         cfg = DeploymentConfig.model_validate(data)
     except ValidationError as e:
-        raise ConfigError(path, _pydantic_problems(e)) from None
-    problems = _semantic_problems(cfg, need_ca)
+        raise ConfigError(path, problems + _pydantic_problems(e)) from None
+    problems += _semantic_problems(cfg, need_ca)
     if problems:
         raise ConfigError(path, problems)
     return cfg

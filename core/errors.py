@@ -1,20 +1,18 @@
 """The one error classifier: which AWS failures a retry can fix and which need a person.
 
-Throttling, 5xx and connection errors are retryable (the activity's RetryPolicy backs off);
-validation, access denied and missing configured resources become non-retryable ApplicationErrors
-whose message says what to fix.
+Throttling, 5xx, connection errors and timeouts are retryable (the activity's RetryPolicy backs
+off); validation, access denied, missing credentials or configured resources, and AWS IoT resource
+limits become non-retryable ApplicationErrors whose message says what to fix.
 """
 
 from __future__ import annotations
 
-from botocore.exceptions import (
-    BotoCoreError,
-    ClientError,
-    ConnectionClosedError,
-    EndpointConnectionError,
-    ReadTimeoutError,
-)
-from temporalio.exceptions import ApplicationError
+from typing import TYPE_CHECKING
+
+from botocore import exceptions as boto
+
+if TYPE_CHECKING:  # imported where used: the bootstrap Lambda classifies errors without temporalio
+    from temporalio.exceptions import ApplicationError
 
 THROTTLING_CODES = {
     "Throttling",
@@ -25,8 +23,10 @@ THROTTLING_CODES = {
     "ProvisionedThroughputExceededException",
     "RequestThrottled",
     "SlowDown",
-    "LimitExceededException",
 }
+# AWS IoT's LimitExceededException is a resource limit (things per group, groups per thing,
+# concurrent jobs), not a rate: waiting does not lift it.
+LIMIT_CODES = {"LimitExceededException"}
 ALREADY_EXISTS_CODES = {"ResourceAlreadyExistsException", "ResourceAlreadyExists", "EntityAlreadyExists"}
 NOT_FOUND_CODES = {"ResourceNotFoundException", "NoSuchEntity", "NotFoundException", "NoSuchHostedZone"}
 ACCESS_CODES = {
@@ -47,14 +47,53 @@ RETRYABLE_CODES = THROTTLING_CODES | {
 }
 
 
+# Failures of the connection or of the credential provider's own call: transient.
+_TRANSIENT = (
+    boto.ConnectionError,  # endpoint unreachable, connect timeout, proxy, TLS handshake
+    boto.HTTPClientError,  # connection closed, read timeout, response cut off
+    boto.IncompleteReadError,
+    boto.CapacityNotAvailableError,  # botocore's own retry quota, refilled as calls succeed
+    boto.CredentialRetrievalError,  # the container/instance/STS credential call failed
+    boto.MetadataRetrievalError,
+    ConnectionError,  # the builtin ones, from code that is not botocore
+    TimeoutError,
+)
+# Every other BotoCoreError is raised before a request leaves the worker: no retry changes it.
+_BOTOCORE_HINTS: tuple[tuple[tuple[type[Exception], ...], str], ...] = (
+    (
+        (boto.ValidationError, boto.ParamValidationError, boto.MissingParametersError),
+        "the request does not match the AWS API (bad input or a bug; the message names the parameter)",
+    ),
+    (
+        (
+            boto.NoCredentialsError,
+            boto.PartialCredentialsError,
+            boto.UnknownCredentialError,
+            boto.ProfileNotFound,
+            boto.SSOError,
+            boto.TokenRetrievalError,
+        ),
+        "give the worker AWS credentials (environment, profile or its IAM role; docs/operating.md)",
+    ),
+    (
+        (boto.BaseEndpointResolverError, boto.EndpointProviderError, boto.UnknownRegionError),
+        "check the region names and endpoint_url in the deployment config",
+    ),
+    (
+        (boto.DataNotFoundError, boto.ApiVersionNotFoundError, boto.UnknownClientMethodError),
+        "this botocore does not know the service or call: upgrade boto3/botocore",
+    ),
+)
+
+
 def error_code(exc: BaseException) -> str:
-    if isinstance(exc, ClientError):
+    if isinstance(exc, boto.ClientError):
         return exc.response.get("Error", {}).get("Code", "") or ""
     return type(exc).__name__
 
 
 def http_status(exc: BaseException) -> int:
-    if isinstance(exc, ClientError):
+    if isinstance(exc, boto.ClientError):
         return int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
     return 0
 
@@ -76,27 +115,42 @@ def is_conflict(exc: BaseException) -> bool:
 
 
 def is_retryable(exc: BaseException) -> bool:
-    if isinstance(exc, EndpointConnectionError | ConnectionClosedError | ReadTimeoutError):
-        return True
-    if isinstance(exc, ClientError):
+    if isinstance(exc, boto.ClientError):
         return error_code(exc) in RETRYABLE_CODES or http_status(exc) >= 500 or is_throttle(exc)
-    return isinstance(exc, BotoCoreError | ConnectionError | TimeoutError)
+    return isinstance(exc, _TRANSIENT)
+
+
+def _hint(exc: BaseException) -> str:
+    code = error_code(exc)
+    if code in ACCESS_CODES:
+        return "grant the controller's role this action (deploy/aws/controller-role.yaml)"
+    if code in LIMIT_CODES:
+        return (
+            "an AWS IoT resource limit was reached (things per group, groups per thing, concurrent "
+            "jobs...): free some or raise the quota in Service Quotas, then run again"
+        )
+    if is_not_found(exc):
+        return "create the resource or fix its name in the deployment config"
+    for kinds, hint in _BOTOCORE_HINTS:
+        if isinstance(exc, kinds):
+            return hint
+    if isinstance(exc, boto.BotoCoreError):
+        return "fix the worker's AWS client configuration (see the message)"
+    return "fix the request or the deployment config"
 
 
 def to_application_error(exc: BaseException, doing: str, region: str = "") -> ApplicationError:
     """Wrap an AWS failure as an ApplicationError that says whether a retry can help."""
+    from temporalio.exceptions import ApplicationError
+
     where = f" in {region}" if region else ""
     code = error_code(exc)
     if is_retryable(exc):
         return ApplicationError(
             f"{doing}{where} failed, will retry: {code}: {exc}", type=code or "AwsTransient"
         )
-    if code in ACCESS_CODES:
-        hint = "grant the controller's role this action (deploy/aws/controller-role.yaml)"
-    elif is_not_found(exc):
-        hint = "create the resource or fix its name in the deployment config"
-    else:
-        hint = "fix the request or the deployment config"
     return ApplicationError(
-        f"{doing}{where} failed: {code}: {exc} (hint: {hint})", type=code or "AwsError", non_retryable=True
+        f"{doing}{where} failed: {code}: {exc} (hint: {_hint(exc)})",
+        type=code or "AwsError",
+        non_retryable=True,
     )

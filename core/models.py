@@ -80,6 +80,11 @@ class CutoverProgress:
     error: str | None = None
     started_at: datetime | None = None
     finished_at: datetime | None = None
+    # what the scope's bootstrap answer names when the cutover ends (the deployment records it):
+    primary_after: str | None = None  # None: recorded by a version that did not say
+    epoch_after: int = 0  # 0: the answer was not changed
+    takeover: str = ""  # a planned cutover that continued as an emergency one, and why
+    handed_over: bool = False  # ended before any flip because a region failed: nothing changed
 
     @property
     def pending(self) -> int:

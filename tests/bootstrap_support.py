@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import json
+import urllib.request
 from pathlib import Path
 
+import pytest
 from prometheus_client import REGISTRY
 
+from bootstrap import lambda_handler
 from core.aws import AwsClients
 from core.config import DeploymentConfig
 
@@ -38,6 +42,9 @@ def write_config(cfg: DeploymentConfig, path: Path, bootstrap_urls: dict[str, st
     ]
     for name, r in cfg.regions.items():
         lines += [f"[regions.{name}]", f'role = "{r.role}"', f'endpoint_url = "{r.endpoint_url}"']
+        for key in ("role_arn", "external_id", "iot_endpoint"):
+            if getattr(r, key):
+                lines.append(f'{key} = "{getattr(r, key)}"')
         if bootstrap_urls and name in bootstrap_urls:
             lines.append(f'bootstrap_url = "{bootstrap_urls[name]}"')
     lines += [
@@ -47,6 +54,34 @@ def write_config(cfg: DeploymentConfig, path: Path, bootstrap_urls: dict[str, st
     ]
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+def cold_lambda(
+    monkeypatch: pytest.MonkeyPatch, cfg: DeploymentConfig, folder: Path, region: str, **env: str
+) -> None:
+    """A fresh Lambda instance of `cfg` in `region`: its environment set, its service not built yet."""
+    monkeypatch.setenv("IOTFAILOVER_CONFIG", str(write_config(cfg, folder / "deployment.toml")))
+    monkeypatch.setenv("AWS_REGION", region)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setattr(lambda_handler, "_service", None)
+    # structlog would keep pytest's capture stream for the rest of the session: leave logging as it is
+    monkeypatch.setattr(lambda_handler.logs, "configure", lambda **_: None)
+
+
+def with_device_endpoints(cfg: DeploymentConfig) -> DeploymentConfig:
+    """The deployment with every region's device endpoint set, as the bootstrap service needs it."""
+    regions = {
+        name: r.model_copy(update={"iot_endpoint": f"test-ats.iot.{name}.amazonaws.com"})
+        for name, r in cfg.regions.items()
+    }
+    return cfg.model_copy(update={"regions": regions})
+
+
+def assumed_roles(emulator_url: str) -> int:
+    """How many AssumeRole calls the region's emulator has answered since it started (moto's model data)."""
+    with urllib.request.urlopen(f"{emulator_url}/moto-api/data.json", timeout=10) as resp:  # noqa: S310
+        return len(json.loads(resp.read()).get("sts", {}).get("AssumedRole", []))
 
 
 def sample(name: str, **labels: str) -> float:

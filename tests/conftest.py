@@ -99,10 +99,13 @@ async def temporal_env() -> AsyncIterator[WorkflowEnvironment]:
 
 async def record_histories(env: WorkflowEnvironment, folder: Path) -> None:
     """Every workflow history the session left on the dev server, for tests/histories (see its README)."""
-    folder.mkdir(parents=True, exist_ok=True)
+    histories = {}
     async for wf in env.client.list_workflows():
         history = await env.client.get_workflow_handle(wf.id, run_id=wf.run_id).fetch_history()
-        (folder / f"{wf.workflow_type}--{wf.id}--{wf.run_id}.json").write_text(history.to_json())
+        histories[f"{wf.workflow_type}--{wf.id}--{wf.run_id}.json"] = history.to_json()
+    folder.mkdir(parents=True, exist_ok=True)  # noqa: ASYNC240 - the session's last step, nothing waits
+    for name, text in histories.items():
+        (folder / name).write_text(text)  # noqa: ASYNC240
 
 
 @pytest_asyncio.fixture(scope="session", loop_scope="session")

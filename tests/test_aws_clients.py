@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import threading
+import urllib.parse
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 from botocore.exceptions import ClientError
@@ -46,6 +49,53 @@ def test_role_is_assumed_per_region(emulators: dict[str, str], config: Deploymen
     creds = aws._session("us-east-1").get_credentials().get_frozen_credentials()
     assert creds.access_key != "testing" and creds.token  # temporary credentials from STS
     aws.iot("us-east-1").list_things()
+
+
+_ASSUMED = b"""<AssumeRoleResponse xmlns="https://sts.amazonaws.com/doc/2011-06-15/"><AssumeRoleResult>
+<Credentials><AccessKeyId>ASIATESTING</AccessKeyId><SecretAccessKey>s</SecretAccessKey>
+<SessionToken>t</SessionToken><Expiration>2099-01-01T00:00:00Z</Expiration></Credentials>
+<AssumedRoleUser><AssumedRoleId>AROATESTING:x</AssumedRoleId><Arn>arn:aws:sts::123456789012:assumed-role/r/x</Arn>
+</AssumedRoleUser></AssumeRoleResult><ResponseMetadata><RequestId>1</RequestId></ResponseMetadata>
+</AssumeRoleResponse>"""
+
+
+def test_the_external_id_is_sent_to_sts_though_it_is_never_serialized(config: DeploymentConfig) -> None:
+    """The config keeps external_id out of every serialized form; the worker's clients still send it."""
+    seen: list[dict[str, list[str]]] = []
+
+    class Sts(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            seen.append(urllib.parse.parse_qs(self.rfile.read(int(self.headers["Content-Length"])).decode()))
+            self.send_response(200)
+            self.send_header("Content-Type", "text/xml")
+            self.send_header("Content-Length", str(len(_ASSUMED)))
+            self.end_headers()
+            self.wfile.write(_ASSUMED)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Sts)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        sts = f"http://127.0.0.1:{server.server_port}"
+        role = "arn:aws:iam::123456789012:role/iotfailover-controller"
+        cfg = make_config(
+            {"us-east-1": sts, "us-west-2": sts},
+            config.ca_certificate,
+            regions={
+                "us-east-1": {"role": "primary", "endpoint_url": sts, "role_arn": role, "external_id": "x-42"}
+            },
+        )
+        assert "x-42" not in cfg.model_dump_json()
+        creds = AwsClients(cfg)._session("us-east-1").get_credentials().get_frozen_credentials()
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert creds.access_key == "ASIATESTING"
+    assert [(q["Action"], q["RoleArn"], q["ExternalId"]) for q in seen] == [
+        (["AssumeRole"], [role], ["x-42"])
+    ]
 
 
 def test_paging_walks_every_item(config: DeploymentConfig) -> None:

@@ -13,14 +13,21 @@ from activities.bootstrap import (
     EnsureTablesInput,
     FlipBootstrapInput,
     ReadBootstrapInput,
+    ReadFencesInput,
 )
 from activities.context import Deployments
+from activities.routing import FlipRoutingInput, ReadRoutingInput, RoutingActivities
 from bootstrap.service import BootstrapService
 from core.config import DeploymentConfig
 from rehearsal import faults
-from tests.bootstrap_support import register_thing, sample
+from tests.bootstrap_support import register_thing, sample, with_device_endpoints
 
 EAST, WEST = "us-east-1", "us-west-2"
+
+
+@pytest.fixture
+def config(config: DeploymentConfig) -> DeploymentConfig:
+    return with_device_endpoints(config)
 
 
 @pytest.fixture
@@ -189,3 +196,43 @@ def test_bad_flip_input_is_refused_and_counted(
         run(acts.flip_bootstrap, inp)
     assert e.value.non_retryable and e.value.type == "InvalidFlip"
     assert sample("iotfailover_bad_input_total", source="flip_bootstrap", reason=reason) == before + 1
+
+
+def test_fences_read_the_highest_epoch_of_every_scope_and_routing_and_who_lags(
+    acts: BootstrapActivities, config: DeploymentConfig
+) -> None:
+    """A restarted entity must continue above every fence, not only the default scope's (item 5)."""
+    routing = RoutingActivities(acts.deployments)
+    run(acts.flip_bootstrap, flip(config, 1, EAST))
+    run(acts.flip_bootstrap, flip(config, 6, WEST, scope="group:canary"))
+    west = config.regions[WEST].endpoint_url
+    faults.set_fault(west, "outage")
+    try:
+        run(routing.flip_routing, FlipRoutingInput(config.name, 8, "argus", WEST))
+    finally:
+        faults.set_fault(west, "clear")
+    fences = run(acts.read_fences, ReadFencesInput(config.name))
+    assert fences.epoch == 8 and fences.unreachable == []
+    assert fences.records["default"].primary == EAST and fences.records["default"].order == [EAST, WEST]
+    assert fences.records["group:canary"].epoch == 6
+    assert fences.records["routing:argus"].primary == WEST
+    assert fences.lagging == [WEST]  # it missed the routing flip
+
+
+def test_catch_up_copies_routing_records_a_region_missed(
+    acts: BootstrapActivities, config: DeploymentConfig
+) -> None:
+    """Telemetry routing is caught up like the bootstrap answers (item 4)."""
+    routing = RoutingActivities(acts.deployments)
+    run(routing.flip_routing, FlipRoutingInput(config.name, 1, "argus", EAST))
+    west = config.regions[WEST].endpoint_url
+    faults.set_fault(west, "outage")
+    try:
+        run(routing.flip_routing, FlipRoutingInput(config.name, 3, "argus", WEST))
+    finally:
+        faults.set_fault(west, "clear")
+    assert run(routing.read_routing, ReadRoutingInput(config.name, WEST, "argus")).epoch == 1
+    result = run(acts.catch_up_bootstrap, CatchUpBootstrapInput(config.name, WEST))
+    assert result.written == ["routing:argus"]
+    assert run(routing.read_routing, ReadRoutingInput(config.name, WEST, "argus")).region == WEST
+    assert run(acts.read_fences, ReadFencesInput(config.name)).lagging == []

@@ -19,7 +19,7 @@ from activities.context import Deployments
 from core.config import DeploymentConfig
 from rehearsal import faults, pki
 from rehearsal.processes import free_port, spawn_python, wait_http
-from tests.bootstrap_support import register_thing, write_config
+from tests.bootstrap_support import register_thing, with_device_endpoints, write_config
 from tests.conftest import make_config
 
 EAST, WEST = "us-east-1", "us-west-2"
@@ -41,7 +41,8 @@ def config(emulator_urls: dict[str, str], local_ca: pki.LocalCA, tmp_path_factor
     ca_file.write_text(local_ca.cert_pem)
     for url in emulator_urls.values():
         faults.reset_emulator(url)
-    return make_config(emulator_urls, ca_file, deployment={"bootstrap_table": f"bt-{uuid.uuid4().hex[:8]}"})
+    cfg = make_config(emulator_urls, ca_file, deployment={"bootstrap_table": f"bt-{uuid.uuid4().hex[:8]}"})
+    return with_device_endpoints(cfg)
 
 
 @pytest.fixture(scope="module")

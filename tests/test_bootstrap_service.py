@@ -14,10 +14,15 @@ from bootstrap import lambda_handler
 from bootstrap.records import to_item
 from bootstrap.service import BootstrapService, TtlCache, _groups_matter
 from core.config import DeploymentConfig
-from rehearsal import pki
-from tests.bootstrap_support import register_thing, sample, write_config
+from rehearsal import faults, pki
+from tests.bootstrap_support import cold_lambda, register_thing, sample, with_device_endpoints
 
 EAST, WEST = "us-east-1", "us-west-2"
+
+
+@pytest.fixture
+def config(config: DeploymentConfig) -> DeploymentConfig:
+    return with_device_endpoints(config)
 
 
 @pytest.fixture
@@ -43,9 +48,7 @@ def test_known_device_gets_the_contract(config: DeploymentConfig, deployments: D
         (EAST, False, 3),
     ]
     for e in body["endpoints"]:
-        assert e["endpoint"] == aws.device_endpoint(e["region"]) or e["endpoint"].endswith(
-            f".iot.{e['region']}.amazonaws.com"
-        )
+        assert e["endpoint"] == config.regions[e["region"]].iot_endpoint
         assert e["CAs"] == [config.ca_pem()] and "BEGIN CERTIFICATE" in e["CAs"][0]
     assert body["topics"] == {
         "configurations": "cmd/argus/config/sensor-1/",
@@ -106,7 +109,6 @@ def test_cache_serves_a_boot_storm_without_rereading(
     calls_before = sample("iotfailover_aws_calls_total", region=EAST, api="Scan", outcome="ok")
     hits_before = sample("iotfailover_bootstrap_cache_total", region=EAST, kind="thing", result="hit")
     assert not svc.from_cache("sensor-4")
-    svc.warm()
     for _ in range(20):
         assert svc.answer("sensor-4").status == 200
     assert sample("iotfailover_aws_calls_total", region=EAST, api="Scan", outcome="ok") == calls_before + 1
@@ -159,9 +161,7 @@ def test_lambda_handler_answers_api_gateway_events(
     config: DeploymentConfig, deployments: Deployments, local_ca: pki.LocalCA, tmp_path, monkeypatch
 ) -> None:
     register_thing(deployments.aws(config.name), "sensor-5", regions=[WEST])
-    monkeypatch.setenv("IOTFAILOVER_CONFIG", str(write_config(config, tmp_path / "deployment.toml")))
-    monkeypatch.setenv("AWS_REGION", WEST)
-    monkeypatch.setattr(lambda_handler, "_service", None)
+    cold_lambda(monkeypatch, config, tmp_path, WEST)
     own_cert, _ = pki.issue_device_cert(local_ca, "sensor-5")
     resp = lambda_handler.handler(_event("sensor-5", own_cert))
     assert resp["statusCode"] == 200 and resp["headers"]["Content-Type"] == "application/json"
@@ -180,3 +180,57 @@ def test_lambda_handler_answers_api_gateway_events(
     assert lambda_handler.handler(_event("bad name"))["statusCode"] == 400
     health = lambda_handler.handler({"path": "/healthz", "httpMethod": "GET"})
     assert health["statusCode"] == 200 and json.loads(health["body"])["table"] == "ready"
+
+
+def test_a_failed_healthz_does_not_turn_devices_away(
+    config: DeploymentConfig, deployments: Deployments, tmp_path, monkeypatch
+) -> None:
+    """/healthz is public: its own check reports, it never decides what devices are answered."""
+    register_thing(deployments.aws(config.name), "sensor-7", regions=[WEST])
+    cold_lambda(monkeypatch, config, tmp_path, WEST, IOTFAILOVER_CACHE_SECONDS="0")
+    assert lambda_handler.handler(_event("sensor-7"))["statusCode"] == 200  # a warm instance
+    faults.set_fault(config.regions[WEST].endpoint_url, "outage")
+    health = lambda_handler.handler({"rawPath": "/healthz"})
+    assert health["statusCode"] == 503 and "ServiceUnavailable" in json.loads(health["body"])["table"]
+    faults.set_fault(config.regions[WEST].endpoint_url, "clear")
+    assert lambda_handler.handler(_event("sensor-7"))["statusCode"] == 200  # the table answers again
+
+
+def test_a_failed_read_answers_503_and_the_cache_waits_for_the_next_good_read(
+    config: DeploymentConfig, deployments: Deployments
+) -> None:
+    """A region whose reads fail must not keep handing out cached answers it can no longer confirm;
+    the first read that succeeds again closes the breaker."""
+    register_thing(deployments.aws(config.name), "cached-1", regions=[EAST])
+    register_thing(deployments.aws(config.name), "new-1", regions=[EAST])
+    svc = BootstrapService(config, EAST, cache_ttl=60)
+    assert svc.answer("cached-1").status == 200
+    east = config.regions[EAST].endpoint_url
+    faults.set_fault(east, "outage")
+    try:
+        assert svc.answer("cached-1").status == 200  # within its TTL, nothing says the table is gone
+        ans = svc.answer("new-1")  # a read fails: that request is answered 503 ...
+        assert ans.status == 503 and ans.headers["Retry-After"] and ans.body["retry"] is True
+        assert sample("iotfailover_bootstrap_reads_failing", region=EAST) == 1
+        assert not svc.from_cache("cached-1")  # ... and cached answers wait for a good read
+        assert svc.answer("cached-1").status == 503
+    finally:
+        faults.set_fault(east, "clear")
+    assert svc.answer("cached-1").status == 200
+    assert sample("iotfailover_bootstrap_reads_failing", region=EAST) == 0
+    assert svc.from_cache("cached-1")
+
+
+def test_throttled_reads_answer_503_without_opening_the_breaker(
+    config: DeploymentConfig, deployments: Deployments
+) -> None:
+    """Throttling means the region is up and pushing back: that request is retried, nothing more."""
+    register_thing(deployments.aws(config.name), "cached-2", regions=[EAST])
+    svc = BootstrapService(config, EAST, cache_ttl=60)
+    assert svc.answer("cached-2").status == 200
+    faults.set_fault(config.regions[EAST].endpoint_url, "throttle")
+    assert svc.answer("ghost-2").status == 503
+    ok, body = svc.health()
+    assert ok and body["table"] == "throttled"
+    faults.set_fault(config.regions[EAST].endpoint_url, "clear")
+    assert svc.from_cache("cached-2") and svc.answer("cached-2").status == 200

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from activities.jobs import DeviceReport
-from workflows.cutover_steps import bootstrap_order, wave_sizes
+from workflows.cutover_steps import JOB_ID_MAX, bootstrap_order, job_id, wave_sizes
 
 
 @pytest.mark.parametrize(
@@ -51,3 +53,17 @@ def test_connectivity_is_read_from_the_device_report() -> None:
         "us-west-2", 9, fresh_since=130
     )
     assert DeviceReport.parse(b"not json") == DeviceReport() and not DeviceReport().confirms("r", 1)
+
+
+def test_job_ids_fit_aws_limits_and_stay_distinct_for_long_deployment_names() -> None:
+    """Deployment names may have 63 characters; AWS IoT job IDs at most 64 (issue 13, item 20)."""
+    short = job_id("demo", 3, "w0")
+    assert short == "demo-3-w0"
+    a, b = "a" * 62 + "x", "a" * 62 + "y"
+    for name in (a, b):
+        for wave in ("0", "12", "stragglers", "rollback"):
+            jid = job_id(name, 123456, wave)
+            assert len(jid) <= JOB_ID_MAX and re.fullmatch(r"[a-zA-Z0-9_-]+", jid), jid
+            assert jid.endswith(f"-123456-{wave}")
+    assert job_id(a, 7, "0") != job_id(b, 7, "0")
+    assert job_id(a, 7, "0") == job_id(a, 7, "0")  # deterministic: a retry finds its job

@@ -8,6 +8,8 @@ import pytest
 from cfnlint.api import lint_file
 from cfnlint.decode import cfn_yaml
 
+from bootstrap.runtime import ENDPOINTS_ENV
+
 AWS = Path(__file__).resolve().parent.parent / "deploy" / "aws"
 TEMPLATES = sorted(AWS.glob("*.yaml"))
 
@@ -135,6 +137,8 @@ def test_routing_rule_uses_the_routing_table_in_its_substitution_template() -> N
 def test_bootstrap_is_a_lambda_behind_mutual_tls_only() -> None:
     res = resources("bootstrap-api.yaml")
     assert res["BootstrapFunction"]["Properties"]["Handler"] == "bootstrap.lambda_handler.handler"
+    env = res["BootstrapFunction"]["Properties"]["Environment"]["Variables"]
+    assert env[ENDPOINTS_ENV] == {"Ref": "IotEndpoints"}
     domain = res["BootstrapDomain"]["Properties"]
     assert domain["MutualTlsAuthentication"]["TruststoreUri"] == {"Ref": "TruststoreUri"}
     assert res["BootstrapApi"]["Properties"]["DisableExecuteApiEndpoint"] is True

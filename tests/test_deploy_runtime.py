@@ -6,14 +6,19 @@ linted and checked for the things the other parts rely on (ports, mounts, names)
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import subprocess
 import sys
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import pytest
 import yaml
+
+from activities.context import Deployments
+from activities.drill import DrillActivities, ReportInput
+from core.config import STATE_DIR_ENV, load_config
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
@@ -168,3 +173,64 @@ def test_worker_deployment_is_resilient_and_locked_down() -> None:
     assert env["TEMPORAL_API_KEY"]["valueFrom"]["secretKeyRef"]["optional"] is True
     volumes = {v["name"]: v for v in spec["volumes"]}
     assert volumes["temporal-tls"]["secret"]["optional"] is True
+
+
+def _kubectl() -> str:
+    path = shutil.which("kubectl")
+    if not path:
+        pytest.skip("kubectl not installed (its `kubectl kustomize` renders the overlays)")
+    return path
+
+
+def rendered(kustomization: Path) -> list[dict]:
+    """The manifests `kubectl apply -k` would apply, rendered offline."""
+    result = subprocess.run(
+        [_kubectl(), "kustomize", str(kustomization)], capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
+
+
+def _writable_state_dir(docs: list[dict]) -> tuple[str, dict]:
+    """The worker's state dir and the volume mounted there (checked writable and not the image's)."""
+    (deployment,) = [d for d in docs if d["kind"] == "Deployment"]
+    spec = deployment["spec"]["template"]["spec"]
+    (container,) = spec["containers"]
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    state = env.get(STATE_DIR_ENV)
+    assert state and PurePosixPath(state).is_absolute(), f"set {STATE_DIR_ENV} to the writable volume"
+    reports = PurePosixPath(state) / "drills"
+    covering = [m for m in container["volumeMounts"] if reports.is_relative_to(m["mountPath"])]
+    assert covering, f"nothing is mounted at {reports}: the root filesystem is read-only"
+    mount = max(covering, key=lambda m: len(PurePosixPath(m["mountPath"]).parts))
+    assert not mount.get("readOnly", False), f"{mount['mountPath']} is mounted read-only"
+    volume = {v["name"]: v for v in spec["volumes"]}[mount["name"]]
+    assert {"emptyDir", "persistentVolumeClaim"} & set(volume), f"{mount['name']} is not a writable volume"
+    return state, volume
+
+
+@pytest.mark.parametrize("overlay", sorted((K8S / "overlays").iterdir()), ids=lambda p: p.name)
+def test_rendered_worker_writes_drill_reports_to_a_writable_volume(overlay: Path) -> None:
+    state, _ = _writable_state_dir(rendered(overlay))
+    assert not PurePosixPath(state).is_relative_to("/config"), "the config volume is read-only"
+
+
+def test_base_worker_writes_drill_reports_to_a_writable_volume() -> None:
+    """The same check without kubectl, on the base manifest the overlays patch."""
+    docs = [doc for path, doc in manifests() if path.parent.name == "base"]
+    _writable_state_dir(docs)
+
+
+def test_the_state_dir_variable_is_where_drill_reports_go(tmp_path: Path, monkeypatch) -> None:
+    """In a pod the config sits in the read-only /config; IOTFAILOVER_STATE_DIR moves the state out."""
+    (tmp_path / "config").mkdir()
+    config = tmp_path / "config" / "deployment.toml"
+    shutil.copy(DEPLOY / "examples" / "active-active.toml", config)
+    cfg = load_config(config, need_ca=False)
+    assert cfg.state_dir == tmp_path / "config" / ".local"  # beside the config: read-only in the pod
+    monkeypatch.setenv(STATE_DIR_ENV, str(tmp_path / "state"))
+    acts = DrillActivities(Deployments([cfg]))
+    paths = acts.write_drill_report(ReportInput(cfg.name, "drill-x-1", {"passed": True}, "# Drill"))
+    assert paths == [str(tmp_path / "state" / "drills" / f"drill-x-1.{ext}") for ext in ("json", "md")]
+    assert json.loads(Path(paths[0]).read_text()) == {"passed": True}

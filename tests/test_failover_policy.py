@@ -151,3 +151,15 @@ def test_flapping_region_does_not_cause_repeated_cutovers() -> None:
             c.automatic_cutovers.append(now)
     assert len(cutovers) == 1
     assert cutovers[0] == NOW + timedelta(minutes=22)  # after 3 consecutive Unhealthy checks
+
+
+def test_a_standby_whose_registry_copy_is_incomplete_is_skipped_or_refused() -> None:
+    """Issue 13 item 0b: never fail over into a region that cannot authenticate the fleet yet."""
+    c = ctx()
+    c.regions["us-west-2"].incomplete = "first full reconcile still running"
+    d = decide_failover(c, POLICY, NOW)
+    assert (d.take, d.target) == (True, "eu-west-1")  # the next Healthy standby holds the fleet
+    c.regions["eu-west-1"].incomplete = "12 certificates failed to replicate"
+    d = decide_failover(c, POLICY, NOW)
+    assert (d.take, d.rule) == (False, "replica_incomplete")
+    assert "first full reconcile still running" in d.reason and "12 certificates" in d.reason

@@ -205,3 +205,27 @@ def test_cloudwatch_metrics_read_and_judged(emulators: dict[str, str]) -> None:
     assert judge_iot_metrics({"Connect.Success": 10, "Connect.ServerError": 90}).status == "failed"
     assert judge_iot_metrics({"Connect.Success": 100, "PublishIn.Success": 100}).status == "ok"
     assert judge_iot_metrics({}).status == "skipped"
+
+
+def test_a_throttled_bootstrap_health_endpoint_is_up_not_failed(
+    emulators: dict[str, str], tmp_path: Path, local_ca: pki.LocalCA, bootstrap_url: str
+) -> None:
+    """The health API is public: anyone can flood it into 429s. That is the endpoint up and shedding
+    load, so it must not fail the probe, nor degrade the region (a Degraded standby is no failover
+    target: an outsider could veto failovers)."""
+    ca_file = tmp_path / "ca.pem"
+    ca_file.write_text(local_ca.cert_pem)
+    regions = {
+        EAST: {"role": "primary", "endpoint_url": emulators[EAST], "bootstrap_url": bootstrap_url},
+        WEST: {"role": "standby", "endpoint_url": emulators[WEST]},
+    }
+    cfg = make_config(emulators, ca_file, regions=regions)
+    labels = {"deployment": cfg.name, "region": EAST}
+    throttled = REGISTRY.get_sample_value("iotfailover_bootstrap_probe_throttled_total", labels) or 0
+    _Healthz.status = 429
+    results = probe_all(cfg, EAST)
+    r = by_probe(results)["bootstrap"]
+    assert (r.status, r.value) == ("ok", None)
+    assert "HTTP 429" in r.detail and "throttled" in r.detail
+    assert score_region(results, HealthPolicy()).state == "Healthy", score_region(results, HealthPolicy())
+    assert REGISTRY.get_sample_value("iotfailover_bootstrap_probe_throttled_total", labels) == throttled + 1

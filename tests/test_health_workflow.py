@@ -22,8 +22,10 @@ from temporalio.runtime import MetricBuffer, Runtime, TelemetryConfig
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Replayer, Worker
 
+from activities.bootstrap import FencedRecord, FenceSnapshot, ReadFencesInput
 from activities.context import Deployments
 from activities.health import HealthProbes, ProbeInput
+from activities.peers import HealthReadings, ReadHealthInput
 from cli.health import show
 from core.config import DeploymentConfig
 from core.models import RegionHealthChange
@@ -307,10 +309,16 @@ async def test_checks_run_on_the_interval(
     await recorder.terminate()
 
 
-@activity.defn(name="read_bootstrap")
-def read_bootstrap_stand_in(req: dict) -> dict | None:
-    """Stand-in for the bootstrap activity (tested with the bootstrap service): east is primary."""
-    return {"epoch": 1, "primary": EAST, "order": [EAST, WEST]}
+@activity.defn(name="read_fences")
+def read_fences_stand_in(inp: ReadFencesInput) -> FenceSnapshot:
+    """Stand-in for the bootstrap activity (tested against the emulators): east is primary."""
+    return FenceSnapshot(1, {"default": FencedRecord(1, EAST, [EAST, WEST])})
+
+
+@activity.defn(name="read_region_health")
+def read_region_health_stand_in(inp: ReadHealthInput) -> HealthReadings:
+    """Stand-in for the monitors' query (tested in test_cutover_safety.py): nothing settled yet."""
+    return HealthReadings(missing={r: "not started" for r in inp.monitors})
 
 
 async def test_the_deployment_workflow_receives_the_change(
@@ -323,7 +331,7 @@ async def test_the_deployment_workflow_receives_the_change(
             temporal_env.client,
             task_queue=task_queue,
             workflows=[RegionHealthWorkflow, DeploymentWorkflow],
-            activities=[*probes.activities(), read_bootstrap_stand_in],
+            activities=[*probes.activities(), read_fences_stand_in, read_region_health_stand_in],
             activity_executor=pool,
         )
         async with worker:

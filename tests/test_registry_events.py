@@ -111,6 +111,39 @@ def test_malformed_events_are_refused_with_a_reason(body: str, reason: str) -> N
     assert e.value.reason == reason
 
 
+_THING = '{"eventType": "THING_EVENT", "operation": "UPDATED", "thingName": "d1", "timestamp": %s}'
+
+
+@pytest.mark.parametrize(
+    ("body", "reason"),
+    [
+        (
+            json.dumps({"eventType": "THING_EVENT", "operation": ["UPDATED"], "thingName": "d1"}),
+            "missing_field",
+        ),
+        (json.dumps({"eventType": "THING_EVENT", "operation": {"a": 1}, "thingName": "d1"}), "missing_field"),
+        (_THING % "Infinity", "bad_json"),
+        (_THING % "-Infinity", "bad_json"),
+        (_THING % "NaN", "bad_json"),
+        (_THING % "1e400", "bad_json"),
+        (_THING % ("9" * 5000), "bad_json"),
+        ("[" * 100_000 + "]" * 100_000, "bad_json"),
+        ('{"eventType": "THING_EVENT", "x": ' + "[" * 100_000 + "]" * 100_000 + "}", "bad_json"),
+    ],
+    ids=lambda v: v[:40] if isinstance(v, str) else v,
+)
+def test_hostile_events_are_event_errors(body: str, reason: str) -> None:
+    with pytest.raises(EventError) as e:
+        parse_event(body)
+    assert e.value.reason == reason
+
+
+@pytest.mark.parametrize("ts", ['"' + "9" * 5000 + '"', '"\u00b2"', '"-5"', "true", '{"a": 1}'])
+def test_a_timestamp_that_is_no_time_is_dropped_not_fatal(ts: str) -> None:
+    event = parse_event(_THING % ts)
+    assert event.items == (("thing", "d1"),) and event.timestamp_ms is None
+
+
 def test_deletion_rule() -> None:
     assert may_delete(in_source=False, replicated_by_us=True)
     assert not may_delete(in_source=False, replicated_by_us=False)  # someone else's: never

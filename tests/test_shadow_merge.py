@@ -6,6 +6,9 @@ import itertools
 import json
 from typing import Any
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from activities.shadow_merge import merge_shadow, newest_timestamp
 
 
@@ -212,3 +215,174 @@ def test_merge_is_idempotent_and_deterministic() -> None:
         "reported.s",
         "reported.t",
     ]
+
+
+# --- properties of the documented rules, over generated shadows (hypothesis) ----------------------
+#
+# A generated section is a tree of objects whose leaves are scalars or arrays; every leaf has its
+# own metadata timestamp from a handful of whole seconds (so ties are common), or none at all.
+# Source documents may hold tombstones (null leaves); targets never do (GetThingShadow drops them).
+
+Path = tuple[str, ...]
+KEYS = st.sampled_from(["a", "b", "c", "timestamp"])  # "timestamp" as a key must not fool the merge
+SCALARS = st.integers(-2, 2) | st.sampled_from(["x", "y"]) | st.booleans()
+STAMPS = st.none() | st.integers(1, 4)  # None: the leaf has no metadata
+
+
+def _leaf(value: Any, ts: int | None) -> tuple[Any, Any]:
+    if ts is None:
+        return value, None
+    return value, ([{"timestamp": ts}] * len(value) if isinstance(value, list) else {"timestamp": ts})
+
+
+def _object(children: dict[str, tuple[Any, Any]]) -> tuple[dict, dict]:
+    state = {k: v for k, (v, _) in children.items()}
+    meta = {k: m for k, (_, m) in children.items() if m is not None}
+    return state, meta
+
+
+def _trees(tombstones: bool) -> st.SearchStrategy[tuple[dict, dict]]:
+    values = SCALARS | st.lists(SCALARS, max_size=2) | (st.none() if tombstones else st.nothing())
+    leaves = st.builds(_leaf, values, STAMPS)
+    nodes = st.recursive(
+        leaves, lambda kids: st.dictionaries(KEYS, kids, min_size=1, max_size=3).map(_object), max_leaves=6
+    )
+    return st.dictionaries(KEYS, nodes, min_size=1, max_size=3).map(_object)
+
+
+def _docs(tombstones: bool) -> st.SearchStrategy[dict]:
+    sections = st.fixed_dictionaries(
+        {}, optional={"desired": _trees(tombstones), "reported": _trees(tombstones)}
+    )
+    return sections.map(
+        lambda s: {"state": {k: v[0] for k, v in s.items()}, "metadata": {k: v[1] for k, v in s.items()}}
+    )
+
+
+def _leaves(state: Any, meta: Any, path: Path = ()) -> dict[Path, tuple[Any, int | None]]:
+    """Every leaf by path: its value and its own timestamp (an array: its newest element's)."""
+    if isinstance(state, dict):
+        out: dict[Path, tuple[Any, int | None]] = {}
+        for k, v in state.items():
+            out |= _leaves(v, meta.get(k) if isinstance(meta, dict) else None, (*path, k))
+        return out
+    if isinstance(meta, list):
+        return {path: (state, max((m["timestamp"] for m in meta), default=None))}
+    return {path: (state, meta["timestamp"] if isinstance(meta, dict) else None)}
+
+
+def _doc_leaves(doc_: dict | None) -> dict[Path, tuple[Any, int | None]]:
+    doc_ = doc_ or {}
+    return {
+        (section, *p): leaf
+        for section, state in doc_.get("state", {}).items()
+        for p, leaf in _leaves(state, doc_.get("metadata", {}).get(section)).items()
+    }
+
+
+def _node(doc_: dict | None, path: Path) -> Any:
+    node: Any = (doc_ or {}).get("state", {})
+    for key in path:
+        if not isinstance(node, dict) or key not in node:
+            return _ABSENT
+        node = node[key]
+    return node
+
+
+_ABSENT = object()
+
+
+def _write(target: dict | None, payload: dict | None, now: int) -> dict:
+    """UpdateThingShadow: the payload merged into the target, every written leaf stamped `now`."""
+    out = json.loads(json.dumps(target or {"state": {}, "metadata": {}}))
+
+    def stamp(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {k: stamp(v) for k, v in value.items()}
+        return [{"timestamp": now}] * len(value) if isinstance(value, list) else {"timestamp": now}
+
+    def merge(state: dict, meta: dict, update: dict) -> None:
+        for k, v in update.items():
+            if v is None:
+                state.pop(k, None)
+                meta.pop(k, None)
+            elif isinstance(v, dict) and isinstance(state.get(k), dict):
+                merge(state[k], meta.setdefault(k, {}), v)
+            else:
+                state[k], meta[k] = json.loads(json.dumps(v)), stamp(v)
+
+    for section, update in ((payload or {}).get("state") or {}).items():
+        merge(out["state"].setdefault(section, {}), out["metadata"].setdefault(section, {}), update)
+    return out
+
+
+def _under_objects(doc_: dict | None, path: Path) -> bool:
+    """Every proper prefix of `path` is an object (or absent) in the document: no type conflict."""
+    return all(
+        (node := _node(doc_, path[:i])) is _ABSENT or isinstance(node, dict) for i in range(1, len(path))
+    )
+
+
+def _newer(s: int | None, t: int | None) -> bool:
+    return s is not None and (t is None or s > t)
+
+
+@settings(max_examples=400, deadline=None)
+@given(_docs(tombstones=True), _docs(tombstones=False) | st.none())
+def test_property_merging_twice_changes_nothing(source: dict, target: dict | None) -> None:
+    first = merge_shadow(source, target)
+    merged = _write(target, first.payload, now=10)  # the sync's write is stamped newer than all
+    assert merge_shadow(source, merged).payload is None
+
+
+@settings(max_examples=400, deadline=None)
+@given(_docs(tombstones=True), _docs(tombstones=False))
+def test_property_no_leaf_of_either_side_is_lost(source: dict, target: dict) -> None:
+    merged = _write(target, merge_shadow(source, target).payload, now=10)
+    merged_leaves = _doc_leaves(merged)
+
+    def kept(path: Path) -> bool:  # a leaf there, above it (a newer leaf) or below it (a newer object)
+        return any(p[: len(path)] == path or path[: len(p)] == p for p in merged_leaves)
+
+    for path, (value, _) in _doc_leaves(source).items():
+        if value is not None:
+            assert kept(path), path
+    tombstones = {p: ts for p, (v, ts) in _doc_leaves(source).items() if v is None}
+    for path, (_, ts) in _doc_leaves(target).items():
+        deleted = any(path[: len(p)] == p and _newer(s_ts, ts) for p, s_ts in tombstones.items())
+        assert kept(path) or deleted, path
+
+
+@settings(max_examples=400, deadline=None)
+@given(_docs(tombstones=True), _docs(tombstones=False))
+def test_property_a_newer_source_leaf_wins_and_a_tie_keeps_the_target(source: dict, target: dict) -> None:
+    merged = _write(target, merge_shadow(source, target).payload, now=10)
+    target_leaves = _doc_leaves(target)
+    for path, (value, s_ts) in _doc_leaves(source).items():
+        if path not in target_leaves or not _under_objects(source, path) or not _under_objects(target, path):
+            continue
+        t_value, t_ts = target_leaves[path]
+        if _newer(s_ts, t_ts):
+            assert _node(merged, path) == (_ABSENT if value is None else value), path
+        else:  # a tie, an older source or a source without a timestamp: the target's value stays
+            assert _node(merged, path) == t_value, path
+
+
+@settings(max_examples=300, deadline=None)
+@given(_docs(tombstones=True), _docs(tombstones=False) | st.none())
+def test_property_only_changes_are_written_whatever_the_key_order(source: dict, target: dict | None) -> None:
+    m = merge_shadow(source, target)
+    target_leaves = _doc_leaves(target)
+    for path, (value, _) in _doc_leaves(m.payload and {**m.payload, "metadata": {}}).items():
+        assert value is None or target_leaves.get(path, (_ABSENT,))[0] != value, path
+
+    def reverse(node: Any) -> Any:
+        return {k: reverse(node[k]) for k in reversed(list(node))} if isinstance(node, dict) else node
+
+    assert merge_shadow(reverse(source), reverse(target)).payload == m.payload
+
+
+@settings(max_examples=200, deadline=None)
+@given(_docs(tombstones=False))
+def test_property_a_shadow_merged_into_itself_writes_nothing(shadow: dict) -> None:
+    assert merge_shadow(shadow, json.loads(json.dumps(shadow))).payload is None

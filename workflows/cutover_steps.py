@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import zlib
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,6 +31,7 @@ class CutoverInput:
     forced: bool = False
     automatic: bool = False
     health: dict[str, str] = field(default_factory=dict)
+    known_devices: int = 0  # the scope's size as last counted in its home (an emergency cannot count)
 
 
 def wave_sizes(total: int, canary: int, growth: float, cap: int) -> list[int]:
@@ -44,6 +46,20 @@ def wave_sizes(total: int, canary: int, growth: float, cap: int) -> list[int]:
         covered += size
         size = min(cap, max(size + 1, int(size * growth)))
     return [*sizes, cap, cap] if total else [max(1, canary)]
+
+
+JOB_ID_MAX = 64  # AWS IoT job IDs: 1-64 of [a-zA-Z0-9_-]
+
+
+def job_id(deployment: str, epoch: int, wave: str) -> str:
+    """`<deployment>-<epoch>-<wave>`, deterministic so a retried activity finds its job. A deployment
+    name too long for the job ID limit is cut and followed by a hash of the whole name, so two long
+    names that share a prefix still get distinct IDs."""
+    full = f"{deployment}-{epoch}-{wave}"
+    if len(full) <= JOB_ID_MAX:
+        return full
+    tail, digest = f"-{epoch}-{wave}", f"{zlib.crc32(deployment.encode()):08x}"
+    return f"{deployment[: JOB_ID_MAX - len(tail) - len(digest) - 1]}-{digest}{tail}"
 
 
 def bootstrap_order(regions: list[str], primary: str) -> list[str]:

@@ -2,7 +2,8 @@
 them (with `workflow.now()`) and tests can prove each rule refusing.
 
 Automatic failover moves the fleet only off an Unhealthy active region, only onto a Healthy
-standby (the first in the configured order), and never back home: failback is a planned cutover a
+standby whose copy of the registry is not known incomplete (the first in the configured order),
+and never back home: failback is a planned cutover a
 person approves, offered once the home region has been Healthy for a while. Devices keep their own
 endpoint list, so a refusal leaves them to fail over device-side, never stranded by a loop.
 """
@@ -23,6 +24,7 @@ HEALTHY, UNHEALTHY = "Healthy", "Unhealthy"
 class RegionStatus:
     state: str  # Healthy | Degraded | Unhealthy | Unknown, as reported by RegionHealthWorkflow
     since: datetime | None = None  # when it entered that state (RegionHealthChange.at)
+    incomplete: str = ""  # why its copy of the fleet's registry is known incomplete ("": not known so)
 
 
 @dataclass
@@ -83,7 +85,15 @@ def decide_failover(ctx: FailoverContext, policy: FailoverPolicy, now: datetime)
     if ctx.cutover_running:
         return refuse("cutover_running", f"{active} is Unhealthy but a cutover is already running")
     candidates = [r for r in ctx.standby_order if r != active]
-    target = next((r for r in candidates if r != ctx.home and _state(ctx, r) == HEALTHY), None)
+    healthy = [r for r in candidates if r != ctx.home and _state(ctx, r) == HEALTHY]
+    target = next((r for r in healthy if not ctx.regions[r].incomplete), None)
+    if target is None and healthy:
+        why = "; ".join(f"{r}: {ctx.regions[r].incomplete}" for r in healthy)
+        return refuse(
+            "replica_incomplete",
+            f"{active} is Unhealthy and no Healthy standby holds a complete copy of the fleet ({why}): "
+            "devices it does not know could not connect there (a person may force a cutover)",
+        )
     if target is None:
         if ctx.home != active and _state(ctx, ctx.home) == HEALTHY:
             return refuse(
