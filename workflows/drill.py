@@ -45,15 +45,13 @@ with workflow.unsafe.imports_passed_through():
     from activities.shadows import RecoveryPointInput
     from core.models import CutoverProgress, CutoverRequest, CutoverStarted, OperatorAction
     from workflows.drill_report import DrillCriteria, DrillReport, evaluate, render_markdown
+    from workflows.versions import DRILL_BOUNDED
 
 RETRY = RetryPolicy(
     maximum_interval=timedelta(seconds=20),
     maximum_attempts=20,
     non_retryable_error_types=["CutoverRefused", "NoFaultSwitch", "NoCutover", "HealthTimeout"],
 )
-# Patch: bounded waits, a held/late/aborted cutover stopped at once, the recovery point measured
-# before the move, approval "none", the scope group deleted. Drills recorded before it keep the old path.
-DRILL_BOUNDED = "drill-bounded-waits"
 Approval = Literal["none", "canary", "every-wave"]
 
 
@@ -80,7 +78,6 @@ class DrillWorkflow:
         self.r: DrillReport | None = None
         self._abort: OperatorAction | None = None
         self._cutover: str | None = None
-        self._bounded = False  # DRILL_BOUNDED, decided once at the start of `run`
         self._epoch_before = 0
         self._t0: datetime | None = None  # when the move started
         self._regions: list[str] = []
@@ -95,7 +92,6 @@ class DrillWorkflow:
 
     @workflow.run
     async def run(self, inp: DrillInput) -> DrillReport:
-        self._bounded = workflow.patched(DRILL_BOUNDED)
         inp.drill_id = inp.drill_id or workflow.info().workflow_id  # scheduled runs get their own IDs
         snap = await self._act("deployment_snapshot", inp.deployment, dict, 30)
         source = snap["active_region"]
@@ -116,7 +112,7 @@ class DrillWorkflow:
         moved = False
         try:
             scope = await self._scope(inp, source)
-            if self._bounded:
+            if self._bounded():
                 self._checkpoint()
                 await self._recovery_point(inp, scope)
             self._phase("moving")
@@ -124,7 +120,7 @@ class DrillWorkflow:
             if inp.kind == "outage":
                 await self._act("set_region_fault", FaultInput(inp.deployment, source, "outage"), str, 30)
                 fault_on = True
-                if self._bounded:
+                if self._bounded():
                     moved_by = await self._follow_failover(inp, t0)
                 else:
                     moved_by = await self._wait_cutover(
@@ -143,7 +139,7 @@ class DrillWorkflow:
                         approval=self._approval(inp),
                     ),
                 )
-                if self._bounded:
+                if self._bounded():
                     moved_by = await self._follow(inp, started.cutover_id, t0)
                 else:
                     moved_by = await self._wait_cutover(WaitCutoverInput(inp.deployment, started.cutover_id))
@@ -173,7 +169,7 @@ class DrillWorkflow:
             self.r.reasons.append(f"drill interrupted: {_message(e)}")
         finally:
             await self._restore(inp, scope_of(self.r, inp), fault_on, moved)
-            if self._bounded and inp.percent and inp.kind != "outage":
+            if inp.percent and inp.kind != "outage" and self._bounded():
                 await self._remove_scope_group(inp, f"{inp.drill_id}-scope")
         return await self._finish(inp)
 
@@ -195,7 +191,7 @@ class DrillWorkflow:
         """Put everything back: fault switch off, source healthy again, fleet back where it started."""
         self._phase("restoring")
         try:
-            if not self._bounded and self._cutover and self._abort is not None:
+            if self._cutover and self._abort is not None and not self._bounded():
                 await self._act("abort_cutover", self._cutover, str, 30)
                 await self._wait_cutover(WaitCutoverInput(inp.deployment, self._cutover))
             if fault_on:
@@ -207,9 +203,9 @@ class DrillWorkflow:
                     WaitHealthInput(inp.deployment, self.r.source, "Healthy", inp.timeout_seconds),
                     str,
                     inp.timeout_seconds + 60,
-                    total=inp.timeout_seconds + 120 if self._bounded else None,
+                    total=inp.timeout_seconds + 120 if self._bounded() else None,
                 )
-                if not self._bounded:  # (measured before the outage now: see _recovery_point)
+                if not self._bounded():  # (measured before the outage now: see _recovery_point)
                     parity = await self._act(
                         "check_shadow_parity",
                         {"deployment": inp.deployment, "source": self.r.source, "target": self.r.target},
@@ -218,10 +214,8 @@ class DrillWorkflow:
                     )
                     self.r.recovery_point_devices = int(parity.get("differing", 0))
             snap = await self._act("deployment_snapshot", inp.deployment, dict, 30)
-            flight = snap.get("in_flight") if self._bounded else None
-            if (
-                flight and flight["epoch"] > self._epoch_before
-            ):  # still running: a late failover, a slow rollback
+            flight = snap.get("in_flight")  # still running: a late failover, a slow rollback
+            if flight and flight["epoch"] > self._epoch_before and self._bounded():
                 t0 = self._t0 or workflow.now()
                 self._record_cutover(await self._follow(inp, flight["cutover_id"], t0, abortable=False), t0)
                 snap = await self._act("deployment_snapshot", inp.deployment, dict, 30)
@@ -244,7 +238,7 @@ class DrillWorkflow:
                         approval=self._approval(inp),
                     ),
                 )
-                if self._bounded:  # the fail back is the restore: the drill's abort does not stop it
+                if self._bounded():  # the fail back is the restore: the drill's abort does not stop it
                     back = await self._follow(inp, started.cutover_id, t0, abortable=False)
                 else:
                     back = await self._wait_cutover(WaitCutoverInput(inp.deployment, started.cutover_id))
@@ -407,7 +401,11 @@ class DrillWorkflow:
 
     def _approval(self, inp: DrillInput) -> Approval | None:
         """A drill rehearses the automation: its cutovers ask no one, unless its input says otherwise."""
-        return inp.approval if self._bounded else None
+        return inp.approval if self._bounded() else None
+
+    def _bounded(self) -> bool:
+        """DRILL_BOUNDED, asked where the old and the new drill part ways (the first answer holds)."""
+        return workflow.patched(DRILL_BOUNDED)
 
     # ---- helpers ----
 

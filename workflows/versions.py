@@ -47,3 +47,11 @@ REATTACH_CUTOVER = "reattach-cutover"
 # The entity continues-as-new only when idle: a cutover started while it waited for its handlers
 # to finish keeps it in this run (before: the new run inherited the cutover without its handle).
 CONTINUE_ONLY_IDLE = "continue-only-idle"
+
+# ---- DrillWorkflow ----------------------------------------------------------------------------
+# Nothing a drill starts waits without bound: each wait has the drill's timeout_seconds, and a
+# cutover of the drill that holds on a failed wave, outlasts it, or is waited on when the drill's
+# abort arrives is aborted at once (FAIL with the reason); its cutovers ask approval "none" unless
+# DrillInput.approval says otherwise; the recovery point is measured over the scope before anything
+# moves (before: parity of the whole region after the outage); the sampled scope group is deleted.
+DRILL_BOUNDED = "drill-bounded-waits"
