@@ -14,7 +14,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from activities.context import Deployments
+from activities.context import Deployments, Keepalive
 from activities.fencing import (
     EnsureTablesResult,
     FlipResult,
@@ -333,9 +333,10 @@ class BootstrapActivities:
         record.updated_at = _now()
         targets = _regions(cfg, regions, "flip_bootstrap")
         values = from_item(record.item())
-        return flip_regions(
-            self.deployments.aws(cfg.name), "bootstrap", targets, cfg.bootstrap_table, "scope", values
-        )
+        with Keepalive(record.scope):  # a worker that dies mid-flip is noticed within the heartbeat timeout
+            return flip_regions(
+                self.deployments.aws(cfg.name), "bootstrap", targets, cfg.bootstrap_table, "scope", values
+            )
 
 
 def activities(deployments: Deployments) -> list:

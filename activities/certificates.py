@@ -19,7 +19,7 @@ from activities.registry_events import EventError
 from activities.registry_records import CertificateRecord, ItemFailed, target_status
 from core import logs, metrics
 from core.aws import AwsClients
-from core.certs import CertificateError, device_identity
+from core.certs import CertificateError, certificate_id, device_identity
 from core.errors import is_already_exists, is_not_found, is_retryable, to_application_error
 
 if TYPE_CHECKING:
@@ -181,12 +181,36 @@ def ensure_in_target(rep: Replicator, cert_id: str) -> str:
 # ---------------------------------------------------------------- just-in-time registration
 
 
+def is_unfinished_jitr(aws: AwsClients, region: str, cert_id: str) -> bool:
+    """A device certificate of the deployment's CA still PENDING_ACTIVATION: its JITR never completed.
+
+    One whose CN names no device is not (it was counted as bad input when its event came).
+    """
+    try:
+        desc = aws.iot(region).describe_certificate(certificateId=cert_id)["certificateDescription"]
+    except ClientError as e:
+        if is_not_found(e):
+            return False
+        raise
+    if desc["status"] != "PENDING_ACTIVATION" or desc.get("caCertificateId") != certificate_id(
+        aws.cfg.ca_pem()
+    ):
+        return False
+    try:
+        device_identity(desc["certificatePem"])
+    except CertificateError:
+        return False
+    return True
+
+
 def onboard_jitr(aws: AwsClients, region: str, cert_id: str) -> str:
     """Turn a just-registered device certificate into a device in `region`; returns the thing name.
 
     Reads the JSON common name, creates the thing (sku as an attribute, the fleet's thing type),
-    attaches the fleet policy, activates the certificate and adds the thing to the fleet group. A
-    certificate whose CN is not `{"id": ..., "sku": ...}` is rejected (left inactive) and counted.
+    attaches the fleet policy and the thing, adds the thing to the fleet group and, last, activates
+    the certificate: until then a failure anywhere leaves it PENDING_ACTIVATION, which the reconcile
+    takes for an unfinished registration and completes (registry_reconcile). Idempotent. A
+    certificate whose CN is not `{"id": ..., "sku": ...}` is rejected (left pending) and counted.
     """
     fleet, iot = aws.cfg.fleet, aws.iot(region)
     try:
@@ -216,9 +240,9 @@ def onboard_jitr(aws: AwsClients, region: str, cert_id: str) -> str:
                 "not_found", f"fleet policy {fleet.policy_name} is missing in {region}"
             ) from None
         raise
-    iot.update_certificate(certificateId=cert_id, newStatus="ACTIVE")
     iot.attach_thing_principal(thingName=ident.device_id, principal=desc["certificateArn"])
     iot.add_thing_to_thing_group(thingGroupName=fleet.thing_group, thingName=ident.device_id)
+    iot.update_certificate(certificateId=cert_id, newStatus="ACTIVE")  # the commit point
     log.info("device registered just in time", region=region, thing=ident.device_id, certificate=cert_id)
     return ident.device_id
 

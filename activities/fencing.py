@@ -14,7 +14,6 @@ from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 from prometheus_client import Counter
-from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from bootstrap.records import from_item, to_item
@@ -148,8 +147,6 @@ def flip_regions(
     log = logs.get("fencing", deployment=aws.cfg.name, kind=kind, epoch=epoch)
     result = FlipResult(epoch=epoch)
     for region in regions:
-        if activity.in_activity():  # a worker that dies mid-flip is noticed within the heartbeat timeout
-            activity.heartbeat(region)
         outcome = put_one(aws, kind, region, table, key, values)
         log.info("config flip", region=region, outcome=outcome, key=values[key])
         {"written": result.written, "unchanged": result.written, "refused": result.refused}.get(

@@ -19,7 +19,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from activities.context import Deployments
+from activities.context import Deployments, Keepalive
 from core import logs
 from core.aws import fetch_page, group_member_pages
 from core.errors import is_already_exists, is_not_found, to_application_error
@@ -244,61 +244,62 @@ class JobActivities:
     @activity.defn
     def fill_group(self, inp: FillGroupInput) -> FilledGroup:
         """Add the next `size` members of a group (from the cursor) to a wave group, resumably."""
-        aws = self.deployments.aws(inp.deployment)
         try:
-            arn = self._ensure_group(inp.deployment, inp.into_region, inp.into_group)
             resume = activity.info().heartbeat_details
             cursor, added = (Cursor(**resume[0]), resume[1]) if resume else (inp.cursor, 0)
-            src, dst = aws.iot(inp.list_region), aws.iot(inp.into_region)
-            while not cursor.exhausted and (inp.size == 0 or added < inp.size):
-                names, next_token = fetch_page(
-                    src,
-                    "list_things_in_thing_group",
-                    "things",
-                    cursor.token,
-                    100,
-                    thingGroupName=inp.list_group,
-                    recursive=True,
-                )
-                take = names[cursor.skip :]
-                if inp.size:
-                    take = take[: inp.size - added]
-                if inp.only_confirmed_in:
-                    with ThreadPoolExecutor(self.max_workers) as pool:
-                        conns = list(
-                            pool.map(
-                                lambda t: self._report(inp.deployment, inp.only_confirmed_in, t),
-                                take,
-                            )
-                        )
-                    chosen = [
-                        t
-                        for t, c in zip(take, conns, strict=True)
-                        if c.confirms(inp.only_confirmed_in, inp.min_epoch)
-                    ]
-                else:
-                    chosen = take
-                with ThreadPoolExecutor(self.max_workers) as pool:
-                    list(
-                        pool.map(
-                            lambda t: dst.add_thing_to_thing_group(
-                                thingGroupName=inp.into_group, thingName=t
-                            ),
-                            chosen,
-                        )
-                    )
-                added += len(take) if not inp.only_confirmed_in else len(chosen)
-                consumed = cursor.skip + len(take)
-                if consumed < len(names):
-                    cursor = Cursor(cursor.token, consumed)
-                else:
-                    cursor = Cursor(next_token, 0, exhausted=next_token is None)
-                activity.heartbeat(
-                    {"token": cursor.token, "skip": cursor.skip, "exhausted": cursor.exhausted}, added
-                )
-            return FilledGroup(arn, added, cursor)
+            with Keepalive(*resume) as beat:
+                return self._fill(inp, cursor, added, beat)
         except (ClientError, BotoCoreError) as e:
             raise to_application_error(e, f"filling wave group {inp.into_group}", inp.into_region) from e
+
+    def _fill(self, inp: FillGroupInput, cursor: Cursor, added: int, beat: Keepalive) -> FilledGroup:
+        """Page through the listing from `cursor`, heartbeating where the next page starts."""
+        aws = self.deployments.aws(inp.deployment)
+        arn = self._ensure_group(inp.deployment, inp.into_region, inp.into_group)
+        src, dst = aws.iot(inp.list_region), aws.iot(inp.into_region)
+        while not cursor.exhausted and (inp.size == 0 or added < inp.size):
+            names, next_token = fetch_page(
+                src,
+                "list_things_in_thing_group",
+                "things",
+                cursor.token,
+                100,
+                thingGroupName=inp.list_group,
+                recursive=True,
+            )
+            take = names[cursor.skip :]
+            if inp.size:
+                take = take[: inp.size - added]
+            if inp.only_confirmed_in:
+                with ThreadPoolExecutor(self.max_workers) as pool:
+                    conns = list(
+                        pool.map(
+                            lambda t: self._report(inp.deployment, inp.only_confirmed_in, t),
+                            take,
+                        )
+                    )
+                chosen = [
+                    t
+                    for t, c in zip(take, conns, strict=True)
+                    if c.confirms(inp.only_confirmed_in, inp.min_epoch)
+                ]
+            else:
+                chosen = take
+            with ThreadPoolExecutor(self.max_workers) as pool:
+                list(
+                    pool.map(
+                        lambda t: dst.add_thing_to_thing_group(thingGroupName=inp.into_group, thingName=t),
+                        chosen,
+                    )
+                )
+            added += len(take) if not inp.only_confirmed_in else len(chosen)
+            consumed = cursor.skip + len(take)
+            if consumed < len(names):
+                cursor = Cursor(cursor.token, consumed)
+            else:
+                cursor = Cursor(next_token, 0, exhausted=next_token is None)
+            beat.beat({"token": cursor.token, "skip": cursor.skip, "exhausted": cursor.exhausted}, added)
+        return FilledGroup(arn, added, cursor)
 
     @activity.defn
     def create_wave_job(self, inp: WaveJobInput) -> JobRef:

@@ -1,11 +1,13 @@
 """The replication ledger: per region, what this deployment's replicator created there.
 
-Certificates, policies, thing types and thing groups carry no attribute the replicator could mark,
-so a DynamoDB table per region (cfg.replication.ledger_table; key `scope` = "<deployment>#<kind>",
-sort key `name`) records them. The record is written *before* the create, and only when the
-resource was absent, so a crash between the two never leaves an unrecorded resource of ours; a
-record without its resource is harmless (deleting a missing resource is a no-op). The deletion
-rule (registry_records.may_delete) trusts only this record and the thing marker attribute.
+Every kind (things, certificates, policies, thing types, thing groups) is recorded here, in a
+DynamoDB table per region (cfg.replication.ledger_table; key `scope` = "<deployment>#<kind>", sort
+key `name`), so replicas carry nothing the customer did not put on the source: a thing's
+attributes are its source's (AWS allows only 3 on a thing without a type). The record is written
+*before* the create, and only when the resource was absent, so a crash between the two never
+leaves an unrecorded resource of ours; a record without its resource is harmless (deleting a
+missing resource is a no-op). The deletion rule (registry_records.may_delete) trusts only this
+record (and, once, the `replicatedBy` marker of things replicated before the ledger held them).
 """
 
 from __future__ import annotations
@@ -55,13 +57,15 @@ class Ledger:
     def _key(self, kind: str, name: str) -> dict:
         return {"scope": {"S": f"{self.deployment}#{kind}"}, "name": {"S": name}}
 
-    def record(self, region: str, kind: str, name: str, source: str) -> None:
+    def record(self, region: str, kind: str, name: str, source: str) -> bool:
+        """Record `name` as ours in `region`; True when it was recorded already (an earlier attempt)."""
         item = {
             **self._key(kind, name),
             "source": {"S": source},
             "at": {"S": dt.datetime.now(dt.UTC).isoformat()},
         }
-        self.aws.dynamodb(region).put_item(TableName=self.table, Item=item)
+        resp = self.aws.dynamodb(region).put_item(TableName=self.table, Item=item, ReturnValues="ALL_OLD")
+        return "Attributes" in resp
 
     def forget(self, region: str, kind: str, name: str) -> None:
         self.aws.dynamodb(region).delete_item(TableName=self.table, Key=self._key(kind, name))

@@ -21,14 +21,15 @@ from temporalio.exceptions import ApplicationError
 from activities import certificates as certs
 from activities.context import Deployments
 from activities.ledger import CLAIMS_KEYS, LEDGER_KEYS, ensure_table
+from activities.registry_dead_letters import DeadLetterQueues
 from activities.registry_events import EventError, RegistryEvent, parse_event
 from activities.registry_reconcile import Progress, Reconciler
 from activities.registry_records import KINDS
 from activities.registry_sync import Replicator
 from core import logs, metrics
-from core.aws import AwsClients
+from core.aws import AwsClients, group_member_pages
 from core.config import DeploymentConfig
-from core.errors import is_retryable, to_application_error
+from core.errors import ACCESS_CODES, error_code, is_not_found, is_retryable, to_application_error
 
 log = logs.get("replication")
 
@@ -49,8 +50,13 @@ DRIFT = Gauge(
 )
 DEAD_LETTERS = PromCounter(
     "iotfailover_replication_dead_letters_total",
-    "Registry events that could not be applied, by reason",
+    "Registry events that could not be applied, by reason (access_denied: the controller's role lacks a right)",
     ["deployment", "reason"],
+)
+DEAD_LETTER_QUEUE = Gauge(
+    "iotfailover_replication_dead_letter_queue_messages",
+    "Registry events waiting in a region's dead-letter queue (ApproximateNumberOfMessages)",
+    ["deployment", "region"],
 )
 
 
@@ -103,6 +109,8 @@ class ReconcileResult:
     failures: list[str] = field(default_factory=list)
     seconds: float = 0.0
     resumed_from: str = ""  # "<phase>@<page token>" when a retried attempt continued a checkpoint
+    things: int = 0  # the source's own things seen (full reconcile)
+    fleet_devices: int = 0  # members of the fleet thing group and its subgroups in the source (full)
 
 
 @dataclass
@@ -170,6 +178,8 @@ class DrainResult:
     dead_letters: list[DeadLetter] = field(default_factory=list)  # the first few, with reasons
     lag_seconds: dict[str, float] = field(default_factory=dict)  # target region -> lag
     unreachable: list[str] = field(default_factory=list)  # regions whose queue did not answer
+    dead_letters_by_region: dict[str, int] = field(default_factory=dict)  # queue region -> this drain's
+    dead_letter_queue_depth: dict[str, int] = field(default_factory=dict)  # region -> waiting in its DLQ
 
 
 def registry_parity(
@@ -215,7 +225,19 @@ def reconcile_pair(
         rep.failures,
         round(time.monotonic() - started, 3),
         f"{resume.phase}@{resume.token or ''}" if resume else "",
+        done.things,
+        0 if scope else fleet_size(aws, source),
     )
+
+
+def fleet_size(aws: AwsClients, region: str) -> int:
+    """Members of the fleet thing group, its subgroups included, in `region` (0 if it has no such group)."""
+    try:
+        return sum(len(page) for page in group_member_pages(aws.iot(region), aws.cfg.fleet.thing_group, 250))
+    except ClientError as e:
+        if is_not_found(e):
+            return 0
+        raise
 
 
 def _prepare(aws: AwsClients, region: str, with_ca: bool) -> str:
@@ -245,19 +267,25 @@ def _resume_point() -> Progress | None:
 class RegistryActivities:
     def __init__(self, deployments: Deployments):
         self.deployments = deployments
-        self._queues: dict[tuple[str, str], str] = {}
+        self._queues: dict[str, DeadLetterQueues] = {}
+
+    def queues(self, aws: AwsClients) -> DeadLetterQueues:
+        """The deployment's event and dead-letter queues (their URLs looked up once)."""
+        if aws.cfg.name not in self._queues:
+            self._queues[aws.cfg.name] = DeadLetterQueues(aws)
+        return self._queues[aws.cfg.name]
 
     @activity.defn
     def ensure_replication_ready(self, inp: ReadyInput) -> ReadyResult:
-        """Event queue, ledger and claims tables in every region, and the CA registered everywhere."""
+        """Event and dead-letter queues, ledger and claims tables in every region, the CA everywhere."""
         aws = self.deployments.aws(inp.deployment)
         cfg = aws.cfg
         out = ReadyResult()
         for region in cfg.region_names:
             try:
-                aws.sqs(region).create_queue(QueueName=cfg.replication.events_queue)
+                self.queues(aws).ensure(region)
             except ClientError as e:
-                raise to_application_error(e, "creating the registry events queue", region) from e
+                raise to_application_error(e, "creating the registry event queues", region) from e
             out.ca_ids[region] = _prepare(aws, region, with_ca=True)
         out.pairs = [RegionPair(s, t) for s in sources(cfg) for t in cfg.region_names if t != s]
         return out
@@ -296,22 +324,15 @@ class RegistryActivities:
     @activity.defn
     def drain_registry_events(self, inp: DrainInput) -> DrainResult:
         """Apply the events waiting in every region's queue for up to `max_seconds`."""
-        return EventDrain(self, self.deployments.aws(inp.deployment), inp).run()
-
-    def queue_url(self, aws: AwsClients, region: str) -> str:
-        key = (aws.cfg.name, region)
-        if key not in self._queues:
-            self._queues[key] = aws.sqs(region).get_queue_url(QueueName=aws.cfg.replication.events_queue)[
-                "QueueUrl"
-            ]
-        return self._queues[key]
+        aws = self.deployments.aws(inp.deployment)
+        return EventDrain(self.queues(aws), aws, inp).run()
 
 
 class EventDrain:
     """One drain pass: receive, apply to every other region, delete; bad events become dead letters."""
 
-    def __init__(self, owner: RegistryActivities, aws: AwsClients, inp: DrainInput):
-        self.owner, self.aws, self.inp = owner, aws, inp
+    def __init__(self, queues: DeadLetterQueues, aws: AwsClients, inp: DrainInput):
+        self.queues, self.aws, self.inp = queues, aws, inp
         self.cfg = aws.cfg
         self.out = DrainResult()
         self.sources = set(sources(self.cfg))
@@ -343,12 +364,23 @@ class EventDrain:
         for region in self.cfg.region_names:
             self.out.lag_seconds.setdefault(region, 0.0)
             LAG.labels(self.cfg.name, region).set(self.out.lag_seconds[region])
+        for region in regions:
+            self._count_dead_letters(region)
         return self.out
+
+    def _count_dead_letters(self, region: str) -> None:
+        try:
+            n = self.queues.depth(region)
+        except (ClientError, BotoCoreError) as e:  # the count is for the UI and alerts: never fatal
+            log.warning("dead-letter queue not readable", region=region, error=str(e)[:200])
+            return
+        self.out.dead_letter_queue_depth[region] = n
+        DEAD_LETTER_QUEUE.labels(self.cfg.name, region).set(n)
 
     def _receive(self, region: str, wait: int) -> int:
         """One batch from `region`'s queue; handled messages are deleted even if a later one fails."""
         sqs = self.aws.sqs(region)
-        url = self.owner.queue_url(self.aws, region)
+        url = self.queues.url(region)
         msgs = sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10, WaitTimeSeconds=wait).get(
             "Messages", []
         )
@@ -375,10 +407,13 @@ class EventDrain:
                 self._apply(region, event)
         except EventError as e:
             self._dead(region, msg, e.reason, e.detail)
-        except ClientError as e:
-            if is_retryable(e):
+        except (ClientError, BotoCoreError) as e:
+            if is_retryable(e):  # left in the queue: SQS hands it out again after its visibility timeout
                 raise to_application_error(e, "applying a registry event", region) from e
-            self._dead(region, msg, "aws_error", f"{e.response['Error'].get('Code')}: {e}")
+            # AccessDenied is the controller's role, not the event: parked so it blocks nothing, and
+            # counted under its own reason so that it alerts.
+            reason = "access_denied" if error_code(e) in ACCESS_CODES else "aws_error"
+            self._dead(region, msg, reason, f"{error_code(e)}: {e}")
 
     def _apply(self, region: str, event: RegistryEvent) -> None:
         failures: list[str] = []
@@ -414,7 +449,13 @@ class EventDrain:
         self.out.applied += 1
 
     def _dead(self, region: str, msg: dict, reason: str, detail: str) -> None:
+        """Park the message in the region's dead-letter queue; only then may it be deleted."""
+        try:
+            self.queues.send(region, msg, reason, detail)
+        except (ClientError, BotoCoreError) as e:
+            raise to_application_error(e, "dead-lettering a registry event (it stays queued)", region) from e
         self.out.dead_letter_count += 1
+        self.out.dead_letters_by_region[region] = self.out.dead_letters_by_region.get(region, 0) + 1
         DEAD_LETTERS.labels(self.cfg.name, reason).inc()
         if reason in ("bad_json", "unknown_type", "missing_field"):
             metrics.BAD_INPUT.labels(source="registry_event", reason=reason).inc()

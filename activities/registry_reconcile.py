@@ -22,10 +22,12 @@ from typing import Any
 from botocore.exceptions import BotoCoreError, ClientError
 
 from activities import certificates as certs
+from activities.registry_events import EventError
 from activities.registry_records import (
     MARKER_ATTRIBUTE,
     CertificateRecord,
     ClaimRecord,
+    ItemFailed,
     KindDiff,
     canonical_json,
     diff,
@@ -49,6 +51,7 @@ class Progress:
     token: str | None = None
     applied: dict[str, int] = field(default_factory=dict)  # "kind:operation" -> n
     drift: dict[str, int] = field(default_factory=dict)  # kind -> differences found
+    things: int = 0  # the source's own things seen so far
 
 
 class Reconciler:
@@ -63,6 +66,7 @@ class Reconciler:
         self.rep, self.checkpoint = rep, checkpoint
         self.concurrency, self.page_size, self.scope = concurrency, page_size, scope_group
         self.base = Progress()
+        self.things = 0  # the source's own things seen by this attempt
         self._pool: ThreadPoolExecutor | None = None
 
     def run(self, start: Progress | None = None) -> Progress:
@@ -84,7 +88,7 @@ class Reconciler:
     def progress(self, phase: str, token: str | None) -> Progress:
         applied = Counter(self.base.applied) + Counter(self.rep.applied)
         drift = Counter(self.base.drift) + Counter({k: d.drift for k, d in self.rep.diffs.items()})
-        return Progress(phase, token, dict(applied), dict(drift))
+        return Progress(phase, token, dict(applied), dict(drift), self.base.things + self.things)
 
     def _save(self, phase: str, token: str | None) -> None:
         self.checkpoint(self.progress(phase, token))
@@ -111,13 +115,38 @@ class Reconciler:
             page, token = certs.fetch_marker_page(
                 src, "list_certificates", "certificates", token, self.page_size
             )
-            self._each(
-                [c for c in page if c["certificateId"] not in mine and c["status"] != "PENDING_ACTIVATION"],
-                self._certificate,
-            )
+            page = [c for c in page if c["certificateId"] not in mine]
+            pending = [c for c in page if c["status"] == "PENDING_ACTIVATION"]
+            self._each(pending, self._finish_jitr)
+            self._each([c for c in page if c not in pending], self._certificate)
             self._save("certificates", token)
             if not token:
                 return
+
+    def _finish_jitr(self, listed: dict) -> None:
+        """A device certificate of the deployment's CA still pending: its JITR failed or its event was lost.
+
+        Completed in the source as the event handler would have (certificates.onboard_jitr), then
+        replicated; without this the device could never connect anywhere.
+        """
+        rep, cid = self.rep, listed["certificateId"]
+        if not certs.is_unfinished_jitr(rep.aws, rep.source, cid):
+            return  # another CA's certificate, or one naming no device: not ours to activate
+        if not rep.apply:
+            rep.kind_diff("certificate").note("missing", f"{cid} (just-in-time registration unfinished)")
+            return
+
+        def finish() -> None:
+            try:
+                certs.onboard_jitr(rep.aws, rep.source, cid)
+            except EventError as e:
+                raise ItemFailed(
+                    f"completing its just-in-time registration in {rep.source}: {e.detail}"
+                ) from None
+            rep.done("certificate", "jitr")
+            self._certificate({**listed, "status": "ACTIVE"})
+
+        rep.guarded("certificate", cid, finish)
 
     def _certificate(self, listed: dict) -> None:
         rep, cid = self.rep, listed["certificateId"]
@@ -144,11 +173,14 @@ class Reconciler:
         src_members = self._memberships(rep.source)
         tgt_members = self._memberships(rep.target)
         tgt_index = {t["thingName"]: t for t in all_items(rep.iot(rep.target), "list_things", "things", 250)}
+        mine = rep.ledger.names(rep.source, "thing")  # one paged query, not one read per thing
 
         def one(listed: dict) -> None:
-            src = rep.thing_record(rep.source, listed, src_members.get(listed["thingName"], []))
-            if src.replicated_by == rep.marker:
+            if listed["thingName"] in mine:
                 return  # replicated into the source from elsewhere (active/active): not sent back
+            src = rep.thing_record(rep.source, listed, src_members.get(listed["thingName"], []))
+            if src.replicated_by:
+                return  # the same, replicated there before the ledger recorded things
             t = tgt_index.get(src.name)
             tgt = rep.thing_record(rep.target, t, tgt_members.get(src.name, [])) if t else None
             self._apply("thing", src.name, src, tgt)
@@ -158,14 +190,23 @@ class Reconciler:
             page, token = fetch_page(rep.iot(rep.source), "list_things", "things", token, self.page_size)
             self._each(page, one)
             seen |= {t["thingName"] for t in page}
+            self.things += sum(
+                1
+                for t in page
+                if t["thingName"] not in mine
+                and (t.get("attributes") or {}).get(MARKER_ATTRIBUTE) != rep.marker
+            )
             self._save("things", token)
             if not token:
                 break
+        ours = rep.ledger.names(rep.target, "thing")
         kd = rep.kind_diff("thing")  # informational: target-only things that are not ours
         kd.foreign += sum(
             1
             for n, t in tgt_index.items()
-            if n not in seen and (t.get("attributes") or {}).get(MARKER_ATTRIBUTE) != rep.marker
+            if n not in seen
+            and n not in ours
+            and (t.get("attributes") or {}).get(MARKER_ATTRIBUTE) != rep.marker
         )
 
     def _memberships(self, region: str) -> dict[str, list[str]]:
@@ -209,32 +250,41 @@ class Reconciler:
     def _prune(self, _token: str | None) -> None:
         """Deletions, reverse dependency order, each one only per registry_records.may_delete."""
         rep = self.rep
+        recorded = rep.ledger.names(rep.target, "thing")
         src_things = {t["thingName"] for t in all_items(rep.iot(rep.source), "list_things", "things", 250)}
-        ours = [
+        legacy = {
             t["thingName"]
             for t in all_items(
                 rep.iot(rep.target), "list_things", "things", 250,
                 attributeName=MARKER_ATTRIBUTE, attributeValue=rep.marker,
             )
-        ]  # fmt: skip
-        gone = [
-            n for n in ours if may_delete(n in src_things or rep.read_thing(rep.source, n) is not None, True)
-        ]
-        self._delete("thing", gone)
+        }  # fmt: skip
+        self._delete("thing", self._gone("thing", sorted((recorded | legacy) - src_things), recorded))
         src_certs = {
             c["certificateId"]
             for c in certs.marker_items(rep.iot(rep.source), "list_certificates", "certificates")
         }
         recorded = rep.ledger.names(rep.target, "certificate")
-        gone = [
-            c for c in sorted(recorded - src_certs)
-            if may_delete(certs.read_certificate(rep.aws, rep.source, c) is not None, replicated_by_us=True)
-            and certs.read_certificate(rep.aws, rep.target, c) is not None
-        ]  # fmt: skip
-        self._delete("certificate", gone)
+        self._delete("certificate", self._gone("certificate", sorted(recorded - src_certs), recorded))
         for kind in ("policy", "thing_group", "thing_type"):
             if rep.apply:
                 rep.prune_catalog(kind)
+
+    def _gone(self, kind: str, candidates: list[str], recorded: set[str]) -> list[str]:
+        """Ours and missing from the source's listing: those the source says are gone and the target has.
+
+        Each is re-read in the source, as a listing may miss an item (eventual consistency, a lost
+        page); the ledger records of items gone from both regions are dropped.
+        """
+        rep, gone = self.rep, []
+        for name in candidates:
+            if not may_delete(rep.read(rep.source, kind, name) is not None, replicated_by_us=True):
+                continue
+            if rep.read(rep.target, kind, name) is not None:
+                gone.append(name)
+            elif rep.apply and name in recorded:
+                rep.ledger.forget(rep.target, kind, name)
+        return gone
 
     def _delete(self, kind: str, names: list[str]) -> None:
         rep = self.rep

@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
+# The attribute the replicator once put on the things it created; now only recognised, as ours, on
+# replicas made before the ledger recorded things, and removed from them (ledger.py).
 MARKER_ATTRIBUTE = "replicatedBy"
 KINDS = ("thing_type", "thing_group", "policy", "certificate", "thing", "claim")
 # Certificates in these states are replicated as they are; the rest land INACTIVE in the target
-# (PENDING_ACTIVATION is left to the JITR handler, which activates and replicates the device).
+# (PENDING_ACTIVATION is an unfinished just-in-time registration: the reconciler completes it in the
+# source, which activates the certificate, and replicates the device).
 REPLICATED_STATUSES = {"ACTIVE", "INACTIVE", "REVOKED"}
 
 
@@ -24,7 +27,7 @@ class ItemFailed(Exception):
 
 
 def marker(deployment: str) -> str:
-    """The attribute value on things this deployment's replicator created in a target region."""
+    """The `replicatedBy` value on things this deployment's replicator created before the ledger."""
     return f"iotfailover:{deployment}"
 
 
@@ -74,18 +77,14 @@ class CertificateRecord:
 class ThingRecord:
     name: str
     thing_type: str | None = None
-    attributes: tuple[tuple[str, str], ...] = ()  # without the replication marker
+    attributes: tuple[tuple[str, str], ...] = ()  # without this deployment's legacy marker
     groups: tuple[str, ...] = ()
     certificates: tuple[str, ...] = ()
-    replicated_by: str | None = None  # the marker's value, not compared
+    replicated_by: str | None = None  # this deployment's legacy marker, when the thing carries it
 
     def same(self, other: ThingRecord) -> bool:
-        return (self.thing_type, self.attributes, self.groups, self.certificates) == (
-            other.thing_type,
-            other.attributes,
-            other.groups,
-            other.certificates,
-        )
+        """Equal as the customer sees them: a replica still carrying the legacy marker is not a copy."""
+        return self == replace(other, name=self.name)
 
 
 @dataclass(frozen=True)
@@ -113,8 +112,9 @@ def target_status(source_status: str) -> str:
 def may_delete(in_source: bool, replicated_by_us: bool) -> bool:
     """The deletion rule: delete in a target only what is gone from the source AND provably ours.
 
-    Proof is the `replicatedBy=iotfailover:<deployment>` attribute on things, and the replication
-    ledger record (written before the create) for every other kind. Anything else in a target was
+    Proof is the replication ledger record, written before the create, for every kind (ledger.py);
+    things replicated before the ledger recorded them carry `replicatedBy=iotfailover:<deployment>`
+    instead, until the next reconcile records them and removes it. Anything else in a target was
     made there by someone else and is never deleted by the replicator.
     """
     return not in_source and replicated_by_us

@@ -32,7 +32,7 @@ from activities.registry_records import (
 )
 from core import logs
 from core.aws import AwsClients, all_items
-from core.errors import is_already_exists, is_not_found, is_retryable
+from core.errors import ACCESS_CODES, error_code, is_already_exists, is_not_found, is_retryable
 
 log = logs.get("replication")
 APPLIED_HOOK = Callable[[str, str, str], None]  # (target region, kind, operation)
@@ -72,15 +72,19 @@ class Replicator:
             self._on_applied(self.target, kind, op)
 
     def guarded(self, kind: str, name: str, fn: Callable[[], None]) -> None:
-        """Run one item's change; a non-retryable AWS error is recorded, a retryable one raised."""
+        """Run one item's change; a non-retryable AWS error is recorded, a retryable one raised.
+
+        Access denied is raised too: it is the controller's role, not the item, so it stops the run
+        with a message that says which right to grant, instead of failing every item alike.
+        """
         try:
             fn()
         except ItemFailed as e:
             self._fail(kind, name, str(e))
         except ClientError as e:
-            if is_retryable(e):
+            if is_retryable(e) or error_code(e) in ACCESS_CODES:
                 raise
-            self._fail(kind, name, f"{e.response['Error'].get('Code')}: {e}")
+            self._fail(kind, name, f"{error_code(e)}: {e}")
 
     def _fail(self, kind: str, name: str, why: str) -> None:
         with self._lock:
@@ -142,7 +146,8 @@ class Replicator:
         """A thing's record from its ListThings/DescribeThing entry, plus groups and certificates."""
         name = listed["thingName"]
         attrs = dict(listed.get("attributes") or {})
-        replicated_by = attrs.pop(MARKER_ATTRIBUTE, None)
+        legacy = attrs.get(MARKER_ATTRIBUTE) == self.marker  # another value is the customer's data
+        replicated_by = attrs.pop(MARKER_ATTRIBUTE) if legacy else None
         if groups is None:
             groups = [
                 g["groupName"]
@@ -194,9 +199,21 @@ class Replicator:
         if kind == "thing_group":  # children before parents
             delete = [n for n in reversed(parents_first(target)) if n in delete]
         for name in delete:
-            self.guarded(kind, name, lambda n=name: self.delete(kind, n))
+            self.guarded(kind, name, lambda n=name: self._prune_one(kind, n))
         for name in ours - set(target) - set(source):  # records of resources already gone
             self.ledger.forget(self.target, kind, name)
+
+    def _prune_one(self, kind: str, name: str) -> None:
+        """Delete one of ours that the source's listing lacks, if the source says it is gone.
+
+        A listing can miss an item that exists (eventual consistency, a lost or throttled page), and
+        deleting a policy detaches it from every certificate first: only NotFound from the source
+        proves the item is gone.
+        """
+        if self.read(self.source, kind, name) is not None:
+            log.warning("kept: absent from the source's listing, present when read", kind=kind, name=name)
+            return
+        self.delete(kind, name)
 
     def source_catalog(self, kind: str) -> dict[str, Any]:
         """The source's own resources of a kind: not those replicated into it (active/active)."""
@@ -210,10 +227,10 @@ class Replicator:
     def converge_one(self, kind: str, name: str, source_required: bool = False) -> str:
         """Converge a single resource; returns "gone" when it is absent from the source."""
         src, tgt = self.read(self.source, kind, name), self.read(self.target, kind, name)
-        if kind == "thing" and src is not None and src.replicated_by == self.marker:
+        if src is not None and (
+            getattr(src, "replicated_by", None) or self.ledger.has(self.source, kind, name)
+        ):
             return "echo"  # our own write, seen in a region that is also a source
-        if kind != "thing" and src is not None and self.ledger.has(self.source, kind, name):
-            return "echo"
         ours = self.is_ours(kind, name, tgt)
         create, update, delete = diff(
             {name: src} if src else {}, {name: tgt} if tgt else {}, {name} if ours else set(), KindDiff()
@@ -238,8 +255,8 @@ class Replicator:
         return readers[kind](region, name)
 
     def is_ours(self, kind: str, name: str, target_record: Any) -> bool:
-        if kind == "thing":
-            return target_record is not None and target_record.replicated_by == self.marker
+        if getattr(target_record, "replicated_by", None):
+            return True  # a thing replicated before the ledger recorded things
         return self.ledger.has(self.target, kind, name)
 
     def ensure(self, kind: str, name: str) -> None:
@@ -254,8 +271,7 @@ class Replicator:
     # ---------------------------------------------------------------- writes
     def create(self, kind: str, rec: Any) -> None:
         name = getattr(rec, "name", None) or getattr(rec, "certificate_id", "")
-        if kind != "thing":
-            self.ledger.record(self.target, kind, name, self.source)  # before the create: see ledger.py
+        recorded_before = self.ledger.record(self.target, kind, name, self.source)  # first: see ledger.py
         try:
             {
                 "thing_type": self._create_type,
@@ -267,14 +283,14 @@ class Replicator:
         except ClientError as e:
             if not is_already_exists(e):
                 raise
-            if kind == "thing":  # made meanwhile (or by an earlier try of ours): converge it instead
+            # Recorded before this attempt: an earlier try of ours whose answer was lost. Otherwise
+            # made by someone else meanwhile: not ours, so never deleted by us.
+            if not recorded_before:
+                self.ledger.forget(self.target, kind, name)
+            if kind == "thing":  # converge it instead
                 tgt = self.read_thing(self.target, name)
                 if tgt is not None and not rec.same(tgt):
                     self.update(kind, rec, tgt)
-                return
-            # Made by someone else meanwhile: not ours, so never deleted by us. (If it was in fact an
-            # earlier try of ours whose answer was lost, forgetting errs on the safe side: kept.)
-            self.ledger.forget(self.target, kind, name)
             return
         self.present.add((kind, name))
         self.done(kind, "create")
@@ -301,8 +317,7 @@ class Replicator:
         except ClientError as e:
             if not is_not_found(e):
                 raise
-        if kind != "thing":
-            self.ledger.forget(self.target, kind, name)
+        self.ledger.forget(self.target, kind, name)
         self.done(kind, "delete")
 
     def _create_type(self, rec: ThingTypeRecord) -> None:
@@ -378,7 +393,7 @@ class Replicator:
     def _create_thing(self, rec: ThingRecord) -> None:
         args: dict[str, Any] = {
             "thingName": rec.name,
-            "attributePayload": {"attributes": {**dict(rec.attributes), MARKER_ATTRIBUTE: self.marker}},
+            "attributePayload": {"attributes": dict(rec.attributes)},
         }
         if rec.thing_type:
             self.ensure("thing_type", rec.thing_type)
@@ -388,13 +403,16 @@ class Replicator:
 
     def _update_thing(self, src: ThingRecord, tgt: ThingRecord) -> None:
         iot = self.iot(self.target)
-        if (src.thing_type, src.attributes) != (tgt.thing_type, tgt.attributes):
-            attrs = dict(src.attributes)
-            if tgt.replicated_by:
-                attrs[MARKER_ATTRIBUTE] = tgt.replicated_by
+        if tgt.replicated_by:  # ours from before the ledger: recorded there before the marker goes
+            self.ledger.record(self.target, "thing", src.name, self.source)
+        if (src.thing_type, src.attributes, src.replicated_by) != (
+            tgt.thing_type,
+            tgt.attributes,
+            tgt.replicated_by,
+        ):
             args: dict[str, Any] = {
                 "thingName": src.name,
-                "attributePayload": {"attributes": attrs, "merge": False},
+                "attributePayload": {"attributes": dict(src.attributes), "merge": False},
             }
             if src.thing_type:
                 self.ensure("thing_type", src.thing_type)

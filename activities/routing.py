@@ -15,9 +15,7 @@ blocks the emergency cutover away from it.
 
 from __future__ import annotations
 
-import contextvars
 import re
-import threading
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -28,7 +26,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from activities.context import Deployments
+from activities.context import Deployments, Keepalive
 from activities.fencing import FLIPS, FlipResult, flip_regions, unreachable
 from bootstrap.records import from_item, to_item
 from core import logs
@@ -41,7 +39,6 @@ _STREAM = re.compile(r"^[a-zA-Z0-9_.-]{1,128}$")
 DEFAULT_STREAM_PREFIX = "iotfailover-telemetry-"  # the streams deploy/aws/region.yaml lets rules write
 _DNS_TTL = 60
 _INSYNC_WAIT_SECONDS = 300
-HEARTBEAT_SECONDS = 5.0  # flip_dns heartbeats at least this often, whatever call it waits on
 _FENCE_VALUE = re.compile(r'^"?epoch=(\d{1,18}) region=([a-z0-9-]{1,32})"?$')
 
 
@@ -136,7 +133,8 @@ class RoutingActivities:
         }
         targets = cfg.region_names if inp.regions is None else inp.regions
         aws = self.deployments.aws(cfg.name)
-        return flip_regions(aws, "routing", targets, cfg.routing_table, "applicationId", values)
+        with Keepalive(inp.application):
+            return flip_regions(aws, "routing", targets, cfg.routing_table, "applicationId", values)
 
     @activity.defn
     def read_routing(self, inp: ReadRoutingInput) -> RoutingRecord | None:
@@ -194,7 +192,7 @@ class RoutingActivities:
         record = cfg.dns_record.rstrip(".") + "."
         doing = f"flipping {record} to {inp.region} at epoch {inp.epoch}"
         details = activity.info().heartbeat_details
-        with _Keepalive(*details[:1]) as beat:
+        with Keepalive(*details[:1]) as beat:
             try:
                 target = aws.device_endpoint(inp.region)
             except (ClientError, BotoCoreError) as e:
@@ -221,43 +219,7 @@ class RoutingActivities:
         return result
 
 
-class _Keepalive:
-    """Heartbeats the latest details from a side thread while the activity blocks on AWS calls.
-
-    botocore's tries of one call can take longer than a heartbeat timeout; this keeps a live
-    worker visibly alive and lets a dead one be noticed within HEARTBEAT_SECONDS plus the timeout.
-    """
-
-    def __init__(self, *details: Any):
-        self.details = details
-        self._stop = threading.Event()
-        self._thread = threading.Thread(
-            target=contextvars.copy_context().run, args=(self._loop,), name="flip-dns-heartbeat", daemon=True
-        )
-
-    def beat(self, *details: Any) -> None:
-        self.details = details
-        activity.heartbeat(*details)
-
-    def _loop(self) -> None:
-        while not self._stop.wait(HEARTBEAT_SECONDS):
-            try:
-                activity.heartbeat(*self.details)
-            except Exception as e:  # the worker is shutting down: the heartbeat timeout will tell
-                logs.get("routing").warning("heartbeat failed", error=str(e))
-                return
-
-    def __enter__(self) -> _Keepalive:
-        activity.heartbeat(*self.details)
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-
-
-def _flip_through(r53: Any, zone: str, inp: FlipDnsInput, result: DnsFlipResult, beat: _Keepalive) -> None:
+def _flip_through(r53: Any, zone: str, inp: FlipDnsInput, result: DnsFlipResult, beat: Keepalive) -> None:
     """Read the fence, write the flip unless it is in place, wait INSYNC: all through one client."""
     fence = f"_iotfailover-epoch.{result.record}"
     if not result.change_id:
@@ -337,7 +299,7 @@ def _write(
     return resp["ChangeInfo"]["Id"]
 
 
-def _wait_insync(r53: Any, change_id: str, beat: _Keepalive) -> str:
+def _wait_insync(r53: Any, change_id: str, beat: Keepalive) -> str:
     deadline = time.monotonic() + _INSYNC_WAIT_SECONDS
     while True:
         status = r53.get_change(Id=change_id)["ChangeInfo"]["Status"]

@@ -1,15 +1,23 @@
-"""`starter.py replicate [start|status] [--now]`: the deployment's RegistryReplicationWorkflow."""
+"""`starter.py replicate [start|status|dead-letters] [--now]`: the deployment's registry replication.
+
+`start`, `status` and `--now` talk to its RegistryReplicationWorkflow; `dead-letters` reads each
+region's dead-letter queue directly (no Temporal needed), so it works while the worker is down.
+"""
 
 from __future__ import annotations
 
 import argparse
 
+from botocore.exceptions import BotoCoreError, ClientError
 from temporalio.client import Client, WorkflowHandle
 from temporalio.common import SearchAttributePair, TypedSearchAttributes, WorkflowIDConflictPolicy
 from temporalio.service import RPCError
 
+from activities.registry_dead_letters import DeadLetterQueues
 from cli import CliError
 from cli.common import client_for, config_of, run_async, ui_link
+from cli.deployment import deployment_id
+from core.aws import AwsClients
 from core.config import DeploymentConfig
 from core.temporal import SA_DEPLOYMENT
 from workflows.replication import (
@@ -32,11 +40,24 @@ def register(sub: argparse._SubParsersAction) -> None:
     actions = p.add_subparsers(dest="replicate_command", metavar="action")
     actions.add_parser("start", help="start the replication workflow (idempotent)")
     actions.add_parser("status", help="lag, drift, last reconcile and dead letters")
+    dead = actions.add_parser(
+        "dead-letters",
+        help="registry events that could not be applied, per region with reasons (exit 1 if any wait)",
+    )
+    dead.add_argument("--region", help="only this region (default: every region of the deployment)")
+    dead.add_argument("--limit", type=int, default=20, help="dead letters shown per region (default: 20)")
+    dead.add_argument(
+        "--replay",
+        action="store_true",
+        help="move them back into the events queue (after fixing their cause); safe to repeat",
+    )
 
 
 def replication_input(cfg: DeploymentConfig) -> ReplicationInput:
     return ReplicationInput(
-        deployment=cfg.name, reconcile_interval_seconds=cfg.replication.reconcile_interval_minutes * 60
+        deployment=cfg.name,
+        reconcile_interval_seconds=cfg.replication.reconcile_interval_minutes * 60,
+        deployment_workflow_id=deployment_id(cfg),  # replica reports go to the deployment's entity
     )
 
 
@@ -55,6 +76,8 @@ async def start(client: Client, cfg: DeploymentConfig) -> WorkflowHandle:
 
 async def cmd_replicate(args: argparse.Namespace) -> int:
     cfg = config_of(args)
+    if args.replicate_command == "dead-letters":
+        return dead_letters(cfg, args.region, args.limit, args.replay)
     client = await client_for(cfg)
     if args.replicate_command == "status":
         return await _status(client, cfg)
@@ -98,4 +121,46 @@ async def _status(client: Client, cfg: DeploymentConfig) -> int:
     )
     for d in s.dead_letters[-5:]:
         print(f"    {d.at} {d.region} {d.reason}: {d.detail}")
+    if s.dead_letter_queue_depth:
+        print(f"  waiting in the dead-letter queues: {s.dead_letter_queue_depth} (`replicate dead-letters`)")
+    for r in s.replicas:
+        print(
+            f"  copy in {r.target} of {r.source}: {'complete' if r.complete else 'incomplete: ' + r.reason}"
+        )
+    if s.replica_unsent:
+        print(f"  the deployment workflow was not told: {s.replica_signal_error}")
     return 0
+
+
+def dead_letters(cfg: DeploymentConfig, region: str | None, limit: int, replay: bool) -> int:
+    """List (or replay) each region's dead letters; 0 when none is left waiting, 1 otherwise."""
+    if region and region not in cfg.regions:
+        raise CliError(f"unknown region {region!r}; this deployment has {', '.join(cfg.regions)}")
+    if limit < 0:
+        raise CliError("--limit must be 0 or more")
+    queues = DeadLetterQueues(AwsClients(cfg))
+    waiting = 0
+    for r in [region] if region else cfg.region_names:
+        try:
+            if replay:
+                res = queues.replay(r)
+                print(f"{r}: {res.moved} moved back to the events queue, {res.left} still dead-lettered")
+                waiting += res.left
+                continue
+            listing = queues.peek(r, limit)
+        except (ClientError, BotoCoreError) as e:
+            raise CliError(
+                f"cannot read the dead-letter queue {queues.dead_queue} in {r}: {e} "
+                "(run `replicate start` once to create the queues, or check the region's credentials)",
+                code=2,
+            ) from None
+        waiting += listing.count
+        print(f"{r}: {listing.count} dead letters in {listing.queue}")
+        for m in listing.messages:
+            print(f"  {m.at or '-'} {m.reason} (from {m.region}, {m.receives} receives): {m.detail[:200]}")
+            print(f"    {m.body[:120]}")
+        if listing.count > len(listing.messages):
+            print(f"  ... and {listing.count - len(listing.messages)} more (--limit)")
+    if waiting and not replay:
+        print("fix their cause, then `replicate dead-letters --replay` puts them back on the events queue")
+    return 1 if waiting else 0

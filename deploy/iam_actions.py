@@ -323,6 +323,7 @@ _IOT_ARNS = {
     "client": f"{_IOT}:client/iotfailover-${{DeploymentName}}-*",
 }
 _TABLE = "arn:${AWS::Partition}:dynamodb:${AWS::Region}:${AWS::AccountId}:table"
+_QUEUE = "arn:${AWS::Partition}:sqs:${AWS::Region}:${AWS::AccountId}:${EventsQueueName}"
 _ALL_TABLES = [
     f"{_TABLE}/${{{t}}}"
     for t in ("BootstrapTableName", "ClaimsTableName", "RoutingTableName", "LedgerTableName")
@@ -344,7 +345,7 @@ CONTROLLER_SCOPES = (
         "RegistryEventsQueue",
         "sqs",
         True,
-        {"queue": "arn:${AWS::Partition}:sqs:${AWS::Region}:${AWS::AccountId}:${EventsQueueName}"},
+        {"queue": [_QUEUE, f"{_QUEUE}-dlq"]},  # the events queue and its dead-letter queue
     ),
     Scope("Route53AccountLevel", "route53", False, condition="HasDnsRecord"),
     Scope(

@@ -17,6 +17,8 @@ this module patches into the emulator process (only there):
 - ListThingsInThingGroup ignored recursive and paging: child groups included on request, paged with
   maxResults/nextToken (an offset token: fine for the static wave groups the controller pages).
 - DeleteThing left the thing in its thing groups (so jobs and listings still saw it): removed.
+- CreateThing and UpdateThing took any number of attributes: AWS allows 3 on a thing without a
+  thing type and 50 on a typed one (InvalidRequestException beyond), checked on the result.
 - DescribeThing, behind every shadow call, scanned all things: an O(1) lookup by ARN.
 - iot-data: ListNamedShadowsForThing listed deleted shadows and had no timestamp; every update reset
   the metadata timestamp of every field (AWS keeps each field's last update time); a conditional
@@ -53,6 +55,7 @@ from moto.utilities.utils import get_partition
 from core.certs import certificate_id
 
 PUBLISHED_KEPT = 10_000
+THING_ATTRIBUTES = {False: 3, True: 50}  # AWS's limit, by whether the thing has a thing type
 
 
 def group_things(backend: IoTBackend, group: FakeThingGroup, recursive: bool) -> list[FakeThing]:
@@ -218,6 +221,49 @@ def _describe_thing(original: Any) -> Any:
     return describe_thing
 
 
+def _attribute_limit(attributes: dict[str, Any], typed: bool) -> None:
+    limit = THING_ATTRIBUTES[typed]
+    if len(attributes) > limit:
+        raise InvalidRequestException(
+            f"A thing {'with' if typed else 'without'} a thing type can have at most {limit} attributes "
+            f"(got {len(attributes)})"
+        )
+
+
+def _create_thing(original: Any) -> Any:
+    def create_thing(
+        self: IoTBackend,
+        thing_name: str,
+        thing_type_name: str,
+        attribute_payload: dict[str, Any] | None,
+        billing_group_name: str | None = None,
+    ) -> FakeThing:
+        _attribute_limit((attribute_payload or {}).get("attributes") or {}, bool(thing_type_name))
+        return original(self, thing_name, thing_type_name, attribute_payload, billing_group_name)
+
+    return create_thing
+
+
+def _update_thing(original: Any) -> Any:
+    def update_thing(
+        self: IoTBackend,
+        thing_name: str,
+        thing_type_name: str,
+        attribute_payload: dict[str, Any] | None,
+        remove_thing_type: bool,
+    ) -> None:
+        thing = self.describe_thing(thing_name)
+        typed = bool(thing_type_name) or (thing.thing_type is not None and not remove_thing_type)
+        attrs, payload = dict(thing.attributes), attribute_payload or {}
+        if "attributes" in payload:
+            new = payload["attributes"] or {}
+            attrs = {**attrs, **new} if payload.get("merge") else dict(new)
+        _attribute_limit({k: v for k, v in attrs.items() if v}, typed)
+        return original(self, thing_name, thing_type_name, attribute_payload, remove_thing_type)
+
+    return update_thing
+
+
 def _delete_thing(original: Any) -> Any:
     def delete_thing(self: IoTBackend, thing_name: str) -> None:
         thing = self.describe_thing(thing_name)
@@ -314,6 +360,8 @@ def install(emulator: Any) -> None:
         "register_certificate_without_ca": _register_certificate_without_ca,
         "describe_thing": _describe_thing,
         "delete_thing": _delete_thing,
+        "create_thing": _create_thing,
+        "update_thing": _update_thing,
     }.items():
         setattr(IoTBackend, name, wrap(getattr(IoTBackend, name)))
     IoTResponse.register_ca_certificate = _register_ca_certificate(IoTResponse.register_ca_certificate)

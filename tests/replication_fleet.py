@@ -3,18 +3,45 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 from botocore.exceptions import ClientError
 
+from activities.context import Deployments
+from activities.registry import ReadyInput, RegistryActivities
+from core.config import DeploymentConfig
 from rehearsal import pki
+from tests.conftest import make_config
 
 POLICY = {
     "Version": "2012-10-17",
     "Statement": [{"Effect": "Allow", "Action": "iot:Connect", "Resource": "*"}],
 }
+
+# the limiter is tested elsewhere; here the emulator sets the pace
+FAST = {"default_rps": 5000, "per_api": {}}
+
+
+def fast_config(
+    emulators: dict[str, str], ca: pki.LocalCA, tmp_path: Path, **overrides: dict
+) -> DeploymentConfig:
+    """A two-region deployment on the emulators with the rate limiter out of the way."""
+    ca_file = tmp_path / "ca.pem"
+    ca_file.write_text(ca.cert_pem)
+    return make_config(emulators, ca_file, quotas=FAST, **overrides)
+
+
+def ready_activities(cfg: DeploymentConfig) -> RegistryActivities:
+    """The registry activities with queues, tables and CA prepared, as the workflow's first step does."""
+    acts = RegistryActivities(Deployments([cfg]))
+    acts.ensure_replication_ready(ReadyInput(cfg.name))
+    return acts
 
 
 @dataclass
@@ -64,3 +91,39 @@ def provision(
             fleet.things.append(name)
             fleet.cert_ids[name] = cid
     return fleet
+
+
+def write_toml(cfg: DeploymentConfig, path: Path, **temporal: str) -> Path:
+    """The deployment as a TOML file, for `starter.py --config` (with a [temporal] section if given)."""
+    regions = "".join(
+        f'[regions.{r}]\nrole = "{c.role}"\nendpoint_url = "{c.endpoint_url}"\n\n'
+        for r, c in cfg.regions.items()
+    )
+    text = (
+        f'[deployment]\nname = "{cfg.name}"\nmode = "{cfg.mode}"\nca_certificate = "{cfg.ca_certificate}"\n\n'
+        f'{regions}[fleet]\nthing_group = "{cfg.fleet.thing_group}"\npolicy_name = "{cfg.fleet.policy_name}"\n\n'
+        f"[replication]\nreconcile_interval_minutes = {cfg.replication.reconcile_interval_minutes}\n"
+    )
+    if temporal:
+        text += "\n[temporal]\n" + "".join(f'{k} = "{v}"\n' for k, v in temporal.items())
+    path.write_text(text)
+    return path
+
+
+@contextmanager
+def denied(client: Any, operation: str) -> Iterator[None]:
+    """Answer `operation` on this boto3 client as AWS does when the role lacks the right."""
+
+    def deny(**_: Any) -> tuple[Any, dict]:
+        error = {"Code": "AccessDeniedException", "Message": f"not authorized to perform iot:{operation}"}
+        return SimpleNamespace(status_code=403, headers={}), {
+            "Error": error,
+            "ResponseMetadata": {"HTTPStatusCode": 403},
+        }
+
+    event = f"before-call.iot.{operation}"
+    client.meta.events.register(event, deny)
+    try:
+        yield
+    finally:
+        client.meta.events.unregister(event, deny)

@@ -11,7 +11,7 @@ from prometheus_client import REGISTRY
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
 
-from activities import routing
+from activities import context
 from activities.context import Deployments
 from activities.routing import FlipDnsInput, FlipRoutingInput, ReadRoutingInput, RoutingActivities
 from core.config import DeploymentConfig
@@ -151,7 +151,7 @@ def test_a_hand_edited_fence_record_fails_at_once_and_is_counted(
 def test_dns_flip_heartbeats_while_route53_is_slow(config: DeploymentConfig, monkeypatch) -> None:
     d, _, _ = _dns_deployment(config)
     cfg = d.config(d.names()[0])
-    monkeypatch.setattr(routing, "HEARTBEAT_SECONDS", 0.2)
+    monkeypatch.setattr(context, "HEARTBEAT_SECONDS", 0.2)
     faults.set_fault(cfg.regions[EAST].endpoint_url, "latency", latency_ms=1500)  # every call 1.5 s
     beats: list[float] = []
     env = ActivityEnvironment()

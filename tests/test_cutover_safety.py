@@ -8,7 +8,9 @@ that blocks until the test has sent its signal or update, then does the real wor
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
+import uuid
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
@@ -22,7 +24,15 @@ from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
 from activities import all_activities
-from activities.bootstrap import BootstrapActivities, FlipBootstrapInput, ReadBootstrapInput
+from activities.bootstrap import (
+    BootstrapActivities,
+    CatchUpBootstrapInput,
+    CatchUpResult,
+    FenceSnapshot,
+    FlipBootstrapInput,
+    ReadBootstrapInput,
+    ReadFencesInput,
+)
 from activities.context import Deployments
 from activities.fencing import FlipResult
 from activities.registry import ReconcileResult, ReplicateScopeInput
@@ -31,6 +41,7 @@ from core.aws import AwsClients
 from core.config import DeploymentConfig
 from core.models import CutoverProgress, CutoverRequest, CutoverStarted, OperatorAction, RegionHealthChange
 from core.temporal import DATA_CONVERTER, SEARCH_ATTRIBUTES
+from rehearsal import faults
 from rehearsal.processes import tool_path
 from tests.conftest import make_config
 from workflows import all_workflows
@@ -56,7 +67,8 @@ def _config(emulators, local_ca, tmp_path: Path, **overrides) -> DeploymentConfi
     )
     aws = AwsClients(cfg)
     for region in cfg.regions:
-        aws.iot(region).create_thing_group(thingGroupName=cfg.fleet.thing_group)
+        with contextlib.suppress(aws.iot(region).exceptions.ResourceAlreadyExistsException):
+            aws.iot(region).create_thing_group(thingGroupName=cfg.fleet.thing_group)
     return cfg
 
 
@@ -350,4 +362,176 @@ async def test_a_cutover_started_while_continuing_as_new_is_followed_to_its_end(
         await until(handle, lambda s: len(s.history) == 2 and s.active_region == EAST, "the second cutover")
         runs.add((await handle.describe()).run_id)
         assert len(runs) > 1  # it did continue-as-new on the way
+        await handle.terminate()
+
+
+def _peers(emulators, local_ca, tmp_path: Path, **overrides) -> DeploymentConfig:
+    """An active/active deployment: telemetry routing is flipped with the fleet."""
+    peers = {r: {"role": "peer", "endpoint_url": emulators[r]} for r in (EAST, WEST)}
+    return _config(
+        emulators, local_ca, tmp_path, deployment={"mode": "active-active"}, regions=peers, **overrides
+    )
+
+
+def heartbeat_timeouts(events, activity_type: str) -> list[float]:
+    return [
+        e.activity_task_scheduled_event_attributes.heartbeat_timeout.ToTimedelta().total_seconds()
+        for e in events
+        if e.HasField("activity_task_scheduled_event_attributes")
+        and e.activity_task_scheduled_event_attributes.activity_type.name == activity_type
+    ]
+
+
+async def test_a_restarted_entity_continues_above_every_fence_and_never_reuses_a_job(
+    temporal_env: WorkflowEnvironment, emulators, local_ca, tmp_path: Path, task_queue: str
+) -> None:
+    """Item 5: the epoch comes from every scope, routing and every region, not the default scope."""
+    cfg = _peers(emulators, local_ca, tmp_path)
+    deployments = Deployments([cfg])
+    flips = BootstrapActivities(deployments)
+    flips.flip_bootstrap(FlipBootstrapInput(cfg.name, 1, EAST, [EAST, WEST]))
+    flips.flip_bootstrap(FlipBootstrapInput(cfg.name, 9, WEST, [WEST, EAST], scope="group:canary"))
+    RoutingActivities(deployments).flip_routing(FlipRoutingInput(cfg.name, 11, cfg.fleet.application, EAST))
+    client = temporal_env.client
+    async with worker(client, task_queue, cfg):
+        handle = await start(client, cfg, task_queue)
+        s = await handle.query("state", result_type=DeploymentState)
+        assert (s.epoch, s.active_region, s.homes) == (11, EAST, {"canary": WEST})
+        started = await cutover(handle, target=WEST, reason="above every fence")
+        assert started.epoch == 12
+        assert (await result_of(client, started.cutover_id)).result == "succeeded"
+        await handle.terminate()
+
+
+def test_an_existing_job_is_taken_as_ours_only_with_our_cutover_and_epoch(config: DeploymentConfig) -> None:
+    """Item 5: "already exists" is success only for this cutover's own job (a retry)."""
+    from temporalio.exceptions import ApplicationError
+    from temporalio.testing import ActivityEnvironment
+
+    from activities.jobs import JobActivities, WaveJobInput
+
+    iot = AwsClients(config).iot(EAST)
+    arn = iot.create_thing_group(thingGroupName="w0")["thingGroupArn"]
+    jobs = JobActivities(Deployments([config]))
+    ours = {"operation": "migrate-region", "epoch": 4, "targetRegion": WEST, "cutoverId": "cutover-x-4"}
+    iot.create_job(jobId="x-4-0", targets=[arn], document='{"operation": "migrate-region", "epoch": 4, '
+                   '"targetRegion": "us-west-2", "cutoverId": "cutover-x-old-4"}')  # fmt: skip
+    env = ActivityEnvironment()
+    with pytest.raises(ApplicationError) as e:
+        env.run(jobs.create_wave_job, WaveJobInput(config.name, EAST, "x-4-0", arn, ours))
+    assert e.value.type == "JobIdTaken" and e.value.non_retryable and "cutover-x-old-4" in str(e.value)
+    first = env.run(jobs.create_wave_job, WaveJobInput(config.name, EAST, "x-4-1", arn, ours))
+    again = env.run(jobs.create_wave_job, WaveJobInput(config.name, EAST, "x-4-1", arn, ours))
+    assert (first.created, again.created, again.job_arn) == (True, False, first.job_arn)
+
+
+async def test_a_region_that_missed_flips_is_caught_up_from_the_main_loop_without_another_signal(
+    temporal_env: WorkflowEnvironment, emulators, local_ca, tmp_path: Path, task_queue: str
+) -> None:
+    """Item 4: the first catch-up fails (the region still does not answer); the main loop tries
+    again on its own, for the bootstrap answer and the telemetry routing alike."""
+    cfg = _peers(emulators, local_ca, tmp_path)
+    routing = RoutingActivities(Deployments([cfg]))
+    routing.flip_routing(FlipRoutingInput(cfg.name, 1, cfg.fleet.application, EAST))
+    client = temporal_env.client
+    async with worker(client, task_queue, cfg):
+        handle = await start(client, cfg, task_queue, healthy=(EAST, WEST))
+        faults.set_fault(emulators[EAST], "outage")
+        try:
+            await health(handle, EAST, "Unhealthy")
+            s = await until(handle, lambda s: s.history and EAST in s.catch_up, "the automatic failover")
+            assert s.active_region == WEST and s.history[-1].automatic
+            await health(handle, EAST, "Degraded")  # answers the monitor a little, not yet the tables
+            await until(
+                handle, lambda s: any("catch-up failed" in d.reason for d in s.decisions), "a failed catch-up"
+            )
+        finally:
+            faults.set_fault(emulators[EAST], "clear")
+        s = await until(handle, lambda s: not s.catch_up, "the retried catch-up", within=150)
+        assert any(d.kind == "catch-up" for d in s.decisions)
+        assert bootstrap_in(cfg, EAST).primary == WEST
+        rec = routing.read_routing(ReadRoutingInput(cfg.name, EAST, cfg.fleet.application))
+        assert (rec.region, rec.epoch) == (WEST, s.history[-1].epoch)
+        await handle.terminate()
+
+
+class HeldCatchUp:
+    """catch_up_bootstrap whose first call waits at the gate; every call is the real one."""
+
+    def __init__(self, cfg: DeploymentConfig):
+        self.real = BootstrapActivities(Deployments([cfg])).catch_up_bootstrap
+        self.hold, self.calls = Hold(), 0
+
+    @activity.defn(name="catch_up_bootstrap")
+    def catch_up_bootstrap(self, inp: CatchUpBootstrapInput) -> CatchUpResult:
+        self.calls += 1
+        if self.calls == 1:
+            self.hold.wait()
+        return self.real(inp)
+
+
+@activity.defn(name="read_fences")
+def fences_with_east_unreachable(inp: ReadFencesInput) -> FenceSnapshot:
+    return FenceSnapshot(unreachable=[EAST])
+
+
+async def test_what_a_region_misses_during_its_catch_up_is_caught_up_too(
+    temporal_env: WorkflowEnvironment, cfg: DeploymentConfig, task_queue: str
+) -> None:
+    """Item 9: a cutover ends (east missed its flip) while east's catch-up is running; the
+    catch-up must not drop what was added meanwhile."""
+    for region in (EAST, WEST):
+        AwsClients(cfg).iot(region).create_thing_group(thingGroupName="g1")
+    client, catch_up = temporal_env.client, HeldCatchUp(cfg)
+    async with worker(client, task_queue, cfg, catch_up.catch_up_bootstrap, fences_with_east_unreachable):
+        handle = await start(client, cfg, task_queue)
+        assert (await handle.query("state", result_type=DeploymentState)).catch_up == {EAST: ["default"]}
+        await health(handle, EAST, "Healthy")
+        await catch_up.hold.reached()
+        started = await cutover(handle, target=WEST, scope="g1", mode="emergency", reason="east skipped")
+        await until(handle, lambda s: s.history and "group:g1" in s.catch_up.get(EAST, []), "the cutover")
+        catch_up.hold.opened.set()
+        await until(handle, lambda s: not s.catch_up, "every region caught up")
+        assert catch_up.calls == 2  # a second catch-up for what the cutover added
+        assert bootstrap_in(cfg, EAST, "group:g1").epoch == started.epoch
+        await handle.terminate()
+
+
+async def test_a_whole_fleet_cutover_flips_routing_and_dns_with_heartbeats_that_notice_a_dead_worker(
+    temporal_env: WorkflowEnvironment, emulators, local_ca, tmp_path: Path, task_queue: str
+) -> None:
+    """Items 3 and 11: the whole fleet moves routing and DNS; flips heartbeat within a minute."""
+    r53 = AwsClients(_peers(emulators, local_ca, tmp_path)).client(EAST, "route53")
+    zone = r53.create_hosted_zone(Name="example.com", CallerReference=uuid.uuid4().hex)["HostedZone"]["Id"]
+    peers = {
+        r: {"role": "peer", "endpoint_url": emulators[r], "iot_endpoint": f"t-ats.iot.{r}.amazonaws.com"}
+        for r in (EAST, WEST)
+    }
+    cfg = _config(
+        emulators,
+        local_ca,
+        tmp_path,
+        deployment={
+            "mode": "active-active",
+            "dns_record": "iot.example.com",
+            "hosted_zone_id": zone.rsplit("/", 1)[-1],
+        },
+        regions=peers,
+    )
+    client = temporal_env.client
+    async with worker(client, task_queue, cfg):
+        handle = await start(client, cfg, task_queue)
+        started = await cutover(handle, target=WEST, reason="whole fleet")
+        assert (await result_of(client, started.cutover_id)).result == "succeeded"
+        rec = RoutingActivities(Deployments([cfg])).read_routing(
+            ReadRoutingInput(cfg.name, EAST, cfg.fleet.application)
+        )
+        assert (rec.region, rec.epoch) == (WEST, started.epoch)
+        sets = r53.list_resource_record_sets(HostedZoneId=zone)["ResourceRecordSets"]
+        cname = next(s for s in sets if s["Type"] == "CNAME")
+        assert cname["ResourceRecords"][0]["Value"] == "t-ats.iot.us-west-2.amazonaws.com"
+        events = [e async for e in client.get_workflow_handle(started.cutover_id).fetch_history_events()]
+        for name in ("flip_bootstrap", "flip_routing", "flip_dns"):
+            timeouts = heartbeat_timeouts(events, name)
+            assert timeouts and all(0 < t <= 60 for t in timeouts), (name, timeouts)
         await handle.terminate()

@@ -249,3 +249,29 @@ def test_other_calls_the_controller_uses_answer_with_aws_shapes(iot: Any) -> Non
     assert iot.list_principal_things(principal=arn)["things"] == ["t0"]
     iot.detach_policy(policyName="p", target=arn)
     assert iot.list_attached_policies(target=arn)["policies"] == []
+
+
+def test_thing_attributes_are_limited_as_in_aws(iot: Any) -> None:
+    """3 attributes on a thing without a thing type, 50 with one; checked on the result of an update."""
+    three = {"attributes": {"a": "1", "b": "2", "c": "3"}}
+    four = {"attributes": {"a": "1", "b": "2", "c": "3", "d": "4"}}
+    iot.create_thing(thingName="plain", attributePayload=three)
+    with pytest.raises(ClientError) as e:
+        iot.create_thing(thingName="too-many", attributePayload=four)
+    assert e.value.response["Error"]["Code"] == "InvalidRequestException"
+    with pytest.raises(ClientError) as e:  # merged: 3 + 1
+        iot.update_thing(thingName="plain", attributePayload={"attributes": {"d": "4"}, "merge": True})
+    assert e.value.response["Error"]["Code"] == "InvalidRequestException"
+    assert iot.describe_thing(thingName="plain")["attributes"] == three["attributes"]  # left as it was
+    iot.update_thing(thingName="plain", attributePayload={"attributes": {"c": "", "d": "4"}, "merge": True})
+    iot.create_thing_type(thingTypeName="typed")
+    many = {"attributes": {f"k{i}": str(i) for i in range(50)}}
+    iot.create_thing(thingName="typed-thing", thingTypeName="typed", attributePayload=many)
+    with pytest.raises(ClientError):  # losing its type, it may keep only 3
+        iot.update_thing(thingName="typed-thing", removeThingType=True)
+    with pytest.raises(ClientError):
+        iot.create_thing(
+            thingName="typed-51",
+            thingTypeName="typed",
+            attributePayload={"attributes": {**many["attributes"], "x": "y"}},
+        )

@@ -163,9 +163,10 @@ def test_diff_creates_updates_and_deletes_only_ours() -> None:
     assert (out.missing, out.different, out.extra, out.foreign, out.drift) == (1, 1, 1, 1, 3)
 
 
-def test_marker_and_version_do_not_count_as_difference() -> None:
-    assert ThingRecord("a", replicated_by="iotfailover:x").same(ThingRecord("a"))
+def test_a_replica_still_carrying_the_legacy_marker_is_not_a_copy() -> None:
+    assert not ThingRecord("a", replicated_by="iotfailover:x").same(ThingRecord("a"))
     assert not ThingRecord("a", groups=("g",)).same(ThingRecord("a"))
+    assert ThingRecord("a", attributes=(("k", "v"),)).same(ThingRecord("a", attributes=(("k", "v"),)))
 
 
 def test_parents_come_before_children() -> None:

@@ -12,6 +12,7 @@ import pytest
 from prometheus_client import REGISTRY
 
 from activities.context import Deployments
+from activities.ledger import Ledger
 from activities.registry import (
     DrainInput,
     ParityInput,
@@ -23,30 +24,23 @@ from activities.registry import (
 )
 from core.config import DeploymentConfig
 from rehearsal import pki
+from tests import replication_fleet
 from tests.conftest import make_config
-from tests.replication_fleet import POLICY, provision
+from tests.replication_fleet import FAST, POLICY, provision
 
 E, W = "us-east-1", "us-west-2"
 # the 200-device fleet (about 25 s here); REPLICATION_FLEET=N to change it
 FLEET = int(os.environ.get("REPLICATION_FLEET", "200"))
-FAST = {
-    "default_rps": 5000,
-    "per_api": {},
-}  # the limiter is tested elsewhere; here the emulator sets the pace
 
 
 @pytest.fixture
 def fast_config(emulators: dict[str, str], local_ca: pki.LocalCA, tmp_path: Path) -> DeploymentConfig:
-    ca_file = tmp_path / "ca.pem"
-    ca_file.write_text(local_ca.cert_pem)
-    return make_config(emulators, ca_file, quotas=FAST)
+    return replication_fleet.fast_config(emulators, local_ca, tmp_path)
 
 
 @pytest.fixture
 def acts(fast_config: DeploymentConfig) -> RegistryActivities:
-    a = RegistryActivities(Deployments([fast_config]))
-    a.ensure_replication_ready(ReadyInput(fast_config.name))
-    return a
+    return replication_fleet.ready_activities(fast_config)
 
 
 def _aws(acts: RegistryActivities, cfg: DeploymentConfig):
@@ -259,10 +253,8 @@ def test_events_converge_and_bad_events_are_dead_lettered(
         == dead_before + 1
     )
     assert registry_parity(aws, E, W).ok, registry_parity(aws, E, W).render()
-    assert (
-        west.describe_thing(thingName="dev-new")["attributes"]["replicatedBy"]
-        == f"iotfailover:{fast_config.name}"
-    )
+    assert west.describe_thing(thingName="dev-new")["attributes"] == {"sku": "n"}  # a copy
+    assert Ledger(aws).has(W, "thing", "dev-new")  # and recorded as ours
     got = aws.dynamodb(W).get_item(TableName=fast_config.claims_table, Key={"thingName": {"S": "dev-new"}})
     assert got["Item"]["owner"]["S"] == "acme"  # the claim travelled with its thing
     # the queue is empty: nothing blocked it
@@ -370,11 +362,8 @@ def test_active_active_each_region_sources_its_own_devices(
     for _ in range(2):  # twice: the second round must find nothing to do, in either direction
         results = [reconcile_pair(aws, E, W), reconcile_pair(aws, W, E)]
     assert all(not r.applied for r in results), [r.applied for r in results]
-    assert (
-        aws.iot(W).describe_thing(thingName="east-dev")["attributes"]["replicatedBy"]
-        == f"iotfailover:{cfg.name}"
-    )
-    assert "replicatedBy" not in aws.iot(E).describe_thing(thingName="east-dev")["attributes"]
+    assert aws.iot(W).describe_thing(thingName="east-dev")["attributes"] == {"sku": "e"}
+    assert Ledger(aws).has(W, "thing", "east-dev") and not Ledger(aws).has(E, "thing", "east-dev")
     assert aws.iot(E).describe_thing(thingName="west-dev")["attributes"]["sku"] == "w"
     assert registry_parity(aws, E, W).ok and registry_parity(aws, W, E).ok
     # a device deleted in its home region disappears from the other, and only there

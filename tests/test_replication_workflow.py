@@ -8,25 +8,31 @@ import uuid
 from pathlib import Path
 
 import pytest
+from temporalio import workflow
 from temporalio.api.enums.v1 import EventType
 from temporalio.api.sdk.v1 import WorkflowMetadata
 from temporalio.client import WorkflowHandle
 from temporalio.testing import WorkflowEnvironment
+from temporalio.worker import UnsandboxedWorkflowRunner, Worker
 
 from activities.certificates import marker_items
 from activities.context import Deployments
 from activities.registry import registry_parity
 from core.aws import AwsClients, all_items
 from core.config import DeploymentConfig
+from core.models import REPLICA_STATUS_SIGNAL, ReplicaReport
 from rehearsal import pki
 from tests.conftest import make_config
 from tests.replication_fleet import provision
 from worker import build_worker
 from workflows.replication import (
+    DEAD_LETTERED,
+    FIRST_RECONCILE,
     ReconcileNowInput,
     RegistryReplicationWorkflow,
     ReplicationInput,
     ReplicationState,
+    replica_verdict,
 )
 
 E, W = "us-east-1", "us-west-2"
@@ -190,3 +196,92 @@ async def test_replicate_cli_starts_once_and_reconciles_now(
         assert len(runs) == 1  # `start` twice (start, then --now) is one workflow
         assert registry_parity(aws, E, W).ok
         await handle.terminate("test done")
+
+
+@workflow.defn
+class ReportSink:
+    """Stands where the DeploymentWorkflow is: records the replica reports it is sent."""
+
+    def __init__(self) -> None:
+        self.reports: list[ReplicaReport] = []
+
+    @workflow.run
+    async def run(self) -> None:
+        await workflow.wait_condition(lambda: False)
+
+    @workflow.signal(name=REPLICA_STATUS_SIGNAL)
+    def replica_status(self, report: ReplicaReport) -> None:
+        self.reports.append(report)
+
+    @workflow.query
+    def got(self) -> list[ReplicaReport]:
+        return self.reports
+
+
+async def test_replica_reports_tell_the_deployment_when_a_copy_is_complete(
+    temporal_env: WorkflowEnvironment,
+    emulators: dict[str, str],
+    local_ca: pki.LocalCA,
+    tmp_path: Path,
+    task_queue: str,
+) -> None:
+    cfg = _config(emulators, local_ca, tmp_path)
+    aws = AwsClients(cfg)
+    provision(aws.iot(E), local_ca, 6)
+    aws.iot(E).create_thing(thingName="not-in-the-fleet")
+    client = temporal_env.client
+    sink_id = f"deployment-{cfg.name}-{uuid.uuid4().hex[:6]}"
+
+    async def reports(at_least: int = 0) -> list[ReplicaReport]:
+        for _ in range(120):
+            got = await client.get_workflow_handle(sink_id).query(ReportSink.got)
+            if len(got) >= at_least:
+                return got
+            await asyncio.sleep(0.25)
+        raise AssertionError(f"{at_least} reports expected, got {got}")
+
+    async with (
+        build_worker(client, task_queue, Deployments([cfg]), 8),
+        Worker(client, task_queue=f"{task_queue}-sink", workflows=[ReportSink],
+               workflow_runner=UnsandboxedWorkflowRunner()),
+    ):  # fmt: skip
+        handle = await client.start_workflow(
+            RegistryReplicationWorkflow.run,
+            ReplicationInput(cfg.name, reconcile_interval_seconds=3600, drain_seconds=1, reconcile_on_start=False,
+                             deployment_workflow_id=sink_id),
+            id=f"replication-{cfg.name}-{uuid.uuid4().hex[:6]}",
+            task_queue=task_queue,
+        )  # fmt: skip
+        # the deployment workflow is not running yet: the report is kept, the replication goes on
+        s = await _until(handle, lambda s: s.replica_unsent)
+        assert s.replicas[0].reason == FIRST_RECONCILE and s.replica_signal_error
+        await client.start_workflow(ReportSink.run, id=sink_id, task_queue=f"{task_queue}-sink")
+        res = await handle.execute_update(RegistryReplicationWorkflow.reconcile_now, ReconcileNowInput())
+        assert res.reconciles == 1 and not res.results[0].failed
+        got = await reports(1)
+        assert [(r.source, r.target, r.complete, r.reason) for r in got] == [(E, W, True, "")]
+        assert got[0].things == 7 and got[0].fleet_devices == 6 and got[0].at is not None
+        # an event that cannot be applied: the copy is no longer known complete
+        url = aws.sqs(E).get_queue_url(QueueName=cfg.replication.events_queue)["QueueUrl"]
+        aws.sqs(E).send_message(QueueUrl=url, MessageBody="not json")
+        await _until(handle, lambda s: s.dead_letter_count == 1 and not s.replicas[0].complete)
+        got = await reports(2)
+        assert [(r.complete, r.reason) for r in got[1:]] == [(False, DEAD_LETTERED)]
+        await asyncio.sleep(3)  # a few more drains (1 s each): no news, no report, the history stays bounded
+        assert len(await reports()) == 2
+        # the next full reconcile repaired what the event missed: complete again
+        await handle.execute_update(RegistryReplicationWorkflow.reconcile_now, ReconcileNowInput())
+        got = await reports(3)
+        assert [(r.complete, r.reason) for r in got[2:]] == [(True, "")]
+        meta = await handle.query("__temporal_workflow_metadata", result_type=WorkflowMetadata)
+        assert f"copy in {W} of {E}: complete" in meta.current_details
+        await handle.terminate("test done")
+        await client.get_workflow_handle(sink_id).terminate("test done")
+
+
+def test_replica_verdict() -> None:
+    assert replica_verdict(None, 0, 0, 300) == (False, FIRST_RECONCILE)
+    assert replica_verdict("the last full reconcile could not replicate thing 1", 0, 0, 300)[0] is False
+    assert replica_verdict("", 2, 0, 300) == (False, DEAD_LETTERED)
+    assert replica_verdict("", 0, 301, 300) == (False, "the registry event stream is more than 300s behind")
+    assert replica_verdict("", 0, 300, 300) == (True, "")

@@ -366,7 +366,8 @@ class CutoverWorkflow:
         if inp.dns:
             await self._act(
                 RoutingActivities.flip_dns,
-                FlipDnsInput(deployment=inp.deployment, epoch=epoch, region=region),
+                # Route 53 is global: reached through the first region that answers, dead ones skipped
+                FlipDnsInput(deployment=inp.deployment, epoch=epoch, region=region, via_regions=alive),
                 limit=timedelta(minutes=10),
                 summary=f"DNS > {region}",
                 heartbeat=HEARTBEAT,

@@ -4,6 +4,11 @@ Two loops run side by side: the event stream (drain every region's registry-even
 dead-letter what cannot be applied) for low lag, and anti-entropy (a full paged reconcile of every
 (source, target) pair) on a schedule and on demand. The workflow continues-as-new with its state
 after a bounded number of drains, so its history stays small however long it runs.
+
+It tells the DeploymentWorkflow whether each target holds a complete copy of its source
+(`ReplicaReport`, signal `replica_status`), so automatic failover never moves devices into a region
+that cannot authenticate them: at the start, after every full reconcile, and when the event
+stream falls behind (dead letters, lag over `max_lag_seconds`) or recovers.
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ from datetime import datetime, timedelta
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
-from temporalio.exceptions import ActivityError
+from temporalio.exceptions import ActivityError, ApplicationError
 
 with workflow.unsafe.imports_passed_through():
     from activities.registry import (
@@ -27,9 +32,16 @@ with workflow.unsafe.imports_passed_through():
         ReconcileResult,
         RegionPair,
     )
+    from core.models import REPLICA_STATUS_SIGNAL, ReplicaReport
     from core.temporal import SA_DEPLOYMENT, SA_PHASE
+    from workflows.versions import REPLICA_REPORTS
 
 DEAD_LETTERS_KEPT = 20
+FIRST_RECONCILE = "first full reconcile still running"
+DEAD_LETTERED = (
+    "registry events were dead-lettered since the last full reconcile "
+    "(`starter.py replicate dead-letters`; the next full reconcile repairs what they missed)"
+)
 
 
 def workflow_id(deployment: str) -> str:
@@ -56,6 +68,13 @@ class ReplicationState:
     dead_letters: list[DeadLetter] = field(default_factory=list)  # the latest, newest last
     last_error: str = ""
     runs: int = 0
+    dead_letters_by_region: dict[str, int] = field(default_factory=dict)  # queue region -> dead letters
+    dead_letters_at_reconcile: dict[str, int] = field(default_factory=dict)  # the same, at its start
+    dead_letter_queue_depth: dict[str, int] = field(default_factory=dict)  # region -> waiting in its DLQ
+    reconciled: dict[str, str] = field(default_factory=dict)  # "src>tgt" -> "" clean, else why not
+    replicas: list[ReplicaReport] = field(default_factory=list)  # the latest report per pair
+    replica_unsent: bool = False  # the DeploymentWorkflow did not take the last one: all go again
+    replica_signal_error: str = ""
 
 
 @dataclass
@@ -69,6 +88,8 @@ class ReplicationInput:
     heartbeat_timeout_seconds: float = 60
     drains_per_run: int = 300  # continue-as-new after this many drains
     state: ReplicationState | None = None
+    deployment_workflow_id: str = ""  # where replica reports go ("": nowhere)
+    max_lag_seconds: float = 300  # event lag over which a target's copy counts as incomplete
 
 
 @dataclass
@@ -92,6 +113,8 @@ class RegistryReplicationWorkflow:
         self.inp = inp
         self.state = inp.state or ReplicationState()
         self._stopping = False
+        self._reporting = False
+        self._report_lock = asyncio.Lock()
 
     @workflow.run
     async def run(self, inp: ReplicationInput) -> None:
@@ -100,12 +123,15 @@ class RegistryReplicationWorkflow:
         workflow.upsert_search_attributes([SA_DEPLOYMENT.value_set(inp.deployment)])
         if not self.state.pairs:
             await self._prepare()
+        self._reporting = bool(inp.deployment_workflow_id) and workflow.patched(REPLICA_REPORTS)
+        await self._report()
         if inp.reconcile_on_start and self.state.last_full_reconcile is None:
             self.state.reconcile_requested = True
         reconciling = asyncio.create_task(self._reconcile_loop())
         drains = 0
         while drains < inp.drains_per_run and not workflow.info().is_continue_as_new_suggested():
             await self._drain()
+            await self._report()
             drains += 1
         self._stopping = True
         await reconciling
@@ -161,6 +187,9 @@ class RegistryReplicationWorkflow:
         s.dead_letter_count += res.dead_letter_count
         s.dead_letters = (s.dead_letters + res.dead_letters)[-DEAD_LETTERS_KEPT:]
         s.lag_seconds = res.lag_seconds
+        for region, n in res.dead_letters_by_region.items():
+            s.dead_letters_by_region[region] = s.dead_letters_by_region.get(region, 0) + n
+        s.dead_letter_queue_depth.update(res.dead_letter_queue_depth)
         if res.received:
             self._show()
 
@@ -185,7 +214,7 @@ class RegistryReplicationWorkflow:
         s.reconcile_requested, s.reconcile_running = False, True
         workflow.upsert_search_attributes([SA_PHASE.value_set("reconciling")])
         self._show()
-        pairs = s.pairs
+        pairs, dead_at_start = s.pairs, dict(s.dead_letters_by_region)
         outcomes = await asyncio.gather(*(self._reconcile_pair(p) for p in pairs), return_exceptions=True)
         results = [o for o in outcomes if isinstance(o, ReconcileResult)]
         errors = [
@@ -193,6 +222,9 @@ class RegistryReplicationWorkflow:
             for p, o in zip(pairs, outcomes, strict=True)
             if isinstance(o, BaseException)
         ]
+        s.dead_letters_at_reconcile = dead_at_start  # what it started after, it has repaired
+        for p, o in zip(pairs, outcomes, strict=True):
+            s.reconciled[_key(p)] = _reconcile_outcome(o)
         drift: dict[str, int] = {}
         for r in results:
             for kind, n in r.drift.items():
@@ -204,6 +236,7 @@ class RegistryReplicationWorkflow:
         s.reconciles += 1
         s.reconcile_running = False
         workflow.upsert_search_attributes([SA_PHASE.value_set("streaming")])
+        await self._report(after_reconcile=True)
         self._show()
 
     async def _reconcile_pair(self, pair: RegionPair) -> ReconcileResult:
@@ -220,6 +253,47 @@ class RegistryReplicationWorkflow:
             )
         except ActivityError as e:
             raise RuntimeError(str(e.cause or e)) from None
+
+    async def _report(self, after_reconcile: bool = False) -> None:
+        """Tell the DeploymentWorkflow about each pair's copy: after a full reconcile, else on a change."""
+        if not self._reporting:
+            return
+        async with self._report_lock:
+            s = self.state
+            old = {(r.source, r.target): r for r in s.replicas}
+            last = {(r.source, r.target): r for r in s.last_results}
+            new = [
+                self._replica(p, old.get((p.source, p.target)), last.get((p.source, p.target)))
+                for p in s.pairs
+            ]
+            changed = [r for r in new if (r.complete, r.reason) != _verdict(old.get((r.source, r.target)))]
+            if not after_reconcile and not changed:
+                return
+            s.replicas = new
+            due = new if after_reconcile or s.replica_unsent else changed
+            handle = workflow.get_external_workflow_handle(self.inp.deployment_workflow_id)
+            try:
+                for r in due:
+                    await handle.signal(REPLICA_STATUS_SIGNAL, r)
+                s.replica_unsent, s.replica_signal_error = False, ""
+            except ApplicationError as e:  # e.g. the DeploymentWorkflow is not running: all go with the next
+                s.replica_unsent, s.replica_signal_error = True, str(e)[:200]
+                workflow.logger.warning("could not signal %s: %s", self.inp.deployment_workflow_id, e)
+            self._show()
+
+    def _replica(
+        self, pair: RegionPair, previous: ReplicaReport | None, result: ReconcileResult | None
+    ) -> ReplicaReport:
+        s = self.state
+        complete, reason = replica_verdict(
+            s.reconciled.get(_key(pair)),
+            _new_dead_letters(s, pair, {p.source for p in s.pairs}),
+            s.lag_seconds.get(pair.target, 0.0),
+            self.inp.max_lag_seconds,
+        )
+        things = result.things if result else previous.things if previous else 0
+        fleet = result.fleet_devices if result else previous.fleet_devices if previous else 0
+        return ReplicaReport(pair.source, pair.target, complete, reason, things, fleet, workflow.now())
 
     # ------------------------------------------------------------------ helpers
     @property
@@ -244,6 +318,60 @@ class RegistryReplicationWorkflow:
                 else ""
             ),
         ]
+        for r in s.replicas:
+            verdict = "complete" if r.complete else f"incomplete: {r.reason[:120]}"
+            lines.append(f"- copy in {r.target} of {r.source}: {verdict}")
+        if s.replica_unsent:
+            lines.append(
+                f"- deployment not told (retried with the next report): {s.replica_signal_error[:120]}"
+            )
         if s.last_error:
             lines.append(f"- last error: {s.last_error[:200]}")
         workflow.set_current_details("\n".join(lines))
+
+
+def replica_verdict(
+    reconciled: str | None, new_dead_letters: int, lag_seconds: float, max_lag_seconds: float
+) -> tuple[bool, str]:
+    """Whether a target holds a complete copy, and if not why (a fixed text: sent again only on change).
+
+    `reconciled` is None before the pair's first full reconcile finished, "" when the last one was
+    clean, else what went wrong.
+    """
+    if reconciled is None:
+        return False, FIRST_RECONCILE
+    if reconciled:
+        return False, reconciled
+    if new_dead_letters:
+        return False, DEAD_LETTERED
+    if lag_seconds > max_lag_seconds:
+        return False, f"the registry event stream is more than {max_lag_seconds:.0f}s behind"
+    return True, ""
+
+
+def _reconcile_outcome(outcome: ReconcileResult | BaseException) -> str:
+    if isinstance(outcome, BaseException):
+        return f"the last full reconcile did not finish: {outcome}"[:300]
+    if outcome.failed:
+        counts = ", ".join(f"{kind} {n}" for kind, n in sorted(outcome.failed.items()))
+        return (
+            f"the last full reconcile could not replicate {counts} (`starter.py replicate --now` lists them)"
+        )
+    return ""
+
+
+def _new_dead_letters(s: ReplicationState, pair: RegionPair, sources: set[str]) -> int:
+    """Dead letters since the last full reconcile started, of the pair's source or of a non-source (JITR)."""
+    return sum(
+        n - s.dead_letters_at_reconcile.get(region, 0)
+        for region, n in s.dead_letters_by_region.items()
+        if region == pair.source or region not in sources
+    )
+
+
+def _key(pair: RegionPair) -> str:
+    return f"{pair.source}>{pair.target}"
+
+
+def _verdict(report: ReplicaReport | None) -> tuple[bool, str] | None:
+    return (report.complete, report.reason) if report else None

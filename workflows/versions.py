@@ -48,6 +48,11 @@ REATTACH_CUTOVER = "reattach-cutover"
 # to finish keeps it in this run (before: the new run inherited the cutover without its handle).
 CONTINUE_ONLY_IDLE = "continue-only-idle"
 
+# ---- RegistryReplicationWorkflow --------------------------------------------------------------
+# The workflow tells the DeploymentWorkflow whether each target holds a complete copy (signal
+# replica_status with a ReplicaReport); only with ReplicationInput.deployment_workflow_id set.
+REPLICA_REPORTS = "replica-reports"
+
 # ---- DrillWorkflow ----------------------------------------------------------------------------
 # Nothing a drill starts waits without bound: each wait has the drill's timeout_seconds, and a
 # cutover of the drill that holds on a failed wave, outlasts it, or is waited on when the drill's
