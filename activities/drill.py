@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import time
 import zlib
 from concurrent.futures import ThreadPoolExecutor
@@ -44,7 +45,15 @@ class WaitCutoverInput:
     deployment: str
     cutover_id: str | None = None  # None: wait for the next cutover after `after_epoch` to start
     after_epoch: int = 0
-    timeout_seconds: float = 600
+    timeout_seconds: float = 600  # for the next cutover to start
+    started_only: bool = False  # return once the cutover is known (its progress so far)
+    stop_at_hold: bool = False  # return (result None) once it holds on a wave below its threshold
+
+
+@dataclass
+class AbortCutoverInput:
+    cutover_id: str
+    reason: str = "drill aborted"
 
 
 @dataclass
@@ -108,6 +117,17 @@ def _since_seconds(value: Any) -> float | None:
     return None
 
 
+_HOLD = re.compile(r"approval: (wave \d+ confirmed \d+/\d+, below [\d.]+%)")
+
+
+def held_wave(progress: CutoverProgress | None) -> str | None:
+    """Why a cutover holds for approval after a wave fell below its success threshold
+    ("wave 0 confirmed 0/4, below 50%"), else None. An approval gate of the policy
+    ("approval: wave 0 done ...") is not a hold: a person asked for it and will answer it."""
+    match = _HOLD.match((progress.waiting_for or "") if progress and not progress.result else "")
+    return match.group(1) if match else None
+
+
 def percentile(values: list[float], q: float) -> float | None:
     if not values:
         return None
@@ -150,7 +170,11 @@ class DrillActivities:
 
     @activity.defn
     async def wait_cutover(self, inp: WaitCutoverInput) -> CutoverProgress:
-        """Wait for a cutover to end (or, without an ID, for the next one to start and end)."""
+        """Wait for a cutover to end (or, without an ID, for the next one to start and end).
+
+        With `started_only` it answers as soon as the cutover is known; with `stop_at_hold` as soon
+        as it holds on a failed wave, whose approval an unattended drill cannot give.
+        """
         deadline = time.monotonic() + inp.timeout_seconds
         cutover_id = inp.cutover_id
         while cutover_id is None:
@@ -175,14 +199,23 @@ class DrillActivities:
         while True:
             progress = await handle.query("progress", result_type=CutoverProgress)
             activity.heartbeat(progress.phase if progress else "starting")
-            if progress and progress.result:
+            if progress and (progress.result or inp.started_only):
+                return progress
+            if inp.stop_at_hold and held_wave(progress):
+                log.warning("cutover holds on a failed wave", cutover=cutover_id, hold=held_wave(progress))
                 return progress
             await asyncio.sleep(1)
 
     @activity.defn
-    async def abort_cutover(self, cutover_id: str) -> str:
-        handle = self._client().get_workflow_handle(cutover_id)
-        await handle.signal("abort", {"by": "drill", "reason": "drill aborted"})
+    async def abort_cutover(self, inp: str | AbortCutoverInput) -> str:
+        """Send the cutover's abort signal (a bare ID is what drills recorded before reasons were sent)."""
+        inp = AbortCutoverInput(inp) if isinstance(inp, str) else inp
+        await (
+            self._client()
+            .get_workflow_handle(inp.cutover_id)
+            .signal("abort", {"by": "drill", "reason": inp.reason})
+        )
+        log.warning("cutover abort sent", cutover=inp.cutover_id, reason=inp.reason)
         return "abort sent"
 
     @activity.defn

@@ -11,21 +11,24 @@ is counted as failed with its reason and the page goes on.
 
 from __future__ import annotations
 
+import copy
 import json
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent import futures
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 from pydantic import TypeAdapter
 from temporalio import activity
 
 from activities.context import Deployments
-from activities.shadow_merge import merge_shadow
+from activities.recovery_point import DeviceLoss, RecoveryPoint, RecoveryTally, lost_writes
+from activities.shadow_merge import ShadowMerge, merge_shadow
 from core import logs
 from core.aws import AwsClients, fetch_page
 from core.errors import (
@@ -64,6 +67,16 @@ SYNC_LAG = Histogram(
     "Age of a source shadow write when the sync carried it to the target",
     ["deployment", "source", "target"],
     buckets=(1, 5, 15, 60, 300, 900, 3600, 4 * 3600, 24 * 3600),
+)
+RECOVERY_POINT = Gauge(
+    "iotfailover_recovery_point_seconds",
+    "Last measured recovery point of losing the source: span of the writes its standby lacked, per device",
+    ["deployment", "source", "target", "quantile"],
+)
+RECOVERY_POINT_DEVICES = Gauge(
+    "iotfailover_recovery_point_devices_lost",
+    "Devices of the last measured scope whose standby lacked at least one source shadow write",
+    ["deployment", "source", "target"],
 )
 log = logs.get("activities.shadows")
 
@@ -140,6 +153,16 @@ class ShadowParityReport:
     differing: int = 0
     sample: list[str] = field(default_factory=list)  # "thing[#shadow]: N stale leaves (first path)"
     ok: bool = True
+
+
+@dataclass
+class RecoveryPointInput:
+    deployment: str
+    source: str
+    target: str  # the standby that would take over
+    thing_group: str | None = None  # the scope; None: the deployment's fleet group
+    as_of: datetime | None = None  # the moment of the (simulated) loss; None: when the activity starts
+    concurrency: int = 8
 
 
 def _label(thing: str, shadow: str | None) -> str:
@@ -334,23 +357,102 @@ class ShadowActivities:
                 return report
 
     def _thing_differences(self, aws: AwsClients, source: str, target: str, thing: str) -> list[str]:
-        pace = _Pacer(aws)
         try:
-            differences = []
-            for name in [None, *named_shadows(aws, source, thing, pace)]:
-                merge = merge_shadow(
-                    get_shadow(aws, source, thing, name, pace), get_shadow(aws, target, thing, name, pace)
-                )
-                if merge.payload is not None:
-                    first = merge.stale[0].path if merge.stale else "?"
-                    differences.append(
-                        f"{_label(thing, name)}: {len(merge.stale)} stale leaves ({first} ...)"
-                    )
-            return differences
+            return [
+                f"{_label(thing, name)}: {len(merge.stale)} stale leaves "
+                f"({merge.stale[0].path if merge.stale else '?'} ...)"
+                for name, merge in _compared_shadows(aws, source, target, thing)
+                if merge.payload is not None
+            ]
         except ClientError as e:
             if is_retryable(e) or error_code(e) in ACCESS_CODES:
                 raise
             return [f"{thing}: cannot compare: {error_code(e)}"]
+
+    # ---- recovery point ------------------------------------------------------------------
+    @activity.defn
+    def measure_recovery_point(self, inp: RecoveryPointInput) -> RecoveryPoint:
+        """What losing the source at `as_of` would lose: per device of the scope, the span of the
+        writes its standby lacks (activities/recovery_point.py). Pages through the scope with
+        bounded concurrency; each finished page is heartbeated, so a retry resumes after it."""
+        aws = self.deployments.aws(inp.deployment)
+        scope = inp.thing_group or self.deployments.config(inp.deployment).fleet.thing_group
+        as_of = inp.as_of.timestamp() if inp.as_of else time.time()
+        committed = _resumed(_RecoveryProgress) or _RecoveryProgress(RecoveryTally(as_of))
+        while True:
+            things, next_token = list_scope_page(aws, inp.source, scope, committed.token, LIST_PAGE)
+            tally = copy.deepcopy(committed.tally)
+
+            def one(thing: str, as_of: float = tally.as_of) -> DeviceLoss:
+                return self._device_loss(aws, inp.source, inp.target, thing, as_of)
+
+            beat = lambda c=committed: _heartbeat(c)  # noqa: E731 (only whole pages are committed)
+            doing = f"measuring the recovery point against {inp.target}"
+            _run_page(things, set(), inp.concurrency, one, lambda _, loss, t=tally: t.add(loss), beat, doing)
+            committed = _RecoveryProgress(tally, next_token)
+            _heartbeat(committed)
+            if not next_token:
+                break
+        point = RecoveryPoint.of(committed.tally, inp.source, inp.target, scope)
+        labels = (inp.deployment, inp.source, inp.target)
+        for quantile, value in (
+            ("0.5", point.p50_seconds),
+            ("0.95", point.p95_seconds),
+            ("1", point.max_seconds),
+        ):
+            RECOVERY_POINT.labels(*labels, quantile).set(value or 0.0)
+        RECOVERY_POINT_DEVICES.labels(*labels).set(point.devices_lost)
+        log.info(
+            "recovery point measured",
+            deployment=inp.deployment,
+            source=inp.source,
+            target=inp.target,
+            scope=scope,
+            devices=point.devices,
+            devices_lost=point.devices_lost,
+            p95_seconds=point.p95_seconds,
+            max_seconds=point.max_seconds,
+        )
+        return point
+
+    def _device_loss(self, aws: AwsClients, source: str, target: str, thing: str, as_of: float) -> DeviceLoss:
+        loss = DeviceLoss()
+        try:
+            for name, merge in _compared_shadows(aws, source, target, thing):
+                lost = lost_writes(merge.stale, as_of)
+                if not lost:
+                    continue
+                oldest = min(s.source_timestamp for s in lost)
+                loss.oldest = oldest if loss.oldest is None else min(loss.oldest, oldest)
+                loss.leaves += len(lost)
+                loss.detail = (
+                    loss.detail or f"{_label(thing, name)}: {len(lost)} leaves lost ({lost[0].path} ...)"
+                )
+            return loss
+        except ClientError as e:
+            if is_retryable(e) or error_code(e) in ACCESS_CODES:
+                raise
+            return DeviceLoss(detail=f"{thing}: cannot compare: {error_code(e)}", unreadable=True)
+
+
+def _compared_shadows(
+    aws: AwsClients, source: str, target: str, thing: str
+) -> Iterator[tuple[str | None, ShadowMerge]]:
+    """Each shadow of a thing in the source (classic, then named), merged into its copy in the target."""
+    pace = _Pacer(aws)
+    for name in [None, *named_shadows(aws, source, thing, pace)]:
+        yield (
+            name,
+            merge_shadow(
+                get_shadow(aws, source, thing, name, pace), get_shadow(aws, target, thing, name, pace)
+            ),
+        )
+
+
+@dataclass
+class _RecoveryProgress:
+    tally: RecoveryTally
+    token: str | None = None
 
 
 @dataclass
@@ -474,4 +576,4 @@ def get_shadow(aws: AwsClients, region: str, thing: str, name: str | None, pace:
 
 def activities(deployments: Deployments) -> list[Callable]:
     a = ShadowActivities(deployments)
-    return [a.list_shadow_things, a.sync_shadow_page, a.check_shadow_parity]
+    return [a.list_shadow_things, a.sync_shadow_page, a.check_shadow_parity, a.measure_recovery_point]

@@ -53,6 +53,20 @@ def register(sub: argparse._SubParsersAction) -> None:
         default=timedelta(minutes=10),
         help="longest acceptable time to 95%% of devices in the target",
     )
+    d.add_argument(
+        "--approval",
+        choices=["none", "canary", "every-wave", "policy"],
+        default="none",
+        help="approval gates of the drill's cutovers (policy: the deployment's [cutover] approval); "
+        "a drill is unattended unless you ask for gates",
+    )
+    d.add_argument(
+        "--timeout",
+        type=duration,
+        help="the longest any one wait of the drill may take (a cutover to start or end, a region's "
+        "health) before it aborts what it started and reports FAIL (default: from the health policy, "
+        "at least 15m)",
+    )
     d.add_argument("--wait", action="store_true", help="follow progress and print the report")
     d.set_defaults(handler=run_async(cmd_drill), drill_command=None)
     ds = d.add_subparsers(dest="drill_command", metavar="schedule")
@@ -76,6 +90,9 @@ async def next_drill_id(client: Client, cfg: DeploymentConfig) -> str:
 def drill_input(cfg: DeploymentConfig, drill_id: str, args: argparse.Namespace) -> DrillInput:
     if args.percent is not None and not 0 < args.percent <= 100:
         raise CliError("--percent must be between 0 and 100")
+    timeout, approval = getattr(args, "timeout", None), getattr(args, "approval", "none")
+    if timeout is not None and timeout.total_seconds() <= 0:
+        raise CliError("--timeout must be longer than 0s")
     return DrillInput(
         deployment=cfg.name,
         drill_id=drill_id,
@@ -87,7 +104,10 @@ def drill_input(cfg: DeploymentConfig, drill_id: str, args: argparse.Namespace) 
             getattr(args, "min_confirmed", 95.0),
             getattr(args, "max_recovery", timedelta(minutes=10)).total_seconds(),
         ),
-        timeout_seconds=max(900.0, cfg.health.interval_seconds * (cfg.health.unhealthy_after + 4) * 4),
+        timeout_seconds=timeout.total_seconds()
+        if timeout
+        else max(900.0, cfg.health.interval_seconds * (cfg.health.unhealthy_after + 4) * 4),
+        approval=None if approval == "policy" else approval,
     )
 
 

@@ -51,3 +51,20 @@ def test_never_reaching_95_percent_fails() -> None:
     r = _report(moved=0, recovery_95_seconds=None, recovery_100_seconds=None)
     evaluate(r)
     assert not r.passed and any("never confirmed" in x for x in r.reasons)
+
+
+def test_the_recovery_point_is_reported_as_a_time_over_the_scope() -> None:
+    r = _report(
+        recovery_point_checked=100,
+        recovery_point_devices=7,
+        recovery_point_p50_seconds=0.0,
+        recovery_point_p95_seconds=42.0,
+        recovery_point_max_seconds=310.5,
+    )
+    evaluate(r)
+    md = render_markdown(r)
+    assert "| recovery point (RPO) if us-east-1 were lost, p50 / p95 / max | 0.0s / 42.0s / 310.5s |" in md
+    assert "| devices whose standby copy lacked source writes | 7 of 100 |" in md
+    assert "Recovery point (RPO): for each device of the scope" in md
+    old = render_markdown(_report(recovery_point_devices=101))  # a report recorded before the RPO
+    assert "| devices whose standby shadow missed source writes (outage recovery point) | 101 |" in old

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 import boto3
@@ -12,6 +13,7 @@ from temporalio.exceptions import ApplicationError
 
 from activities.context import Deployments
 from activities.shadows import (
+    RecoveryPointInput,
     ShadowActivities,
     ShadowPageInput,
     ShadowParityInput,
@@ -195,6 +197,58 @@ def test_parity_lists_things_whose_target_is_behind(cfg: DeploymentConfig, shado
     after = shadows.check_shadow_parity(check)
     assert (after.things_checked, after.differing, after.ok) == (6, 1, False)
     assert after.sample == [f"{things[2]}#telemetry: 1 stale leaves (reported.late ...)"]
+
+
+def test_recovery_point_is_the_span_of_the_writes_the_standby_lacked(
+    cfg: DeploymentConfig, shadows: ShadowActivities
+) -> None:
+    """20 devices of the scope; the standby holds a synced copy, then the source gets writes the
+    standby never sees, at known times: 1 device from t_a, 3 from t_b (named shadow), 8 from t_c."""
+    aws = shadows.deployments.aws(cfg.name)
+    things = fleet(aws, 20, group="rp")
+    shadows.sync_shadow_page(page(cfg, things))  # the standby is complete ...
+    create_things(aws, SOURCE, ["loose"])  # ... and a thing outside the scope, lacking everything there
+    write(aws, SOURCE, "loose", {"reported": {"x": 1}})
+
+    def lost(group: list[str], leaf: str, name: str | None = None) -> float:
+        time.sleep(1.1)  # strictly newer than what came before (timestamps are whole seconds)
+        stamps = [
+            write(aws, SOURCE, t, {"reported": {leaf: 1}}, name)["metadata"]["reported"][leaf]["timestamp"]
+            for t in group
+        ]
+        assert len(set(stamps)) == 1, stamps  # one second for the whole group
+        return stamps[0]
+
+    t_a = lost(things[:1], "a")
+    t_b = lost(things[1:4], "b", "telemetry")
+    t_c = lost(things[4:12], "c")
+    lost(things[:1], "later")  # the oldest lost write is what counts for a device
+    time.sleep(1.1)
+    write(aws, SOURCE, things[12], {"reported": {"d": 1}})
+    write(aws, TARGET, things[12], {"reported": {"d": 2}})  # the standby's is newer: nothing lost
+
+    point = shadows.measure_recovery_point(RecoveryPointInput(cfg.name, SOURCE, TARGET, "rp"))
+    now = point.as_of.timestamp()
+    assert (point.devices, point.devices_lost, point.unreadable) == (20, 12, 0)  # "loose" not counted
+    assert point.leaves_lost == 1 + 3 + 8 + 1
+    # nearest rank over 20 devices: 8 zeros, 8 at t_c, 3 at t_b, 1 at t_a
+    assert point.p50_seconds == int(now - t_c)  # whole seconds, rounded down
+    assert point.p95_seconds == int(now - t_b)
+    assert point.max_seconds == pytest.approx(now - t_a, abs=0.01)
+    assert any(s.startswith(f"{things[1]}#telemetry: 1 leaves lost (reported.b") for s in point.sample)
+
+    # writes after the moment of the loss are not part of it
+    cut = datetime.fromtimestamp(t_b + 0.5, UTC)
+    earlier = shadows.measure_recovery_point(RecoveryPointInput(cfg.name, SOURCE, TARGET, "rp", as_of=cut))
+    assert (earlier.devices, earlier.devices_lost) == (20, 4)
+    assert (earlier.p50_seconds, earlier.max_seconds) == (0, pytest.approx(t_b + 0.5 - t_a))
+    assert (
+        REGISTRY.get_sample_value(
+            "iotfailover_recovery_point_devices_lost",
+            {"deployment": cfg.name, "source": SOURCE, "target": TARGET},
+        )
+        == 4
+    )
 
 
 def test_pacer_keeps_one_thing_under_its_rate_and_waits_out_throttles(cfg: DeploymentConfig) -> None:

@@ -4,11 +4,18 @@ planned: a planned cutover of the drill scope to the standby, hold, and a planne
 outage:  (local stack) the primary's fault switch goes on; health-triggered automatic failover must
          act on its own; then the fault clears, the region recovers and the fleet fails back.
 Both go through DeploymentWorkflow, so the safety rules apply, and both always restore what they
-changed (fault switch, fleet location), even when aborted or failing.
+changed (fault switch, fleet location, the sampled scope group), even when aborted or failing.
+
+A drill is unattended, so nothing it starts waits without bound (DRILL_BOUNDED, docs/drills.md):
+each wait has the drill's `timeout_seconds`; a cutover holding on a wave below its success
+threshold, the timeout, or the drill's abort stops that cutover at once (its abort signal, then its
+end, bounded) and the drill reports FAIL with the reason. Its cutovers ask for approval "none"
+unless DrillInput.approval says otherwise. Before anything moves it measures the recovery point.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import dataclasses
 from dataclasses import dataclass, field
@@ -17,9 +24,12 @@ from typing import Literal
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
+from temporalio.exceptions import ActivityError
+from temporalio.exceptions import TimeoutError as ActivityTimeout
 
 with workflow.unsafe.imports_passed_through():
     from activities.drill import (
+        AbortCutoverInput,
         ArrivalInput,
         ArrivalStats,
         FaultInput,
@@ -28,15 +38,25 @@ with workflow.unsafe.imports_passed_through():
         SteerInput,
         WaitCutoverInput,
         WaitHealthInput,
+        held_wave,
     )
+    from activities.jobs import DeleteGroupsInput
+    from activities.recovery_point import RecoveryPoint
+    from activities.shadows import RecoveryPointInput
     from core.models import CutoverProgress, CutoverRequest, CutoverStarted, OperatorAction
     from workflows.drill_report import DrillCriteria, DrillReport, evaluate, render_markdown
+    from workflows.versions import DRILL_BOUNDED
 
 RETRY = RetryPolicy(
     maximum_interval=timedelta(seconds=20),
     maximum_attempts=20,
     non_retryable_error_types=["CutoverRefused", "NoFaultSwitch", "NoCutover", "HealthTimeout"],
 )
+Approval = Literal["none", "canary", "every-wave"]
+
+
+class DrillStopped(Exception):
+    """The drill stops what it started; the message is the report's reason."""
 
 
 @dataclass
@@ -48,7 +68,8 @@ class DrillInput:
     percent: float | None = None  # sample this share of the fleet into a drill group
     hold_seconds: float = 30
     criteria: DrillCriteria = field(default_factory=DrillCriteria)
-    timeout_seconds: float = 900
+    timeout_seconds: float = 900  # the longest one wait takes: a cutover to start or end, health
+    approval: Approval | None = "none"  # the drill's cutovers; None: the deployment's policy
 
 
 @workflow.defn(name="DrillWorkflow")
@@ -57,6 +78,9 @@ class DrillWorkflow:
         self.r: DrillReport | None = None
         self._abort: OperatorAction | None = None
         self._cutover: str | None = None
+        self._epoch_before = 0
+        self._t0: datetime | None = None  # when the move started
+        self._regions: list[str] = []
 
     @workflow.signal(description="Stop the drill: abort its cutover and restore the fleet.")
     def abort(self, action: OperatorAction | None = None) -> None:
@@ -82,19 +106,26 @@ class DrillWorkflow:
             started_at=workflow.now(),
             criteria=inp.criteria,
         )
-        epoch_before = int(snap["epoch"])
+        epoch_before = self._epoch_before = int(snap["epoch"])
+        self._regions = list(snap["health"])
         fault_on = False
         moved = False
         try:
             scope = await self._scope(inp, source)
+            if self._bounded():
+                self._checkpoint()
+                await self._recovery_point(inp, scope)
             self._phase("moving")
-            t0 = workflow.now()
+            t0 = self._t0 = workflow.now()
             if inp.kind == "outage":
                 await self._act("set_region_fault", FaultInput(inp.deployment, source, "outage"), str, 30)
                 fault_on = True
-                moved_by = await self._wait_cutover(
-                    WaitCutoverInput(inp.deployment, None, epoch_before, inp.timeout_seconds)
-                )
+                if self._bounded():
+                    moved_by = await self._follow_failover(inp, t0)
+                else:
+                    moved_by = await self._wait_cutover(
+                        WaitCutoverInput(inp.deployment, None, epoch_before, inp.timeout_seconds)
+                    )
             else:
                 started = await self._request(
                     inp,
@@ -105,9 +136,13 @@ class DrillWorkflow:
                         reason=f"{inp.drill_id}: drill",
                         requested_by=inp.drill_id,
                         force=False,
+                        approval=self._approval(inp),
                     ),
                 )
-                moved_by = await self._wait_cutover(WaitCutoverInput(inp.deployment, started.cutover_id))
+                if self._bounded():
+                    moved_by = await self._follow(inp, started.cutover_id, t0)
+                else:
+                    moved_by = await self._wait_cutover(WaitCutoverInput(inp.deployment, started.cutover_id))
             moved = moved_by.result not in ("aborted", "failed")
             self._record_cutover(moved_by, t0)
             arrivals = await self._act(
@@ -128,10 +163,14 @@ class DrillWorkflow:
                 await workflow.wait_condition(
                     lambda: self._abort is not None, timeout=timedelta(seconds=inp.hold_seconds)
                 )
+        except DrillStopped as e:
+            self.r.reasons.append(str(e))
         except Exception as e:  # noqa: BLE001 - a drill reports its failure instead of losing the fleet
             self.r.reasons.append(f"drill interrupted: {_message(e)}")
         finally:
             await self._restore(inp, scope_of(self.r, inp), fault_on, moved)
+            if inp.percent and inp.kind != "outage" and self._bounded():
+                await self._remove_scope_group(inp, f"{inp.drill_id}-scope")
         return await self._finish(inp)
 
     async def _scope(self, inp: DrillInput, source: str) -> str | None:
@@ -152,7 +191,7 @@ class DrillWorkflow:
         """Put everything back: fault switch off, source healthy again, fleet back where it started."""
         self._phase("restoring")
         try:
-            if self._cutover and self._abort is not None:
+            if self._cutover and self._abort is not None and not self._bounded():
                 await self._act("abort_cutover", self._cutover, str, 30)
                 await self._wait_cutover(WaitCutoverInput(inp.deployment, self._cutover))
             if fault_on:
@@ -164,16 +203,22 @@ class DrillWorkflow:
                     WaitHealthInput(inp.deployment, self.r.source, "Healthy", inp.timeout_seconds),
                     str,
                     inp.timeout_seconds + 60,
+                    total=inp.timeout_seconds + 120 if self._bounded() else None,
                 )
-                # what the standby never got from the source: the data a real outage would lose
-                parity = await self._act(
-                    "check_shadow_parity",
-                    {"deployment": inp.deployment, "source": self.r.source, "target": self.r.target},
-                    dict,
-                    600,
-                )
-                self.r.recovery_point_devices = int(parity.get("differing", 0))
+                if not self._bounded():  # (measured before the outage now: see _recovery_point)
+                    parity = await self._act(
+                        "check_shadow_parity",
+                        {"deployment": inp.deployment, "source": self.r.source, "target": self.r.target},
+                        dict,
+                        600,
+                    )
+                    self.r.recovery_point_devices = int(parity.get("differing", 0))
             snap = await self._act("deployment_snapshot", inp.deployment, dict, 30)
+            flight = snap.get("in_flight")  # still running: a late failover, a slow rollback
+            if flight and flight["epoch"] > self._epoch_before and self._bounded():
+                t0 = self._t0 or workflow.now()
+                self._record_cutover(await self._follow(inp, flight["cutover_id"], t0, abortable=False), t0)
+                snap = await self._act("deployment_snapshot", inp.deployment, dict, 30)
             home = (
                 (snap.get("homes") or {}).get(scope, snap["active_region"])
                 if scope
@@ -190,9 +235,13 @@ class DrillWorkflow:
                         reason=f"{inp.drill_id}: fail back",
                         requested_by=inp.drill_id,
                         force=True,
+                        approval=self._approval(inp),
                     ),
                 )
-                back = await self._wait_cutover(WaitCutoverInput(inp.deployment, started.cutover_id))
+                if self._bounded():  # the fail back is the restore: the drill's abort does not stop it
+                    back = await self._follow(inp, started.cutover_id, t0, abortable=False)
+                else:
+                    back = await self._wait_cutover(WaitCutoverInput(inp.deployment, started.cutover_id))
                 self.r.failback_seconds = (workflow.now() - t0).total_seconds()
                 self.r.moved_back = back.confirmed
                 self._record_cutover(back, t0)
@@ -206,6 +255,9 @@ class DrillWorkflow:
         self.r.finished_at = workflow.now()
         evaluate(self.r, aborted=self._abort is not None)
         self._phase("done: PASS" if self.r.passed else "done: FAIL")
+        workflow.metric_meter().create_counter("iotfailover_drills_total", "Drills by kind and outcome").add(
+            1, {"deployment": inp.deployment, "kind": inp.kind, "result": "pass" if self.r.passed else "fail"}
+        )
         self.r.report_paths = await self._act(
             "write_drill_report",
             ReportInput(inp.deployment, inp.drill_id, _plain(self.r), render_markdown(self.r)),
@@ -213,6 +265,147 @@ class DrillWorkflow:
             60,
         )
         return self.r
+
+    # ---- bounded waits (DRILL_BOUNDED) ----
+
+    async def _recovery_point(self, inp: DrillInput, scope: str | None) -> None:
+        """What losing the source now would lose, per device of the scope. Measured before anything
+        moves: once devices have moved, their writes in the standby hide what it lacked at the outage."""
+        if not self.r.target:
+            return
+        self._phase("measuring the recovery point")
+        try:
+            rp = await self._act(
+                "measure_recovery_point",
+                RecoveryPointInput(inp.deployment, self.r.source, self.r.target, scope, workflow.now()),
+                RecoveryPoint,
+                inp.timeout_seconds,
+                total=inp.timeout_seconds,
+            )
+        except ActivityError as e:
+            self.r.reasons.append(f"recovery point not measured: {_message(e)}")
+            return
+        r = self.r
+        r.recovery_point_at, r.recovery_point_checked, r.recovery_point_devices = (
+            rp.as_of,
+            rp.devices,
+            rp.devices_lost,
+        )
+        r.recovery_point_p50_seconds, r.recovery_point_p95_seconds, r.recovery_point_max_seconds = (
+            rp.p50_seconds,
+            rp.p95_seconds,
+            rp.max_seconds,
+        )
+
+    async def _follow_failover(self, inp: DrillInput, t0: datetime) -> CutoverProgress:
+        """The deployment's own failover after the fault: wait (bounded) for it to start, then follow it."""
+        first = await self._wait(
+            inp,
+            WaitCutoverInput(
+                inp.deployment, None, self._epoch_before, inp.timeout_seconds, started_only=True
+            ),
+            "the automatic failover to start",
+            abortable=True,
+        )
+        return first if first.result else await self._follow(inp, first.cutover_id, t0)
+
+    async def _follow(
+        self, inp: DrillInput, cutover_id: str, t0: datetime, abortable: bool = True
+    ) -> CutoverProgress:
+        """Wait for one of the drill's cutovers to end. A hold on a failed wave (no one to approve
+        it), the drill's timeout or, when `abortable`, the drill's abort stops it at once."""
+        self._cutover = cutover_id
+        try:
+            p = await self._wait(
+                inp,
+                WaitCutoverInput(inp.deployment, cutover_id, stop_at_hold=True),
+                f"{cutover_id}",
+                abortable,
+            )
+            stop = None
+            if not p.result:
+                stop = (
+                    f"{cutover_id} held: {held_wave(p)}; an unattended drill does not approve a "
+                    "failed wave: the drill aborted it"
+                )
+        except DrillStopped as e:
+            stop = str(e)
+        if stop:
+            await self._stop(inp, cutover_id, stop, t0)
+            raise DrillStopped(stop)
+        self._cutover = None
+        return p
+
+    async def _stop(self, inp: DrillInput, cutover_id: str, reason: str, t0: datetime) -> None:
+        """Abort a cutover of the drill, then wait for its rollback to end (bounded, not abortable)."""
+        self._phase(f"stopping {cutover_id}")
+        await self._act("abort_cutover", AbortCutoverInput(cutover_id, f"{inp.drill_id}: {reason}"), str, 30)
+        try:
+            p = await self._wait(
+                inp,
+                WaitCutoverInput(inp.deployment, cutover_id),
+                f"{cutover_id} to roll back",
+                abortable=False,
+            )
+        except DrillStopped as e:
+            self.r.reasons.append(f"{e}; see {cutover_id} in the Temporal UI")
+            return
+        self._cutover = None
+        self._record_cutover(p, t0)
+
+    async def _wait(
+        self, inp: DrillInput, w: WaitCutoverInput, what: str, abortable: bool
+    ) -> CutoverProgress:
+        """wait_cutover within the drill's timeout, raced with the drill's abort when `abortable`."""
+        task = asyncio.ensure_future(
+            workflow.execute_activity(
+                "wait_cutover",
+                w,
+                result_type=CutoverProgress,
+                schedule_to_close_timeout=timedelta(seconds=inp.timeout_seconds),
+                heartbeat_timeout=timedelta(seconds=30),
+                retry_policy=RETRY,
+                summary=f"wait for {what}",
+            )
+        )
+        if abortable:
+            await workflow.wait_condition(lambda: task.done() or self._abort is not None)
+            if not task.done():
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, ActivityError):
+                    await task
+                raise DrillStopped(f"the drill was aborted while waiting for {what}")
+        try:
+            return await task
+        except ActivityError as e:
+            if isinstance(e.cause, ActivityTimeout):
+                raise DrillStopped(
+                    f"waited {inp.timeout_seconds:.0f}s for {what} (the drill's timeout_seconds)"
+                ) from None
+            raise
+
+    async def _remove_scope_group(self, inp: DrillInput, group: str) -> None:
+        """A thing may belong to at most 10 static groups: the sampled scope goes when the drill ends
+        (in every region: registry replication copies groups)."""
+        for region in self._regions:
+            try:
+                await self._act(
+                    "delete_wave_groups", DeleteGroupsInput(inp.deployment, region, [group]), int, 60
+                )
+            except ActivityError as e:
+                self.r.reasons.append(f"drill group {group} not deleted in {region}: {_message(e)}")
+
+    def _checkpoint(self) -> None:
+        if self._abort is not None:
+            raise DrillStopped("the drill was aborted before anything moved")
+
+    def _approval(self, inp: DrillInput) -> Approval | None:
+        """A drill rehearses the automation: its cutovers ask no one, unless its input says otherwise."""
+        return inp.approval if self._bounded() else None
+
+    def _bounded(self) -> bool:
+        """DRILL_BOUNDED, asked where the old and the new drill part ways (the first answer holds)."""
+        return workflow.patched(DRILL_BOUNDED)
 
     # ---- helpers ----
 
@@ -234,6 +427,8 @@ class DrillWorkflow:
         return result
 
     def _record_cutover(self, p: CutoverProgress, t0: datetime) -> None:
+        if p.target == self.r.target and not self.r.devices:  # arrival_times counts them when it runs
+            self.r.devices = p.devices_total
         self.r.cutovers.append(
             f"{p.cutover_id}: {p.mode} {p.source} → {p.target}: {p.result} "
             f"({p.confirmed}/{p.devices_total} confirmed)"
@@ -249,12 +444,13 @@ class DrillWorkflow:
         for phase, seconds in p.phase_seconds.items():
             self.r.phase_seconds[f"{p.cutover_id}:{phase}"] = seconds
 
-    async def _act(self, name: str, arg, result_type, seconds: float):
+    async def _act(self, name: str, arg, result_type, seconds: float, total: float | None = None):
         return await workflow.execute_activity(
             name,
             arg,
             result_type=result_type,
             start_to_close_timeout=timedelta(seconds=seconds),
+            schedule_to_close_timeout=timedelta(seconds=total) if total else None,
             heartbeat_timeout=timedelta(seconds=60) if seconds > 120 else None,
             retry_policy=RETRY,
         )

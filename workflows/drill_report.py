@@ -32,7 +32,12 @@ class DrillReport:
     recovery_100_seconds: float | None = None
     failback_seconds: float | None = None
     stale_shadow_leaves: int = 0  # planned: leaves the target lacked at the flip, synced before moving
-    recovery_point_devices: int | None = None  # outage: devices whose standby shadow missed source writes
+    recovery_point_devices: int | None = None  # devices of the scope whose standby lacked source writes
+    recovery_point_checked: int = 0  # devices of the scope measured for the recovery point
+    recovery_point_p50_seconds: float | None = None  # recovery point (RPO) over the scope's devices
+    recovery_point_p95_seconds: float | None = None
+    recovery_point_max_seconds: float | None = None
+    recovery_point_at: datetime | None = None  # the moment of the (simulated) loss it is measured for
     stragglers: list[str] = field(default_factory=list)
     cutovers: list[str] = field(default_factory=list)
     jobs: list[str] = field(default_factory=list)
@@ -71,6 +76,28 @@ def _s(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.1f}s"
 
 
+RPO_DEFINITION = (
+    "Recovery point (RPO): for each device of the scope, how far back the shadow writes go that its "
+    "standby copy lacked when the loss began (the loss's start minus the time of the oldest write the "
+    "standby lacked; 0 when it had everything): restoring from the standby loses everything written "
+    "since that point. Shown as p50 / p95 / max over the devices of the scope, measured just before "
+    "the drill moved anything."
+)
+
+
+def _recovery_rows(r: DrillReport) -> list[str]:
+    if not r.recovery_point_checked:  # reports of drills recorded before the recovery point existed
+        value = "n/a" if r.recovery_point_devices is None else r.recovery_point_devices
+        return [f"| devices whose standby shadow missed source writes (outage recovery point) | {value} |"]
+    return [
+        f"| recovery point (RPO) if {r.source} were lost, p50 / p95 / max | "
+        f"{_s(r.recovery_point_p50_seconds)} / {_s(r.recovery_point_p95_seconds)} / "
+        f"{_s(r.recovery_point_max_seconds)} |",
+        f"| devices whose standby copy lacked source writes | {r.recovery_point_devices} of "
+        f"{r.recovery_point_checked} |",
+    ]
+
+
 def render_markdown(r: DrillReport) -> str:
     lines = [
         f"# Drill {r.drill_id}: {'PASS' if r.passed else 'FAIL'}",
@@ -87,13 +114,14 @@ def render_markdown(r: DrillReport) -> str:
         f"| recovery time to 100% of those that moved | {_s(r.recovery_100_seconds)} |",
         f"| fail back | {_s(r.failback_seconds)} |",
         f"| shadow leaves stale in the target at the flip (synced before moving) | {r.stale_shadow_leaves} |",
-        f"| devices whose standby shadow missed source writes (outage recovery point) | "
-        f"{'n/a' if r.recovery_point_devices is None else r.recovery_point_devices} |",
+        *_recovery_rows(r),
         f"| stragglers | {len(r.stragglers)} |",
         "",
         f"Criteria: at least {r.criteria.min_confirmed_percent:g}% confirmed, 95% within "
         f"{r.criteria.max_recovery_seconds:.0f}s.",
     ]
+    if r.recovery_point_checked:
+        lines += ["", RPO_DEFINITION]
     if r.reasons:
         lines += ["", "## Findings", *[f"- {x}" for x in r.reasons]]
     if r.cutovers:

@@ -52,3 +52,11 @@ CONTINUE_ONLY_IDLE = "continue-only-idle"
 # The workflow tells the DeploymentWorkflow whether each target holds a complete copy (signal
 # replica_status with a ReplicaReport); only with ReplicationInput.deployment_workflow_id set.
 REPLICA_REPORTS = "replica-reports"
+
+# ---- DrillWorkflow ----------------------------------------------------------------------------
+# Nothing a drill starts waits without bound: each wait has the drill's timeout_seconds, and a
+# cutover of the drill that holds on a failed wave, outlasts it, or is waited on when the drill's
+# abort arrives is aborted at once (FAIL with the reason); its cutovers ask approval "none" unless
+# DrillInput.approval says otherwise; the recovery point is measured over the scope before anything
+# moves (before: parity of the whole region after the outage); the sampled scope group is deleted.
+DRILL_BOUNDED = "drill-bounded-waits"
