@@ -48,6 +48,7 @@ class FillGroupInput:
     cursor: Cursor = field(default_factory=Cursor)
     only_confirmed_in: str | None = None  # add only devices whose connectivity is in this region
     min_epoch: int = 0
+    skip_in: str | None = None  # leave out devices already connected there (counted in `already`)
 
 
 @dataclass
@@ -55,6 +56,7 @@ class FilledGroup:
     group_arn: str
     added: int
     cursor: Cursor
+    already: int = 0  # devices left out because they are connected in `skip_in` already
 
 
 @dataclass
@@ -247,12 +249,15 @@ class JobActivities:
         try:
             resume = activity.info().heartbeat_details
             cursor, added = (Cursor(**resume[0]), resume[1]) if resume else (inp.cursor, 0)
+            already = resume[2] if len(resume) > 2 else 0
             with Keepalive(*resume) as beat:
-                return self._fill(inp, cursor, added, beat)
+                return self._fill(inp, cursor, added, already, beat)
         except (ClientError, BotoCoreError) as e:
             raise to_application_error(e, f"filling wave group {inp.into_group}", inp.into_region) from e
 
-    def _fill(self, inp: FillGroupInput, cursor: Cursor, added: int, beat: Keepalive) -> FilledGroup:
+    def _fill(
+        self, inp: FillGroupInput, cursor: Cursor, added: int, already: int, beat: Keepalive
+    ) -> FilledGroup:
         """Page through the listing from `cursor`, heartbeating where the next page starts."""
         aws = self.deployments.aws(inp.deployment)
         arn = self._ensure_group(inp.deployment, inp.into_region, inp.into_group)
@@ -270,21 +275,7 @@ class JobActivities:
             take = names[cursor.skip :]
             if inp.size:
                 take = take[: inp.size - added]
-            if inp.only_confirmed_in:
-                with ThreadPoolExecutor(self.max_workers) as pool:
-                    conns = list(
-                        pool.map(
-                            lambda t: self._report(inp.deployment, inp.only_confirmed_in, t),
-                            take,
-                        )
-                    )
-                chosen = [
-                    t
-                    for t, c in zip(take, conns, strict=True)
-                    if c.confirms(inp.only_confirmed_in, inp.min_epoch)
-                ]
-            else:
-                chosen = take
+            chosen = self._choose(inp, take)
             with ThreadPoolExecutor(self.max_workers) as pool:
                 list(
                     pool.map(
@@ -292,14 +283,41 @@ class JobActivities:
                         chosen,
                     )
                 )
-            added += len(take) if not inp.only_confirmed_in else len(chosen)
+            added += len(chosen)
+            already += len(take) - len(chosen) if inp.skip_in else 0
             consumed = cursor.skip + len(take)
             if consumed < len(names):
                 cursor = Cursor(cursor.token, consumed)
             else:
                 cursor = Cursor(next_token, 0, exhausted=next_token is None)
-            beat.beat({"token": cursor.token, "skip": cursor.skip, "exhausted": cursor.exhausted}, added)
-        return FilledGroup(arn, added, cursor)
+            beat.beat(
+                {"token": cursor.token, "skip": cursor.skip, "exhausted": cursor.exhausted}, added, already
+            )
+        return FilledGroup(arn, added, cursor, already)
+
+    def _choose(self, inp: FillGroupInput, things: list[str]) -> list[str]:
+        """The devices of a page that belong in the group, by where their shadows say they are."""
+        region = inp.only_confirmed_in or inp.skip_in
+        if not region:
+            return things
+        there = self._reports(inp.deployment, region, things)
+        if inp.only_confirmed_in:
+            return [t for t in things if there[t].confirms(region, inp.min_epoch)]
+        # a shadow keeps saying where a device was: it is there now only if it spoke there last
+        maybe = [t for t in things if there[t].region == region]
+        home = self._reports(inp.deployment, inp.list_region, maybe)
+        moved = {
+            t
+            for t in maybe
+            if home[t].region != inp.list_region or there[t].reported_at > home[t].reported_at
+        }
+        return [t for t in things if t not in moved]
+
+    def _reports(self, deployment: str, region: str, things: list[str]) -> dict[str, DeviceReport]:
+        with ThreadPoolExecutor(self.max_workers) as pool:
+            return dict(
+                zip(things, pool.map(lambda t: self._report(deployment, region, t), things), strict=True)
+            )
 
     @activity.defn
     def create_wave_job(self, inp: WaveJobInput) -> JobRef:

@@ -75,6 +75,7 @@ class CutoverProgress:
     unreachable_regions: list[str] = field(default_factory=list)
     reconcile_later: list[str] = field(default_factory=list)
     stale_shadow_leaves: int = 0
+    already_there: int = 0  # devices connected to the target already: confirmed without a job
     events: list[str] = field(default_factory=list)  # the last few notable events, newest last
     result: CutoverResultKind | None = None
     error: str | None = None

@@ -216,3 +216,23 @@ async def test_pause_holds_the_next_wave_until_resumed_from_the_starter(stack: S
     assert resumed.returncode == 0, resumed.stderr
     p = await until(lambda: stack.progress(started.cutover_id), lambda p: p.result, what="the cutover")
     assert p.result.startswith("succeeded") and len(p.waves) > waves
+
+
+async def test_devices_already_in_the_target_are_confirmed_without_a_job(stack: Stack) -> None:
+    """A planned cutover toward where the devices already are (they failed over on their own, or a
+    drill's fail back of devices that never left) must not wait on jobs nobody will pick up."""
+    east = stack.cfg.regions[EAST].endpoint_url
+    faults.set_fault(east, "outage")  # a blip the health monitors never call Unhealthy
+    try:
+        await until(
+            lambda: asyncio.sleep(0, stack.regions_of_devices()),
+            lambda c: c.get(WEST) == DEVICES,
+            what="every device failing over to us-west-2 on its own",
+        )
+    finally:
+        faults.set_fault(east, "clear")
+    started = await stack.cutover(target=WEST, reason="catch the controller up with the devices")
+    p = await until(lambda: stack.progress(started.cutover_id), lambda p: p and p.result, what="the cutover")
+    assert p.result == "succeeded", p
+    assert (p.already_there, p.confirmed, p.devices_total) == (DEVICES, DEVICES, DEVICES)
+    assert not p.waves and not list(all_items(stack.aws.iot(EAST), "list_jobs", "jobs"))

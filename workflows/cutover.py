@@ -395,6 +395,7 @@ class CutoverWorkflow:
                     into_group=wave.group,
                     size=size,
                     cursor=cursor,
+                    skip_in=inp.target,
                 ),
                 limit=timedelta(minutes=30),
                 summary=f"wave {index}: choose {size} devices",
@@ -402,12 +403,16 @@ class CutoverWorkflow:
                 heartbeat=HEARTBEAT,
             )
             cursor, wave.size = filled.cursor, filled.added
+            self.p.already_there += filled.already
             if wave.size == 0:
+                self._tally()
                 self.p.waves.pop()
                 break
             await self._run_wave(inp, wave, filled.group_arn, inp.source, inp.target, inp.epoch)
             wave.seconds = (workflow.now() - started).total_seconds()
             self._tally()
+            if filled.already:
+                self._note(f"{filled.already} devices already connected to {inp.target}: confirmed, no job")
             if 100 * wave.confirmed / wave.size < policy.wave_success_percent:
                 self._hold = (
                     f"approval: wave {index} confirmed {wave.confirmed}/{wave.size}, below "
@@ -773,7 +778,7 @@ class CutoverWorkflow:
     def _tally(self) -> None:
         forward = [w for w in self.p.waves if w.index >= 0]
         retried = sum(w.confirmed for w in self.p.waves if w.index == -1)
-        self.p.confirmed = sum(w.confirmed for w in forward) + retried
+        self.p.confirmed = sum(w.confirmed for w in forward) + retried + self.p.already_there
         self.p.failed = sum(w.pending for w in forward) - retried
 
     def _note(self, event: str) -> None:
