@@ -297,13 +297,20 @@ class DeploymentWorkflow:
         """Adopt the highest epoch of every fence in every region, or write the first answer."""
         if not workflow.patched(ADOPT_HIGHEST_EPOCH):
             return await self._initialize_from_default_scope()
-        fences = await workflow.execute_activity_method(
-            BootstrapActivities.read_fences,
-            ReadFencesInput(self.cfg.name),
-            start_to_close_timeout=timedelta(minutes=2),
-            heartbeat_timeout=timedelta(seconds=30),
-            retry_policy=RETRY,  # no epoch, no cutover: keep asking until a region answers
-        )
+        while True:  # no epoch, no cutover: keep asking until a region answers
+            try:
+                fences = await workflow.execute_activity_method(
+                    BootstrapActivities.read_fences,
+                    ReadFencesInput(self.cfg.name),
+                    start_to_close_timeout=timedelta(minutes=2),
+                    heartbeat_timeout=timedelta(seconds=30),
+                    retry_policy=RETRY,
+                )
+                break
+            except ActivityError as e:  # e.g. access denied: shown in status until it is fixed
+                self._decide("note", f"cannot read the fences: {e.cause or e}; trying again in a minute")
+                self._report()
+                await workflow.sleep(timedelta(minutes=1))
         for region in [*fences.unreachable, *fences.lagging]:
             self._missed(region, "default")
         self.s.epoch = fences.epoch
