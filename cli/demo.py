@@ -62,7 +62,9 @@ async def cmd_demo(args: argparse.Namespace) -> int:
     client = await client_for(cfg)
     await start_deployment(client, cfg)
     await _wait("every region to be reported Healthy", lambda: _all_healthy(client, cfg))
-    await _wait(f"the registry to be replicated to {', '.join(cfg.standbys())}", lambda: _replicated(cfg))
+    await _wait(
+        f"the registry to be replicated to {', '.join(cfg.standbys())}", lambda: _replicated(client, cfg)
+    )
 
     _step("Starting the simulated fleet")
     await asyncio.to_thread(stack.up, ["fleet"])
@@ -90,7 +92,13 @@ async def _all_healthy(client, cfg: DeploymentConfig) -> bool:
     return all(v.state == "Healthy" for v in s.health.values())
 
 
-async def _replicated(cfg: DeploymentConfig) -> bool:
+async def _replicated(client, cfg: DeploymentConfig) -> bool:
+    """Parity holds, and the deployment has heard it from replication: automatic failover refuses a
+    standby whose copy it does not know complete."""
+    s = await deployment_state(client, cfg)
+    complete = {v.target for v in s.replicas.values() if v.complete}
+    if not set(cfg.standbys()) <= complete:
+        return False
     aws = AwsClients(cfg)
     for target in cfg.standbys():
         report = await asyncio.to_thread(registry_parity, aws, cfg.primary, target, cfg.fleet.thing_group)
