@@ -88,7 +88,7 @@ def _validity(pem: str) -> dict[str, Any]:
     return {"notBefore": cert.not_valid_before_utc, "notAfter": cert.not_valid_after_utc}
 
 
-def _issuing_ca(backend: IoTBackend, pem: str, ca_pem: str | None) -> Any:
+def issuing_ca(backend: IoTBackend, pem: str, ca_pem: str | None) -> Any:
     """The registered CA named by `ca_pem`, or else the registered CA that signed `pem`."""
     if ca_pem:
         return backend.ca_certificates.get(certificate_id(ca_pem))
@@ -128,7 +128,7 @@ def _register_certificate(original: Any) -> Any:
         status: str,
     ) -> FakeCertificate:
         cert = original(self, certificate_pem, ca_certificate_pem, set_as_active, status or "INACTIVE")
-        ca = _issuing_ca(self, certificate_pem, ca_certificate_pem)
+        ca = issuing_ca(self, certificate_pem, ca_certificate_pem)
         cert.ca_certificate_id = ca.certificate_id if ca else None
         cert.certificate_mode = getattr(ca, "certificate_mode", "DEFAULT") if ca else "SNI_ONLY"
         return cert
