@@ -43,6 +43,7 @@ from typing import Any
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from moto.core.config import default_user_config
+from moto.core.exceptions import JsonRESTError
 from moto.core.responses import ActionResult
 from moto.iot.exceptions import InvalidRequestException, ResourceAlreadyExistsException
 from moto.iot.models import FakeCertificate, FakeThing, FakeThingGroup, IoTBackend
@@ -55,6 +56,7 @@ from moto.utilities.utils import get_partition
 from core.certs import certificate_id
 
 PUBLISHED_KEPT = 10_000
+SHADOW_STATE_BYTES = 8 * 1024  # AWS's limit on a shadow's desired and reported state
 THING_ATTRIBUTES = {False: 3, True: 50}  # AWS's limit, by whether the thing has a thing type
 
 
@@ -330,6 +332,34 @@ def _conditional_update(original: Any) -> Any:
     return update_thing_shadow
 
 
+class RequestEntityTooLarge(JsonRESTError):
+    code = 413
+
+    def __init__(self, message: str):
+        super().__init__("RequestEntityTooLargeException", message)
+
+
+def _shadow_size(original: Any) -> Any:
+    def update_thing_shadow(
+        self: IoTDataPlaneBackend, thing_name: str, payload: str, shadow_name: str | None
+    ):
+        shadows = self.iot_backend.describe_thing(thing_name).thing_shadows
+        previous = shadows.get(shadow_name)
+        shadow = original(self, thing_name, payload, shadow_name)
+        state = json.dumps({"desired": shadow.desired, "reported": shadow.reported}, separators=(",", ":"))
+        if len(state.encode()) > SHADOW_STATE_BYTES:
+            if previous is None:
+                shadows.pop(shadow_name, None)
+            else:
+                shadows[shadow_name] = previous
+            raise RequestEntityTooLarge(
+                f"The shadow state document exceeds {SHADOW_STATE_BYTES} bytes (got {len(state.encode())})"
+            )
+        return shadow
+
+    return update_thing_shadow
+
+
 def list_named_shadows_for_thing(self: IoTDataPlaneBackend, thing_name: str) -> list[str]:
     thing = self.iot_backend.describe_thing(thing_name)
     return [name for name, s in thing.thing_shadows.items() if name is not None and not s.deleted]
@@ -372,6 +402,8 @@ def install(emulator: Any) -> None:
         _shadow_versions(FakeShadow.create_from_previous_version.__func__)
     )
     IoTDataPlaneBackend.list_named_shadows_for_thing = list_named_shadows_for_thing
-    IoTDataPlaneBackend.update_thing_shadow = _conditional_update(IoTDataPlaneBackend.update_thing_shadow)
+    IoTDataPlaneBackend.update_thing_shadow = _conditional_update(
+        _shadow_size(IoTDataPlaneBackend.update_thing_shadow)
+    )
     IoTDataPlaneBackend.publish = publish
     IoTDataPlaneResponse.list_named_shadows_for_thing = list_named_shadows_response

@@ -22,6 +22,7 @@ import contextlib
 import json
 import ssl
 import uuid
+from collections import deque
 from pathlib import Path
 from typing import Any
 
@@ -130,6 +131,7 @@ class MqttConnection:
         self.notified = asyncio.Event()  # set by notify-next, and when the link is lost
         self.lost: str | None = None
         self._waiters: dict[str, asyncio.Future] = {}
+        self.received: deque[tuple[str, Any]] = deque(maxlen=64)  # messages that answer no request
         self._reader: asyncio.Task | None = None
         self._timeout = transport.sim.mqtt.request_timeout_seconds
 
@@ -162,6 +164,8 @@ class MqttConnection:
                     waiter = self._waiters.pop(body.get("clientToken"), None)
                     if waiter is not None and not waiter.done():
                         waiter.set_result((topic.rsplit("/", 1)[-1], body))
+                    elif waiter is None:
+                        self.received.append((topic, body))
         except aiomqtt.MqttError as e:
             self.lost = f"link lost: {e}"
         finally:

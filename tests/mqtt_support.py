@@ -36,7 +36,9 @@ class MqttWorld:
     transport: MqttTransport
     things: list[str]
 
-    async def connect(self, thing: str, region: str = EAST, subscribe: list[str] | None = None) -> MqttConnection:
+    async def connect(
+        self, thing: str, region: str = EAST, subscribe: list[str] | None = None
+    ) -> MqttConnection:
         return await self.transport.connect(thing, endpoint(region), subscribe or [])
 
     async def refused(self, thing: str, region: str = EAST) -> TransportError:

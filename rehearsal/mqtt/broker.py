@@ -133,13 +133,30 @@ class IotBroker(Broker):
         del listener
         return server_context(self.region.region, self.region.root, self.region.trust)
 
-    async def _client_connected(self, listener_name: str, reader: Any, writer: Any) -> None:
-        faults = self.region.faults
-        if faults.hits("outage") or faults.hits("throttle"):
-            await writer.close()  # the endpoint does not answer: no CONNACK at all
-            return
-        await self.region.delay()
-        await super()._client_connected(listener_name, reader, writer)
+    async def _create_server_instance(
+        self, listener_name: str, listener_type: Any, address: Any, port: int, ctx: Any
+    ):
+        """A TCP server that consults the fault switch before the TLS handshake, then starts TLS.
+
+        A region that is down (or throttling this connect) resets the connection at once, so a
+        device sees its connect fail as it would against an unreachable endpoint, not a timeout.
+        """
+        del listener_type
+
+        async def accept(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            faults = self.region.faults
+            if faults.hits("outage") or faults.hits("throttle"):
+                writer.transport.abort()
+                return
+            await self.region.delay()
+            try:
+                await writer.start_tls(ctx, ssl_handshake_timeout=10)
+            except (OSError, ConnectionError, TimeoutError):  # ssl.SSLError is an OSError
+                writer.transport.abort()
+                return
+            await self.stream_connected(reader, writer, listener_name)
+
+        return await asyncio.start_server(accept, address, port, reuse_address=True)
 
     async def _handle_message_delivery(self, client_session: Any, handler: Any, wait_deliver: Any) -> bool:
         message = wait_deliver.result()
@@ -149,12 +166,10 @@ class IotBroker(Broker):
         region = self.region.region
         if identity is None or not identity.may("iot:Publish", f"topic/{message.topic}"):
             PUBLISHES.labels(region=region, outcome="unauthorized").inc()
-            self.region.mark_drop(client_session.client_id, "AUTHORIZATION_FAILURE")
-            return False  # IoT Core closes the connection of a client publishing where it may not
+            return await self._disconnect(client_session, handler, "AUTHORIZATION_FAILURE")
         if self.region.faults.hits("throttle"):
             PUBLISHES.labels(region=region, outcome="throttled").inc()
-            self.region.mark_drop(client_session.client_id, "THROTTLED")
-            return False
+            return await self._disconnect(client_session, handler, "THROTTLED")
         await self.region.delay()
         PUBLISHES.labels(region=region, outcome="accepted").inc()
         if message.topic.startswith("$aws/"):
@@ -165,6 +180,13 @@ class IotBroker(Broker):
             return True
         self.region.data.publish(message.topic, bytes(message.data))  # where iot-data Publish keeps it
         return await super()._handle_message_delivery(client_session, handler, wait_deliver)
+
+    async def _disconnect(self, client_session: Any, handler: Any, reason: str) -> bool:
+        """Close the connection as IoT Core does (the message loop then ends it as a lost link)."""
+        self.region.mark_drop(client_session.client_id, reason)
+        if handler.writer is not None:
+            await handler.writer.close()
+        return True
 
     async def _handle_disconnect(self, client_session: Any, handler: Any, disconnect_waiter: Any) -> None:
         clean = isinstance(disconnect_waiter.result(), DisconnectPacket)
