@@ -77,7 +77,14 @@ class RegionEmulator:
         hooks.install()
         presence.install()
         self.mqtt = RegionBroker(self.region, self.faults, port=port, host=host, root=root)
-        return self.mqtt.start()
+        try:
+            return self.mqtt.start()
+        except RuntimeError:
+            if not port:
+                raise
+            logging.getLogger("emulator").warning("MQTT port %s is busy: taking any free port", port)
+            self.mqtt = RegionBroker(self.region, self.faults, port=0, host=host, root=root)
+            return self.mqtt.start()
 
     def _load_extensions(self) -> None:
         """Plug in the device-side Jobs API and moto's missing IoT features (when present)."""
