@@ -38,6 +38,11 @@ def cmd_provision(args: argparse.Namespace) -> int:
         result = Provisioner(cfg, workers=max(1, args.workers)).run(args.devices)
     except ProvisionError as e:
         raise CliError(f"{e} (re-running `fleet provision` resumes where this stopped)") from None
+    if cfg.is_local and Stack(cfg, args.config).running(COMPONENT):  # the fleet follows the new manifest
+        stack = Stack(cfg, args.config)
+        stack.down(only=[COMPONENT], echo=lambda _: None)
+        stack.up(only=[COMPONENT], echo=lambda _: None)
+        print("Restarted the running fleet on the new manifest.")
     print(
         f"Done: {result.devices} devices ({result.created} created or repaired) in {result.region}; "
         f"group {cfg.fleet.thing_group}, policy {cfg.fleet.policy_name}.\n"

@@ -1,4 +1,4 @@
-"""`starter.py local up|down|status|fault`: the local rehearsal stack."""
+"""`starter.py local up|down|status|reset|fault`: the local rehearsal stack."""
 
 from __future__ import annotations
 
@@ -19,9 +19,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--only", nargs="*", help="start only these components (e.g. temporal emulator-us-east-1)"
     )
     up.set_defaults(handler=cmd_up)
-    local.add_parser("down", help="stop exactly the processes `local up` started").set_defaults(
-        handler=cmd_down
-    )
+    local.add_parser(
+        "down", help="stop exactly the processes `local up` started; Temporal's history and the fleet go too"
+    ).set_defaults(handler=cmd_down)
+    local.add_parser(
+        "reset", help="stop everything and wipe the state folder (CA, keys, history, logs)"
+    ).set_defaults(handler=cmd_reset)
     local.add_parser("status", help="what runs, and whether it is healthy").set_defaults(handler=cmd_status)
 
     f = local.add_parser("fault", help="flip a region's fault switch: outage, latency, throttle or clear")
@@ -62,6 +65,12 @@ def print_urls(stack: Stack) -> None:
 def cmd_down(args: argparse.Namespace) -> int:
     print("Stopping the local rehearsal stack:")
     _stack(args).down()
+    return 0
+
+
+def cmd_reset(args: argparse.Namespace) -> int:
+    print("Resetting the local rehearsal stack:")
+    _stack(args).reset()
     return 0
 
 

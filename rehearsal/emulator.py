@@ -3,10 +3,12 @@
 Regions share nothing, exactly as in AWS: each region is its own process on its own port. On top of
 moto this adds, in one place: the device side of IoT Jobs (`iot-jobs-data`, jobs_data.py), IoT Jobs
 behaving as AWS documents them (iot_jobs.py), the IoT gaps the controller relies on (iot_gaps.py),
-and the fault switch (outage, latency, throttling) that drills and tests flip per region through
-`/_emulator/fault`.
+the fault switch (outage, latency, throttling) that drills and tests flip per region through
+`/_emulator/fault`, and the region's MQTT endpoint (rehearsal/mqtt/: mutual TLS against this
+region's registry, shadows, jobs and presence over MQTT), whose address and root CA
+`/_emulator/mqtt` tells.
 
-Run: python -m rehearsal.emulator --region us-east-1 --port 4566
+Run: python -m rehearsal.emulator --region us-east-1 --port 4566 [--mqtt-port 8883] [--pki-dir DIR]
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import json
 import logging
 import time
 from collections.abc import Callable, Iterable
+from pathlib import Path
 from typing import Any
 
 from moto.backends import get_backend
@@ -24,7 +27,9 @@ from moto.server import DomainDispatcherApplication, create_backend_app
 from werkzeug.serving import run_simple
 from werkzeug.wrappers import Request, Response
 
+from rehearsal import pki
 from rehearsal.faults import Fault, FaultSwitch
+from rehearsal.mqtt.broker import RegionBroker
 
 WsgiApp = Callable[[dict, Callable], Iterable[bytes]]
 _XML_SERVICES = {"route53", "sts", "iam", "cloudwatch"}
@@ -62,7 +67,24 @@ class RegionEmulator:
         self.moto: WsgiApp = DomainDispatcherApplication(create_backend_app)
         self.started = time.time()
         self.extensions: dict[str, WsgiApp] = {}
+        self.mqtt: RegionBroker | None = None
         self._load_extensions()
+
+    def start_mqtt(self, port: int = 0, host: str = "127.0.0.1", root: pki.LocalCA | None = None) -> int:
+        """Start the region's MQTT endpoint next to the HTTP APIs; returns its port."""
+        from rehearsal.mqtt import hooks, presence
+
+        hooks.install()
+        presence.install()
+        self.mqtt = RegionBroker(self.region, self.faults, port=port, host=host, root=root)
+        try:
+            return self.mqtt.start()
+        except RuntimeError:
+            if not port:
+                raise
+            logging.getLogger("emulator").warning("MQTT port %s is busy: taking any free port", port)
+            self.mqtt = RegionBroker(self.region, self.faults, port=0, host=host, root=root)
+            return self.mqtt.start()
 
     def _load_extensions(self) -> None:
         """Plug in the device-side Jobs API and moto's missing IoT features (when present)."""
@@ -110,8 +132,13 @@ class RegionEmulator:
                     "region": self.region,
                     "fault": vars(self.faults.get()),
                     "uptime": time.time() - self.started,
+                    "mqtt_port": self.mqtt.port if self.mqtt else None,
                 },
             )
+        if route == "mqtt":
+            if self.mqtt is None:
+                return _json(404, {"error": f"{self.region} runs no MQTT endpoint"})
+            return _json(200, self.mqtt.info())
         if route == "fault" and request.method == "POST":
             body = request.get_json(silent=True) or {}
             try:
@@ -119,11 +146,15 @@ class RegionEmulator:
             except (TypeError, ValueError) as e:
                 return _json(400, {"error": str(e)})
             logging.getLogger("emulator").warning("fault switch in %s: %s", self.region, body)
+            if self.mqtt is not None:
+                self.mqtt.on_fault(self.faults.get())
             return _json(200, {"region": self.region, "fault": vars(self.faults.get())})
         if route == "reset" and request.method == "POST":
             reset_backends()
             for ext in self.extensions.values():
                 getattr(ext, "reset", lambda: None)()
+            if self.mqtt is not None:
+                self.mqtt.reset()
             return _json(200, {"reset": True})
         for ext in {id(e): e for e in self.extensions.values()}.values():  # e.g. iot_jobs' clock
             handled = getattr(ext, "control", lambda *_: None)(route, request)
@@ -143,10 +174,22 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--region", required=True)
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--mqtt-port", type=int, default=0, help="MQTT over TLS (0: any free port)")
+    parser.add_argument("--no-mqtt", action="store_true", help="serve the HTTP APIs only")
+    parser.add_argument(
+        "--pki-dir",
+        help="folder of the local root CA that signs the MQTT server certificate (made if missing)",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format=f"%(asctime)s emulator[{args.region}] %(message)s")
     logging.getLogger("werkzeug").setLevel(logging.ERROR)
-    run_simple(args.host, args.port, RegionEmulator(args.region), threaded=True, use_reloader=False)
+    logging.getLogger("amqtt").setLevel(logging.ERROR)
+    logging.getLogger("transitions").setLevel(logging.ERROR)
+    app = RegionEmulator(args.region)
+    if not args.no_mqtt:
+        root = pki.load_or_create_ca(Path(args.pki_dir)) if args.pki_dir else None
+        app.start_mqtt(args.mqtt_port, args.host, root)
+    run_simple(args.host, args.port, app, threaded=True, use_reloader=False)
 
 
 if __name__ == "__main__":

@@ -19,6 +19,10 @@ this module patches into the emulator process (only there):
 - DeleteThing left the thing in its thing groups (so jobs and listings still saw it): removed.
 - CreateThing and UpdateThing took any number of attributes: AWS allows 3 on a thing without a
   thing type and 50 on a typed one (InvalidRequestException beyond), checked on the result.
+- Other AWS limits the controller meets, now InvalidRequestException as in AWS: a thing in at most
+  10 static thing groups; names of things, groups, thing types, policies, jobs (64) and shadows
+  (64) in AWS's character sets and lengths; and a shadow's state at most 8 KB
+  (RequestEntityTooLargeException, the shadow left as it was).
 - DescribeThing, behind every shadow call, scanned all things: an O(1) lookup by ARN.
 - iot-data: ListNamedShadowsForThing listed deleted shadows and had no timestamp; every update reset
   the metadata timestamp of every field (AWS keeps each field's last update time); a conditional
@@ -34,7 +38,9 @@ list_targets_for_policy, thing principals both ways, named shadow update/get/del
 
 from __future__ import annotations
 
+import copy
 import json
+import re
 import time
 from collections import deque
 from collections.abc import Iterable
@@ -43,6 +49,7 @@ from typing import Any
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from moto.core.config import default_user_config
+from moto.core.exceptions import JsonRESTError
 from moto.core.responses import ActionResult
 from moto.iot.exceptions import InvalidRequestException, ResourceAlreadyExistsException
 from moto.iot.models import FakeCertificate, FakeThing, FakeThingGroup, IoTBackend
@@ -55,7 +62,25 @@ from moto.utilities.utils import get_partition
 from core.certs import certificate_id
 
 PUBLISHED_KEPT = 10_000
+SHADOW_STATE_BYTES = 8 * 1024  # AWS's limit on a shadow's desired and reported state
 THING_ATTRIBUTES = {False: 3, True: 50}  # AWS's limit, by whether the thing has a thing type
+GROUPS_PER_THING = 10  # static thing groups a thing may belong to
+NAMES = {  # AWS's character sets and lengths of the names the controller creates
+    "thing": re.compile(r"[a-zA-Z0-9:_-]{1,128}"),
+    "thing group": re.compile(r"[a-zA-Z0-9:_-]{1,128}"),
+    "thing type": re.compile(r"[a-zA-Z0-9:_-]{1,128}"),
+    "policy": re.compile(r"[\w+=,.@-]{1,128}"),
+    "job": re.compile(r"[a-zA-Z0-9_-]{1,64}"),
+    "shadow": re.compile(r"[a-zA-Z0-9:_-]{1,64}"),
+}
+
+
+def check_name(kind: str, name: str | None) -> None:
+    """InvalidRequestException for a name AWS would refuse (its character set or length)."""
+    if name is not None and not NAMES[kind].fullmatch(name):
+        raise InvalidRequestException(
+            f"invalid {kind} name {name[:140]!r}: it must match {NAMES[kind].pattern} (AWS IoT's rule)"
+        )
 
 
 def group_things(backend: IoTBackend, group: FakeThingGroup, recursive: bool) -> list[FakeThing]:
@@ -88,7 +113,7 @@ def _validity(pem: str) -> dict[str, Any]:
     return {"notBefore": cert.not_valid_before_utc, "notAfter": cert.not_valid_after_utc}
 
 
-def _issuing_ca(backend: IoTBackend, pem: str, ca_pem: str | None) -> Any:
+def issuing_ca(backend: IoTBackend, pem: str, ca_pem: str | None) -> Any:
     """The registered CA named by `ca_pem`, or else the registered CA that signed `pem`."""
     if ca_pem:
         return backend.ca_certificates.get(certificate_id(ca_pem))
@@ -128,7 +153,7 @@ def _register_certificate(original: Any) -> Any:
         status: str,
     ) -> FakeCertificate:
         cert = original(self, certificate_pem, ca_certificate_pem, set_as_active, status or "INACTIVE")
-        ca = _issuing_ca(self, certificate_pem, ca_certificate_pem)
+        ca = issuing_ca(self, certificate_pem, ca_certificate_pem)
         cert.ca_certificate_id = ca.certificate_id if ca else None
         cert.certificate_mode = getattr(ca, "certificate_mode", "DEFAULT") if ca else "SNI_ONLY"
         return cert
@@ -238,6 +263,7 @@ def _create_thing(original: Any) -> Any:
         attribute_payload: dict[str, Any] | None,
         billing_group_name: str | None = None,
     ) -> FakeThing:
+        check_name("thing", thing_name)
         _attribute_limit((attribute_payload or {}).get("attributes") or {}, bool(thing_type_name))
         return original(self, thing_name, thing_type_name, attribute_payload, billing_group_name)
 
@@ -262,6 +288,39 @@ def _update_thing(original: Any) -> Any:
         return original(self, thing_name, thing_type_name, attribute_payload, remove_thing_type)
 
     return update_thing
+
+
+def _named(kind: str, param: str, original: Any) -> Any:
+    """Check the new resource's name (argument `param`, or the first) before moto creates it."""
+
+    def create(self: IoTBackend, *args: Any, **kwargs: Any) -> Any:
+        check_name(kind, kwargs[param] if param in kwargs else args[0])
+        return original(self, *args, **kwargs)
+
+    create.__name__ = original.__name__
+    return create
+
+
+def _add_to_group(original: Any) -> Any:
+    def add_thing_to_thing_group(
+        self: IoTBackend,
+        thing_group_name: str,
+        thing_group_arn: str | None,
+        thing_name: str,
+        thing_arn: str | None,
+    ) -> None:
+        group = self._identify_thing_group(thing_group_name, thing_group_arn)
+        thing = self._identify_thing(thing_name, thing_arn)
+        if thing.arn not in group.things:
+            member_of = sum(1 for g in self.thing_groups.values() if thing.arn in g.things)
+            if member_of >= GROUPS_PER_THING:
+                raise InvalidRequestException(
+                    f"thing {thing.thing_name} is already in {member_of} static thing groups, "
+                    f"the most AWS allows ({GROUPS_PER_THING})"
+                )
+        return original(self, thing_group_name, thing_group_arn, thing_name, thing_arn)
+
+    return add_thing_to_thing_group
 
 
 def _delete_thing(original: Any) -> Any:
@@ -330,6 +389,34 @@ def _conditional_update(original: Any) -> Any:
     return update_thing_shadow
 
 
+class RequestEntityTooLarge(JsonRESTError):
+    code = 413
+
+    def __init__(self, message: str):
+        super().__init__("RequestEntityTooLargeException", message)
+
+
+def _shadow_size(original: Any) -> Any:
+    def update_thing_shadow(
+        self: IoTDataPlaneBackend, thing_name: str, payload: str, shadow_name: str | None
+    ):
+        shadows = self.iot_backend.describe_thing(thing_name).thing_shadows
+        previous = copy.deepcopy(shadows.get(shadow_name))  # moto merges into the previous state in place
+        shadow = original(self, thing_name, payload, shadow_name)
+        state = json.dumps({"desired": shadow.desired, "reported": shadow.reported}, separators=(",", ":"))
+        if len(state.encode()) > SHADOW_STATE_BYTES:
+            if previous is None:
+                shadows.pop(shadow_name, None)
+            else:
+                shadows[shadow_name] = previous
+            raise RequestEntityTooLarge(
+                f"The shadow state document exceeds {SHADOW_STATE_BYTES} bytes (got {len(state.encode())})"
+            )
+        return shadow
+
+    return update_thing_shadow
+
+
 def list_named_shadows_for_thing(self: IoTDataPlaneBackend, thing_name: str) -> list[str]:
     thing = self.iot_backend.describe_thing(thing_name)
     return [name for name, s in thing.thing_shadows.items() if name is not None and not s.deleted]
@@ -362,8 +449,16 @@ def install(emulator: Any) -> None:
         "delete_thing": _delete_thing,
         "create_thing": _create_thing,
         "update_thing": _update_thing,
+        "add_thing_to_thing_group": _add_to_group,
     }.items():
         setattr(IoTBackend, name, wrap(getattr(IoTBackend, name)))
+    for name, (kind, param) in {
+        "create_thing_group": ("thing group", "thing_group_name"),
+        "create_thing_type": ("thing type", "thing_type_name"),
+        "create_policy": ("policy", "policy_name"),
+        "create_job": ("job", "job_id"),
+    }.items():
+        setattr(IoTBackend, name, _named(kind, param, getattr(IoTBackend, name)))
     IoTResponse.register_ca_certificate = _register_ca_certificate(IoTResponse.register_ca_certificate)
     IoTResponse.update_ca_certificate = _update_ca_certificate(IoTResponse.update_ca_certificate)
     for fn in (list_ca_certificates, list_certificates, list_certificates_by_ca, list_things_in_thing_group):
@@ -372,6 +467,8 @@ def install(emulator: Any) -> None:
         _shadow_versions(FakeShadow.create_from_previous_version.__func__)
     )
     IoTDataPlaneBackend.list_named_shadows_for_thing = list_named_shadows_for_thing
-    IoTDataPlaneBackend.update_thing_shadow = _conditional_update(IoTDataPlaneBackend.update_thing_shadow)
+    IoTDataPlaneBackend.update_thing_shadow = _conditional_update(
+        _shadow_size(IoTDataPlaneBackend.update_thing_shadow)
+    )
     IoTDataPlaneBackend.publish = publish
     IoTDataPlaneResponse.list_named_shadows_for_thing = list_named_shadows_response

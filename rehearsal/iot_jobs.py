@@ -35,6 +35,7 @@ import itertools
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from typing import Any
 
 from moto.core.responses import ActionResult
@@ -72,6 +73,13 @@ _DETAILS = {
 }
 LOCK = threading.RLock()  # the emulator serves requests on threads; job state changes are atomic
 CLOCK = {"offset": 0.0}
+WATCHERS: list[Callable[[str, str, str], None]] = []  # (account, region, thing): the MQTT notifications
+
+
+def changed(job: FakeJob, thing_name: str) -> None:
+    """A thing's executions changed (created, moved, deleted): tell the watchers, who must not block."""
+    for watch in WATCHERS:
+        watch(job.account_id, job.region_name, thing_name)
 
 
 def now() -> float:
@@ -100,6 +108,7 @@ class Execution:
         self.execution_number = number
         self.version_number = 1
         job.counts["QUEUED"] += 1
+        changed(job, self.thing_name)
 
     def set_status(self, status: str, details: dict[str, str] | None = None) -> None:
         counts = self.job.counts
@@ -116,6 +125,7 @@ class Execution:
             self.status_details_map = dict(details)
         self.version_number += 1
         self.last_updated_at = now()
+        changed(self.job, self.thing_name)
 
     def deadline(self) -> float | None:
         if self.status != "IN_PROGRESS":
@@ -342,6 +352,7 @@ def delete_job(self: IoTBackend, job_id: str, force: bool) -> None:
     for thing_name in job.executions:
         by_thing.get(thing_name, {}).pop(job_id, None)
         self.job_executions.pop((job_id, thing_name), None)
+        changed(job, thing_name)
     del self.jobs[job_id]
 
 
@@ -372,6 +383,7 @@ def delete_job_execution(self: IoTBackend, job_id: str, thing_name: str, executi
     del ex.job.executions[thing_name]
     del executions_of(self)[thing_name][job_id]
     del self.job_executions[(job_id, thing_name)]
+    changed(ex.job, thing_name)
     settle(ex.job)
 
 

@@ -7,6 +7,7 @@ handles public certificates (DESIGN.md, invariant 5).
 from __future__ import annotations
 
 import datetime as dt
+import ipaddress
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -88,5 +89,27 @@ def issue_device_cert(
         .not_valid_before(now - dt.timedelta(days=1))
         .not_valid_after(now + dt.timedelta(days=3650))
         .sign(ca.key, hashes.SHA256())
+    )
+    return cert.public_bytes(serialization.Encoding.PEM).decode(), _pem(key).decode()
+
+
+def issue_server_cert(root: LocalCA, hostnames: list[str]) -> tuple[str, str]:
+    """A TLS server certificate from the local root (the rehearsal's stand-in for Amazon's), valid for
+    `hostnames` (wildcards allowed) and 127.0.0.1; returns (cert_pem, key_pem)."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = dt.datetime.now(dt.UTC)
+    names: list[x509.GeneralName] = [x509.DNSName(h) for h in hostnames]
+    names.append(x509.IPAddress(ipaddress.ip_address("127.0.0.1")))
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([*_SUBJECT, x509.NameAttribute(NameOID.COMMON_NAME, hostnames[0])]))
+        .issuer_name(root.cert.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(days=1))
+        .not_valid_after(now + dt.timedelta(days=825))
+        .add_extension(x509.SubjectAlternativeName(names), critical=False)
+        .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .sign(root.key, hashes.SHA256())
     )
     return cert.public_bytes(serialization.Encoding.PEM).decode(), _pem(key).decode()

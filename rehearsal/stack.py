@@ -2,6 +2,12 @@
 
 Each process is recorded with its pid under the state folder, so `down` stops exactly what `up`
 started, `up` is idempotent (a healthy process is left alone), and `status` says what runs.
+
+One consistent world: the emulators keep their state in memory, so `down` also drops what would
+outlive it and contradict it (Temporal's database, where the deployment believes regions hold
+tables and registries; the fleet manifest, naming devices no registry knows): after `down` and
+`up` the world is new, and `fleet provision` makes the fleet again. The customer CA, device keys and
+the local root CA of the MQTT endpoints stay. `reset` wipes the whole state folder.
 """
 
 from __future__ import annotations
@@ -9,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -37,6 +44,12 @@ class Component:
 
 def _port(url: str) -> int:
     return urlparse(url).port or 80
+
+
+def mqtt_port(http_port: int) -> int:
+    """A region's MQTT port beside its HTTP one: 4566 -> 8883, 4567 -> 8884 (the emulator takes any
+    free port if that one is busy; `/_emulator/mqtt` and the simulator always know the real one)."""
+    return http_port + 4317 if http_port + 4317 <= 65535 else 0
 
 
 def components(cfg: DeploymentConfig, config_path: str) -> list[Component]:
@@ -73,13 +86,17 @@ def components(cfg: DeploymentConfig, config_path: str) -> list[Component]:
         url = region.endpoint_url
         if not url:
             continue
+        mqtt = mqtt_port(_port(url))
         out.append(
             Component(
                 name=f"emulator-{name}",
-                argv=[py, "-m", "rehearsal.emulator", "--region", name, "--port", str(_port(url))],
+                argv=[
+                    *[py, "-m", "rehearsal.emulator", "--region", name, "--port", str(_port(url))],
+                    *["--mqtt-port", str(mqtt), "--pki-dir", str(state / "pki")],
+                ],
                 port=_port(url),
                 health_url=f"{url}/_emulator/health",
-                urls={f"AWS emulator {name}": url},
+                urls={f"AWS emulator {name}": url, f"MQTT (mTLS) {name}": f"mqtts://127.0.0.1:{mqtt}"},
             )
         )
     for name, region in cfg.regions.items():
@@ -221,6 +238,31 @@ class Stack:
                 os.killpg(pid, signal.SIGKILL)
             self._pid_file(c).unlink(missing_ok=True)
             echo(f"  {c.name:<22} stopped")
+        if not only:
+            self.forget(echo)
+
+    def running(self, name: str) -> bool:
+        """Whether the component `name` was started by this stack and is still alive."""
+        return any(c.name == name and self._recorded_pid(c) for c in components(self.cfg, self.config_path))
+
+    def forget(self, echo=print) -> None:
+        """Drop what must not outlive the emulators' state: Temporal's database and the fleet manifest."""
+        gone = [self.state / n for n in ("temporal.db", "temporal.db-shm", "temporal.db-wal")]
+        gone += [self.state / "fleet" / n for n in ("manifest.json", "status.json")]
+        dropped = [p.name for p in gone if p.exists()]
+        for p in gone:
+            p.unlink(missing_ok=True)
+        if dropped:
+            echo(
+                f"  forgot {', '.join(dropped)} with the emulators' state (run `fleet provision` after `up`)"
+            )
+
+    def reset(self, echo=print) -> None:
+        """Stop everything and wipe the state folder: CA, keys, databases, logs."""
+        self.down(echo=echo)
+        if self.state.exists():
+            shutil.rmtree(self.state)
+        echo(f"  wiped {self.state}")
 
     def status(self) -> list[dict]:
         rows = []

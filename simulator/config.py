@@ -32,8 +32,18 @@ class FaultSettings(_Strict):
     seed: int = 7  # which devices are faulty is reproducible
 
 
+class MqttSettings(_Strict):
+    """How devices reach an MQTT endpoint that is not a rehearsal region (AWS IoT Core)."""
+
+    port: int = Field(8883, ge=1, le=65535)  # 443 negotiates ALPN x-amzn-mqtt-ca
+    root_ca_file: Path | None = None  # default: the bootstrap answer's CAs (Amazon's root)
+    connect_timeout_seconds: float = Field(10, gt=0)
+    request_timeout_seconds: float = Field(10, gt=0)  # a shadow or jobs request without an answer
+    max_connecting: int = Field(32, ge=1, le=1024)  # TLS handshakes in flight for the whole process
+
+
 class SimulatorConfig(_Strict):
-    protocol: Literal["local"] = "local"  # "mqtt" (awsiotsdk, mTLS) is described in README, not built yet
+    protocol: Literal["local", "mqtt"] = "local"  # mqtt: mutual TLS with each device's certificate
     manifest: Path | None = None  # default: <state>/fleet/manifest.json, written by `fleet provision`
     devices: int = Field(0, ge=0, le=10_000)  # 0: every device of the manifest
     publish_topics: list[str] = ["{sensor}"]
@@ -50,6 +60,7 @@ class SimulatorConfig(_Strict):
     start_spread_seconds: float = Field(5, ge=0)  # devices boot spread over this window
     status_interval_seconds: float = Field(2, gt=0)
     faults: FaultSettings = FaultSettings()
+    mqtt: MqttSettings = MqttSettings()
 
     @field_validator("publish_topics", "subscribe_topics")
     @classmethod
@@ -99,6 +110,9 @@ def load_simulator_config(path: str | Path | None, cfg: DeploymentConfig) -> Sim
     if raw.get("manifest"):
         m = Path(raw["manifest"])
         raw["manifest"] = str(m if m.is_absolute() else path.parent / m)
+    root = (raw.get("mqtt") or {}).get("root_ca_file")
+    if root and not Path(root).is_absolute():
+        raw["mqtt"] = {**raw["mqtt"], "root_ca_file": str(path.parent / root)}
     try:
         return SimulatorConfig.model_validate(raw)
     except ValidationError as e:

@@ -36,6 +36,8 @@ class DeviceSpec:
     thing: str
     sku: str = ""
     fault: FaultKind | None = None
+    certificate: str = ""  # paths of the device's own certificate and key (the MQTT transport)
+    key: str = ""
 
 
 class Device:
@@ -179,7 +181,8 @@ class Device:
         actions = {"heartbeat": self._heartbeat, "telemetry": self._publish, "jobs": self._poll_jobs}
         while True:
             name = min(due, key=due.__getitem__)
-            await asyncio.sleep(max(0.0, due[name] - loop.time()))
+            if await self._woken(max(0.0, due[name] - loop.time())):
+                name = "jobs"  # notify-next (or a lost link): look at the jobs now
             due[name] = loop.time() + every[name]
             try:
                 await self._slow()
@@ -193,6 +196,19 @@ class Device:
                     self.event("retries-exhausted", region)
                     return region
                 self.state = "connected"
+
+    async def _woken(self, delay: float) -> bool:
+        """Sleep `delay`, cut short when the connection signals (an MQTT notify-next or a lost link)."""
+        notified = getattr(self.conn, "notified", None)
+        if notified is None:
+            await asyncio.sleep(delay)
+            return False
+        try:
+            await asyncio.wait_for(notified.wait(), delay)
+        except TimeoutError:
+            return False
+        notified.clear()
+        return True
 
     async def _reconnect(self) -> bool:
         """The error that got us here was attempt 0 of `retry`: retry the same endpoint."""

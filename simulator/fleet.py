@@ -32,14 +32,24 @@ def status_path(cfg: DeploymentConfig) -> Path:
 
 
 def load_manifest(path: Path, limit: int = 0) -> list[DeviceSpec]:
-    """The devices `fleet provision` wrote (ids and SKUs; certificate files are for an MQTT transport)."""
+    """The devices `fleet provision` wrote: ids, SKUs and their certificate and key files."""
     try:
         raw = json.loads(path.read_text())
     except FileNotFoundError:
         raise FileNotFoundError(
             f"no fleet manifest at {path} (hint: run `python starter.py fleet provision --devices N`)"
         ) from None
-    specs = [DeviceSpec(thing=d["id"], sku=d.get("sku", "")) for d in raw["devices"]]
+    here = path.parent
+
+    def file(d: dict, key: str) -> str:
+        return str(here / d[key]) if d.get(key) else ""
+
+    specs = [
+        DeviceSpec(
+            thing=d["id"], sku=d.get("sku", ""), certificate=file(d, "certificate"), key=file(d, "key")
+        )
+        for d in raw["devices"]
+    ]
     return specs[:limit] if limit else specs
 
 
@@ -82,7 +92,7 @@ class Fleet:
     async def start(self) -> None:
         """Create every device and start them spread over `start_spread_seconds`."""
         self.started = time.time()
-        self.transport = self.transport or LocalTransport(self.cfg, self.sim.max_in_flight)
+        self.transport = self.transport or self._transport()
         self._session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=self.sim.max_in_flight))
         bootstrap = BootstrapClient(self.sim.bootstrap_list(self.cfg), self._session)
         app = self.cfg.fleet.application
@@ -94,6 +104,14 @@ class Fleet:
             self._tasks.append(asyncio.create_task(self._run_device(d, delay), name=d.thing))
         self._tasks.append(asyncio.create_task(self._write_status_forever(), name="status"))
         self.log.info("fleet started", devices=len(self.devices), bootstrap=bootstrap.urls)
+
+    def _transport(self) -> Transport:
+        if self.sim.protocol == "mqtt":
+            from simulator.mqtt_transport import MqttTransport
+
+            creds = {s.thing: (Path(s.certificate), Path(s.key)) for s in self.specs if s.certificate}
+            return MqttTransport(self.cfg, self.sim, creds)
+        return LocalTransport(self.cfg, self.sim.max_in_flight)
 
     async def _run_device(self, device: Device, delay: float) -> None:
         await asyncio.sleep(delay)

@@ -1,5 +1,6 @@
 """The end-to-end stack for cutover and drill tests: the real worker, the real bootstrap services,
-the emulators, registry replicated to the standby, and a simulated fleet connected in the primary."""
+the emulators, registry replicated to the standby, and a simulated fleet connected in the primary:
+each device over MQTT with its own certificate, as on AWS IoT Core."""
 
 from __future__ import annotations
 
@@ -171,6 +172,7 @@ async def stack(
         for r, p in zip((EAST, WEST), procs, strict=True):
             wait_http(f"http://127.0.0.1:{ports[r]}/healthz", timeout=60, proc=p)
         sim = SimulatorConfig(
+            protocol="mqtt",
             keep_alive_seconds=1,
             telemetry_interval_seconds=5,
             job_poll_seconds=0.5,

@@ -275,3 +275,34 @@ def test_thing_attributes_are_limited_as_in_aws(iot: Any) -> None:
             thingTypeName="typed",
             attributePayload={"attributes": {**many["attributes"], "x": "y"}},
         )
+
+
+def test_groups_per_thing_names_and_shadow_size_are_limited_as_in_aws(iot: Any, data: Any) -> None:
+    iot.create_thing(thingName="joiner")
+    for i in range(10):
+        iot.create_thing_group(thingGroupName=f"g{i}")
+        iot.add_thing_to_thing_group(thingGroupName=f"g{i}", thingName="joiner")
+    iot.create_thing_group(thingGroupName="g10")
+    with pytest.raises(ClientError, match="10 static thing groups") as e:
+        iot.add_thing_to_thing_group(thingGroupName="g10", thingName="joiner")
+    assert e.value.response["Error"]["Code"] == "InvalidRequestException"
+    iot.add_thing_to_thing_group(thingGroupName="g3", thingName="joiner")  # already a member: fine
+    for call in (
+        lambda: iot.create_thing(thingName="has space"),
+        lambda: iot.create_thing_group(thingGroupName="a/b"),
+        lambda: iot.create_policy(policyName="p:q", policyDocument="{}"),
+        lambda: iot.create_job(jobId="bad.job", targets=[iot.describe_thing(thingName="joiner")["thingArn"]]),
+        lambda: data.update_thing_shadow(thingName="joiner", shadowName="bad shadow", payload=b"{}"),
+    ):
+        with pytest.raises(ClientError) as e:
+            call()
+        assert e.value.response["Error"]["Code"] == "InvalidRequestException", e.value
+    data.update_thing_shadow(
+        thingName="joiner", payload=json.dumps({"state": {"reported": {"a": 1}}}).encode()
+    )
+    big = json.dumps({"state": {"reported": {"blob": "x" * 8200}}}).encode()
+    with pytest.raises(ClientError) as e:
+        data.update_thing_shadow(thingName="joiner", payload=big)
+    assert e.value.response["Error"]["Code"] == "RequestEntityTooLargeException"
+    shadow = json.loads(data.get_thing_shadow(thingName="joiner")["payload"].read())
+    assert shadow["state"]["reported"] == {"a": 1} and shadow["version"] == 1

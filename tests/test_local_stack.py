@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import tomllib
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -96,6 +97,13 @@ def test_local_up_status_fault_down(tmp_path: Path) -> None:
         )
         assert listing.returncode == 0, listing.stderr
 
+        # each region's MQTT endpoint answers with a server certificate from the state folder's root
+        mqtt = json.loads(
+            urllib.request.urlopen(cfg["regions"]["us-east-1"]["endpoint_url"] + "/_emulator/mqtt").read()
+        )
+        assert mqtt["root_ca"] == (tmp_path / "state" / "pki" / "ca.pem").read_text()
+        assert "MQTT (mTLS) us-east-1" in up.stdout
+
         fault = _starter(config, "local", "fault", "us-east-1", "outage")
         assert fault.returncode == 0 and "outage" in fault.stdout
         bad = _starter(config, "local", "fault", "eu-north-9", "outage")
@@ -106,6 +114,10 @@ def test_local_up_status_fault_down(tmp_path: Path) -> None:
     assert down.returncode == 0, down.stderr
     assert pids and not [p for p in pids if _alive(p)]
     assert not list((tmp_path / "state" / "run").glob("*.json"))
+    # one consistent world: the emulators forgot everything, so Temporal's history went with them
+    assert not (tmp_path / "state" / "temporal.db").exists()
+    reset = _starter(config, "local", "reset")
+    assert reset.returncode == 0 and not (tmp_path / "state").exists(), reset.stdout + reset.stderr
 
 
 def test_bad_config_gives_one_line_per_problem(tmp_path: Path) -> None:
