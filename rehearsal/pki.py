@@ -40,6 +40,13 @@ def _pem(key: ec.EllipticCurvePrivateKey) -> bytes:
     )
 
 
+def _issued_by(ca: LocalCA) -> x509.AuthorityKeyIdentifier:
+    """Which key signed a certificate. CAs of one name are told apart by it: every CA made here is
+    "RegisteredCA", and a verifier that picks an issuer by name alone (OpenSSL) picks the wrong one
+    once a region holds two (a rotation, or a registry reset and a new CA) and fails the signature."""
+    return x509.AuthorityKeyIdentifier.from_issuer_public_key(ca.key.public_key())
+
+
 def create_ca(common_name: str = "RegisteredCA") -> LocalCA:
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([*_SUBJECT, x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
@@ -53,6 +60,7 @@ def create_ca(common_name: str = "RegisteredCA") -> LocalCA:
         .not_valid_before(now - dt.timedelta(days=1))
         .not_valid_after(now + dt.timedelta(days=3650))
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
         .sign(key, hashes.SHA256())
     )
     return LocalCA(cert.public_bytes(serialization.Encoding.PEM).decode(), key)
@@ -88,6 +96,7 @@ def issue_device_cert(
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - dt.timedelta(days=1))
         .not_valid_after(now + dt.timedelta(days=3650))
+        .add_extension(_issued_by(ca), critical=False)
         .sign(ca.key, hashes.SHA256())
     )
     return cert.public_bytes(serialization.Encoding.PEM).decode(), _pem(key).decode()
@@ -110,6 +119,7 @@ def issue_server_cert(root: LocalCA, hostnames: list[str]) -> tuple[str, str]:
         .not_valid_after(now + dt.timedelta(days=825))
         .add_extension(x509.SubjectAlternativeName(names), critical=False)
         .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .add_extension(_issued_by(root), critical=False)
         .sign(root.key, hashes.SHA256())
     )
     return cert.public_bytes(serialization.Encoding.PEM).decode(), _pem(key).decode()

@@ -8,6 +8,7 @@ next endpoint of the list. One coroutine per device keeps 10,000 devices cheap.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import time
 from collections import deque
@@ -85,6 +86,14 @@ class Device:
     # ---- the life of a device -------------------------------------------------------------------
 
     async def run(self) -> None:
+        try:
+            await self._live()
+        finally:  # a stopped device closes its link: an MQTT client left open keeps its socket busy
+            if self.conn is not None:
+                with contextlib.suppress(Exception):
+                    await asyncio.shield(self.conn.close())
+
+    async def _live(self) -> None:
         failed_region: str | None = None
         while True:
             await self._bootstrap()

@@ -37,6 +37,24 @@ from simulator.transport import JobExecution, TransportError
 ALPN = "x-amzn-mqtt-ca"
 
 
+class _Client(aiomqtt.Client):
+    """aiomqtt's client, except that a link the broker closes before its CONNACK fails the connect at
+    once (aiomqtt 2.5 ignores that disconnect and waits out its timeout): IoT Core refusing a
+    certificate in the handshake is a reset a device sees at once, and its retry timings count on it."""
+
+    def _on_disconnect(
+        self, client: Any, userdata: Any, flags: Any, reason_code: Any, properties: Any = None
+    ):
+        if not self._connected.done():
+            self._loop.call_soon_threadsafe(self._refused_before_connack, str(reason_code))
+            return
+        super()._on_disconnect(client, userdata, flags, reason_code, properties)
+
+    def _refused_before_connack(self, reason: str) -> None:
+        if not self._connected.done():
+            self._connected.set_exception(aiomqtt.MqttError(f"connection closed before CONNACK: {reason}"))
+
+
 class MqttTransport:
     """Devices of one process, each with its own key and certificate (paths from the manifest)."""
 
@@ -87,7 +105,7 @@ class MqttTransport:
 
     async def connect(self, thing: str, endpoint: Endpoint, subscribe: list[str]) -> MqttConnection:
         host, port, root, alpn = await self._address(endpoint)
-        client = aiomqtt.Client(
+        client = _Client(
             host,
             port,
             identifier=thing,
@@ -98,15 +116,19 @@ class MqttTransport:
             timeout=self.sim.mqtt.connect_timeout_seconds,
         )
         async with self._connecting:
-            try:
-                await client.__aenter__()
-            except (aiomqtt.MqttError, OSError, ssl.SSLError) as e:
+            try:  # bounded as a whole: a handshake that never ends must not hold a connect slot
+                await asyncio.wait_for(client.__aenter__(), self.sim.mqtt.connect_timeout_seconds + 5)
+            except (aiomqtt.MqttError, OSError, ssl.SSLError, TimeoutError) as e:
                 raise TransportError(f"connect to {endpoint.region}: {e}", "ConnectFailed") from None
+            except asyncio.CancelledError:  # the device stopped mid-connect: leave no client behind
+                with contextlib.suppress(Exception):
+                    await asyncio.shield(client.__aexit__(None, None, None))
+                raise
         conn = MqttConnection(self, client, thing, endpoint.region, endpoint)
         try:
             await conn.start(subscribe)
-        except TransportError:
-            await conn.close()
+        except BaseException:
+            await asyncio.shield(conn.close())
             raise
         return conn
 

@@ -114,3 +114,16 @@ async def test_just_in_time_registration_then_replication_connects_in_both_regio
     for region in (EAST, WEST):
         conn = await world.connect("jitr-device-1", region)
         await conn.close()
+
+
+async def test_two_registered_cas_of_one_name_each_admit_their_own_devices(
+    world, emulators: dict[str, str], tmp_path: Path
+):
+    """A CA rotation (or a new CA after a registry reset) leaves two CAs of one subject name in the
+    region: each device's chain must be checked against the CA that signed it, not the first of
+    that name (the second e2e test of a session once failed every connect on this)."""
+    other = build_world(emulators, pki.create_ca(), tmp_path / "rotated")
+    for w in (world, other):
+        conn = await w.connect(w.things[0])
+        await conn.report({"ca": "mine"})
+        await conn.close()
