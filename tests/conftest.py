@@ -6,6 +6,7 @@ import os
 import signal
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -90,6 +91,7 @@ async def temporal_env() -> AsyncIterator[WorkflowEnvironment]:
         dev_server_existing_path=path,
         search_attributes=SEARCH_ATTRIBUTES,
         data_converter=DATA_CONVERTER,
+        dev_server_startup_timeout=timedelta(seconds=60),  # the 5 s default is short on a busy CI machine
     )
     yield env
     if os.environ.get("IOTFAILOVER_RECORD_HISTORIES"):

@@ -13,7 +13,7 @@ import threading
 import uuid
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -259,15 +259,20 @@ async def test_a_group_cutover_moves_neither_routing_nor_dns(
 
 
 class HeldReplication:
-    """replicate_scope held at the gate, so the cutover is running while the test acts."""
+    """replicate_scope held until opened, so the cutover is running while the test acts; async, so
+    a cancel or a worker shutdown ends it at once."""
 
     def __init__(self) -> None:
-        self.hold = Hold()
+        self.entered, self.opened = asyncio.Event(), asyncio.Event()
 
     @activity.defn(name="replicate_scope")
-    def replicate_scope(self, inp: ReplicateScopeInput) -> ReconcileResult:
-        self.hold.wait()
+    async def replicate_scope(self, inp: ReplicateScopeInput) -> ReconcileResult:
+        self.entered.set()
+        await self.opened.wait()
         return ReconcileResult(inp.source, inp.target)
+
+    async def reached(self) -> None:
+        await asyncio.wait_for(self.entered.wait(), 60)
 
 
 async def test_a_health_signal_for_a_cutover_that_just_ended_is_harmless(
@@ -279,9 +284,9 @@ async def test_a_health_signal_for_a_cutover_that_just_ended_is_harmless(
     running = asyncio.create_task(w.run())
     handle = await start(client, cfg, task_queue)
     started = await cutover(handle, target=WEST, reason="ends under the deployment's feet")
-    await replication.hold.reached()
+    await replication.reached()
     await w.shutdown()  # no worker: the deployment cannot see the child close before the signal
-    replication.hold.opened.set()
+    replication.opened.set()
     await running
     await client.get_workflow_handle(started.cutover_id).terminate("gone")
     await health(handle, EAST, "Degraded")  # forwarded to a child that no longer runs
@@ -344,6 +349,7 @@ async def eager_env() -> AsyncIterator[WorkflowEnvironment]:
         search_attributes=SEARCH_ATTRIBUTES,
         data_converter=DATA_CONVERTER,
         dev_server_extra_args=["--dynamic-config-value", "limit.historyCount.suggestContinueAsNew=6"],
+        dev_server_startup_timeout=timedelta(seconds=60),
     )
     yield env
     await env.shutdown()
@@ -359,8 +365,8 @@ async def test_a_cutover_started_while_continuing_as_new_is_followed_to_its_end(
         handle = await start(client, cfg, task_queue)
         runs = {(await handle.describe()).run_id}
         started = await cutover(handle, target=WEST, reason="across continue-as-new")
-        await replication.hold.reached()
-        replication.hold.opened.set()
+        await replication.reached()
+        replication.opened.set()
         assert (await result_of(client, started.cutover_id)).result == "succeeded"
         s = await until(handle, lambda s: s.history and s.in_flight is None, "the cutover recorded")
         assert s.active_region == WEST and s.history[-1].result == "succeeded"
@@ -555,10 +561,10 @@ async def test_a_source_lost_before_the_flip_hands_over_to_automatic_failover_at
     async with worker(client, task_queue, cfg, replication.replicate_scope):
         handle = await start(client, cfg, task_queue, healthy=(EAST, WEST))
         started = await cutover(handle, target=WEST, reason="the source dies in preflight")
-        await replication.hold.reached()
+        await replication.reached()
         await health(handle, EAST, "Unhealthy")
         p = await result_of(client, started.cutover_id)
-        replication.hold.opened.set()
+        replication.opened.set()
         assert (p.result, p.handed_over, p.primary_after, p.epoch_after) == ("aborted", True, EAST, 0)
         s = await until(handle, lambda s: len(s.history) == 2, "the automatic failover after the hand-over")
         assert s.history[0].result == "aborted" and s.history[1].automatic
