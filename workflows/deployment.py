@@ -55,6 +55,7 @@ with workflow.unsafe.imports_passed_through():
 KEEP_HISTORY = 20
 KEEP_DECISIONS = 50
 RETRY = RetryPolicy(maximum_interval=timedelta(seconds=30), non_retryable_error_types=["StaleEpoch"])
+CATCH_UP_BACKOFF_FIRST = timedelta(seconds=20)  # then doubling, up to the max
 CATCH_UP_BACKOFF_MAX = timedelta(minutes=15)
 
 
@@ -251,7 +252,7 @@ class DeploymentWorkflow:
         self._report()
         while True:
             with contextlib.suppress(TimeoutError):  # wake every minute to re-evaluate the safety rules
-                await workflow.wait_condition(self._has_work, timeout=timedelta(minutes=1))
+                await workflow.wait_condition(self._has_work, timeout=self._tick())
             if self._outcome is not None and self._outcome.done():
                 await self._finish_cutover()
             self._evaluate_failover()
@@ -272,6 +273,13 @@ class DeploymentWorkflow:
                 await workflow.wait_condition(workflow.all_handlers_finished)
                 if self._should_continue() or not workflow.patched(CONTINUE_ONLY_IDLE):
                     workflow.continue_as_new(DeploymentInput(self.cfg, self.s))
+
+    def _tick(self) -> timedelta:
+        """A minute, or less when a region's next catch-up try comes sooner."""
+        if self._watch is not True or not self.s.catch_up_after:
+            return timedelta(minutes=1)
+        soonest = min(self.s.catch_up_after.values()) - workflow.now()
+        return max(timedelta(seconds=1), min(timedelta(minutes=1), soonest))
 
     def _has_work(self) -> bool:
         if self._auto is not None or self._should_continue():
@@ -752,7 +760,7 @@ class DeploymentWorkflow:
             except ActivityError as e:
                 failures = self.s.catch_up_failures.get(region, 0) + 1
                 self.s.catch_up_failures[region] = failures
-                pause = min(CATCH_UP_BACKOFF_MAX, timedelta(minutes=2 ** min(failures - 1, 4)))
+                pause = min(CATCH_UP_BACKOFF_MAX, CATCH_UP_BACKOFF_FIRST * 2 ** min(failures - 1, 6))
                 self.s.catch_up_after[region] = workflow.now() + pause
                 self._decide("note", f"{region}: catch-up failed ({e.cause or e}); next try in {pause}")
                 continue
