@@ -30,7 +30,7 @@ from rehearsal.mqtt import events, policy
 
 CONNECTS = Counter(
     "iotfailover_emulator_mqtt_connects_total",
-    "MQTT CONNECTs to a rehearsal region's broker, by outcome",
+    "MQTT connects to a rehearsal region's broker, by outcome (tls_refused: the chain failed the handshake)",
     ["region", "outcome"],
 )
 

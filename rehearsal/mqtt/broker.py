@@ -35,7 +35,7 @@ from prometheus_client import Counter
 from rehearsal import pki
 from rehearsal.faults import Fault, FaultSwitch
 from rehearsal.mqtt import device_topics, presence
-from rehearsal.mqtt.auth import Identity
+from rehearsal.mqtt.auth import CONNECTS, Identity
 from rehearsal.mqtt.tls import TrustStore, server_context
 
 BROKERS: dict[str, RegionBroker] = {}  # region -> its broker in this process (plugins find theirs here)
@@ -151,7 +151,9 @@ class IotBroker(Broker):
             await self.region.delay()
             try:
                 await writer.start_tls(ctx, ssl_handshake_timeout=10)
-            except (OSError, ConnectionError, TimeoutError):  # ssl.SSLError is an OSError
+            except (OSError, ConnectionError, TimeoutError) as e:  # ssl.SSLError is an OSError
+                CONNECTS.labels(region=self.region.region, outcome="tls_refused").inc()
+                log.info("TLS handshake refused in %s: %s", self.region.region, e)
                 writer.transport.abort()
                 return
             await self.stream_connected(reader, writer, listener_name)
