@@ -2,10 +2,11 @@
 
 Both replicate the same provisioned fleet from the primary emulator to an emptied standby emulator,
 making the same AWS calls per device (read the source certificate and its policies, register it with
-the CA, record it in the ledger, attach its policy; read the thing's principals, create the thing, add
-it to its group, attach its certificate) with the same number of threads. Quotas are set high so the
-emulators, not the rate limiter, set the pace: the ratio measures what Temporal, paging, heartbeats
-and the replicator's bookkeeping cost. Run: python -m bench replication [--things N]
+the CA, record it in the ledger, attach its policy; read the thing's principals, record the thing in
+the ledger, create it, add it to its group, attach its certificate) with the same number of threads.
+Quotas are set high so the emulators, not the rate limiter, set the pace: the ratio measures what
+Temporal, paging, heartbeats and the replicator's bookkeeping cost.
+Run: python -m bench replication [--things N]
 """
 
 from __future__ import annotations
@@ -102,10 +103,14 @@ def plain_loop(cfg: DeploymentConfig, ca_pem: str) -> None:
 
     def thing(t: dict) -> None:
         principals = src.list_thing_principals(thingName=t["thingName"])["principals"]
+        ddb.put_item(  # the ownership record the replicator keeps per thing, as for certificates
+            TableName=cfg.replication.ledger_table,
+            Item={"scope": {"S": "bench#thing"}, "name": {"S": t["thingName"]}},
+        )
         dst.create_thing(
             thingName=t["thingName"],
             thingTypeName=t["thingTypeName"],
-            attributePayload={"attributes": {**t["attributes"], "replicatedBy": "iotfailover:bench"}},
+            attributePayload={"attributes": t["attributes"]},
         )
         dst.add_thing_to_thing_group(thingGroupName=members[t["thingName"]], thingName=t["thingName"])
         for p in principals:
