@@ -127,6 +127,30 @@ class VerifyInput:
     fresh_since: float | None = None  # emergency: also confirm devices heard from in the target since then
 
 
+SEARCH_NAMES = 25  # thing names per fleet-indexing query: keeps the query string short
+
+
+def disconnected(iot: Any, things: list[str]) -> set[str]:
+    """Those of `things` that fleet indexing sees disconnected (or never connected) in this region."""
+    out: set[str] = set()
+    for i in range(0, len(things), SEARCH_NAMES):
+        names = " OR ".join(f"thingName:{t}" for t in things[i : i + SEARCH_NAMES])
+        token = None
+        while True:
+            found, token = fetch_page(
+                iot,
+                "search_index",
+                "things",
+                token,
+                100,
+                queryString=f"connectivity.connected:false AND ({names})",
+            )
+            out.update(t["thingName"] for t in found)
+            if not token:
+                break
+    return out
+
+
 @dataclass
 class VerifyOutcome:
     total: int
@@ -415,7 +439,8 @@ class JobActivities:
 
     @activity.defn
     def verify_devices(self, inp: VerifyInput) -> VerifyOutcome:
-        """Count the group's devices whose shadow in the target says they are there under the epoch.
+        """Count the group's devices whose shadow in the target says they are there under the epoch
+        (and, with `cutover.verify_connected`, whom fleet indexing sees connected there now).
 
         Polls until every device is confirmed or the timeout passes; on the last pass, optionally
         puts the unconfirmed ones into a stragglers group for one more try.
@@ -429,11 +454,16 @@ class JobActivities:
                     with ThreadPoolExecutor(self.max_workers) as pool:
                         conns = list(pool.map(lambda t: self._report(inp.deployment, inp.target, t), names))
                     total += len(names)
-                    pending += [
+                    reported = [
                         t
                         for t, c in zip(names, conns, strict=True)
-                        if not c.confirms(inp.target, inp.epoch, inp.fresh_since)
+                        if c.confirms(inp.target, inp.epoch, inp.fresh_since)
                     ]
+                    if reported and self.deployments.config(inp.deployment).cutover.verify_connected:
+                        offline = disconnected(aws.iot(inp.target), reported)
+                        reported = [t for t in reported if t not in offline]
+                    here = set(reported)
+                    pending += [t for t in names if t not in here]
                     activity.heartbeat({"checked": total, "pending": len(pending)})
                 last = not pending or time.monotonic() > deadline
                 if last:

@@ -109,6 +109,10 @@ class CutoverPolicy(_Strict):
     in_progress_timeout_minutes: int = Field(10, ge=1, le=10080)
     verify_timeout_seconds: float = Field(300, gt=0, le=_MAX_SECONDS)
     verify_poll_seconds: float = Field(5, gt=0, le=3600)
+    # also require fleet indexing to see a confirmed device connected in the target now: catches devices
+    # that report there, then are dropped (a policy that refuses their publishes). Needs connectivity
+    # indexing (thingConnectivityIndexingMode=STATUS) in every region; leave off for devices that sleep.
+    verify_connected: bool = False
     cooldown_minutes: float = Field(10, ge=0, le=_MAX_MINUTES)
 
     @model_validator(mode="after")

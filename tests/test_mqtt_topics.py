@@ -9,7 +9,10 @@ import time
 from pathlib import Path
 
 import pytest
+from temporalio.testing import ActivityEnvironment
 
+from activities.context import Deployments
+from activities.jobs import JobActivities, VerifyInput
 from rehearsal import faults, pki
 from simulator.transport import TransportError
 from tests.mqtt_support import EAST, build_world, eventually
@@ -105,3 +108,26 @@ async def test_latency_delays_packets_and_throttle_refuses(world, emulators):
     with pytest.raises(TransportError):
         await conn.report({"n": 3})
     assert (await world.refused(thing)).retryable
+
+
+async def test_verification_with_presence_confirms_only_devices_connected_in_the_target(world):
+    """`cutover.verify_connected`: a device that reported its arrival and was then dropped is not
+    confirmed; without the setting its report alone confirms it."""
+    stays, dropped = world.things
+    for thing in (stays, dropped):
+        conn = await world.connect(thing)
+        await conn.report({"connectivity": {"region": EAST, "epoch": 7, "since": 1}})
+        if thing == dropped:
+            await conn.close()
+        else:
+            kept = conn
+    on = world.cfg.model_copy(
+        update={"cutover": world.cfg.cutover.model_copy(update={"verify_connected": True})}
+    )
+    inp = VerifyInput(on.name, EAST, on.fleet.thing_group, EAST, epoch=7, timeout_seconds=3, poll_seconds=0.2)
+    env = ActivityEnvironment()
+    with_presence = await asyncio.to_thread(env.run, JobActivities(Deployments([on])).verify_devices, inp)
+    by_report = await asyncio.to_thread(env.run, JobActivities(Deployments([world.cfg])).verify_devices, inp)
+    await kept.close()
+    assert (with_presence.confirmed, with_presence.pending_sample) == (1, [dropped])
+    assert by_report.confirmed == 2
