@@ -1,9 +1,9 @@
-"""Layers point one way (issue 15): each package imports only the layers below it, and no two modules
-of activities/ or rehearsal/ import each other.
+"""Layers point one way (issue 15): each package imports only the layers below it, and the modules of
+one package (activities/, rehearsal/...) import each other without cycles.
 
 Every import counts, wherever it is: at the top, inside a function, under `TYPE_CHECKING` or in a
 workflow's `imports_passed_through()` block, because each of them is a dependency someone must
-follow to understand or package the module (the bootstrap Lambda ships core/ and bootstrap/ only).
+follow to understand or package the module (the bootstrap Lambda may need only core/ and bootstrap/).
 """
 
 from __future__ import annotations
@@ -27,7 +27,9 @@ ALLOWED: dict[str, set[str]] = {
     "cli": {"core", "activities", "workflows", "bootstrap", "rehearsal", "simulator"},
 }
 OURS = set(ALLOWED) | {"starter", "worker", "deploy", "bench", "tests"}
-ACYCLIC = ("activities", "rehearsal")  # no import cycle among the modules of each
+# no import cycle among the modules of each; not yet cli/ (cli.deployment and cli.replicate import
+# each other, inside functions)
+ACYCLIC = ("activities", "bootstrap", "core", "rehearsal", "simulator", "workflows")
 
 
 def module_name(path: Path) -> str:
