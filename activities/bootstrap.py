@@ -24,7 +24,7 @@ from activities.fencing import (
     scan_table,
     unreachable,
 )
-from bootstrap.records import (
+from core.bootstrap_records import (
     DEFAULT_SCOPE,
     BootstrapRecord,
     MalformedRecord,

@@ -2,28 +2,26 @@
 
 Only public certificates pass through here (DESIGN.md, invariant 5). A device certificate is
 registered in each region from its PEM, so it gets the same certificate ID everywhere (the ID is
-the certificate's hash), keeps its status and gets the same policy attachments.
+the certificate's hash), keeps its status and gets the same policy attachments: the writes are the
+Replicator's (registry_sync), as for every other kind; this module reads, and registers the CA.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from botocore.exceptions import ClientError
 from temporalio import activity
 
 from activities.context import Deployments
 from activities.registry_events import EventError
-from activities.registry_records import CertificateRecord, ItemFailed, target_status
+from activities.registry_records import CertificateRecord
 from core import logs, metrics
 from core.aws import AwsClients
 from core.certs import CertificateError, certificate_id, device_identity
-from core.errors import is_already_exists, is_not_found, is_retryable, to_application_error
-
-if TYPE_CHECKING:
-    from activities.registry_sync import Replicator
+from core.errors import is_already_exists, is_not_found, to_application_error
 
 log = logs.get("certificates")
 
@@ -113,69 +111,6 @@ def arn_in(aws: AwsClients, region: str, cert_id: str) -> str:
     return aws.iot(region).describe_certificate(certificateId=cert_id)["certificateDescription"][
         "certificateArn"
     ]
-
-
-def create_certificate(rep: Replicator, rec: CertificateRecord) -> None:
-    """Register the source's certificate in the target with the CA (or without, if allowed)."""
-    aws, iot = rep.aws, rep.iot(rep.target)
-    pem = rep.iot(rep.source).describe_certificate(certificateId=rec.certificate_id)[
-        "certificateDescription"
-    ]["certificatePem"]
-    status = target_status(rec.status)
-    first = "ACTIVE" if status == "ACTIVE" else "INACTIVE"
-    try:
-        got = iot.register_certificate(certificatePem=pem, caCertificatePem=aws.cfg.ca_pem(), status=first)
-    except ClientError as e:
-        if is_already_exists(e) or is_retryable(e) or not aws.cfg.replication.allow_register_without_ca:
-            raise
-        log.info("registering without CA", certificate=rec.certificate_id, reason=str(e)[:200])
-        got = iot.register_certificate_without_ca(certificatePem=pem, status=first)
-    if got["certificateId"] != rec.certificate_id:
-        raise ItemFailed(f"registered as {got['certificateId']}, not the same certificate ID")
-    rep.cert_arns[rec.certificate_id] = got["certificateArn"]
-    if status != first:
-        iot.update_certificate(certificateId=rec.certificate_id, newStatus=status)
-    _converge_policies(rep, rec, CertificateRecord(rec.certificate_id, status), got["certificateArn"])
-
-
-def update_certificate(rep: Replicator, src: CertificateRecord, tgt: CertificateRecord) -> None:
-    status = target_status(src.status)
-    if status != tgt.status:
-        rep.iot(rep.target).update_certificate(certificateId=src.certificate_id, newStatus=status)
-    _converge_policies(rep, src, tgt, ensure_in_target(rep, src.certificate_id))
-
-
-def _converge_policies(rep: Replicator, src: CertificateRecord, tgt: CertificateRecord, arn: str) -> None:
-    iot = rep.iot(rep.target)
-    for p in sorted(set(src.policies) - set(tgt.policies)):
-        rep.ensure("policy", p)
-        iot.attach_policy(policyName=p, target=arn)
-    for p in sorted(set(tgt.policies) - set(src.policies)):
-        iot.detach_policy(policyName=p, target=arn)
-
-
-def delete_certificate(rep: Replicator, cert_id: str) -> None:
-    iot = rep.iot(rep.target)
-    arn = arn_in(rep.aws, rep.target, cert_id)
-    iot.update_certificate(certificateId=cert_id, newStatus="INACTIVE")
-    for p in iot.list_attached_policies(target=arn).get("policies", []):
-        iot.detach_policy(policyName=p["policyName"], target=arn)
-    for thing in iot.list_principal_things(principal=arn).get("things", []):
-        iot.detach_thing_principal(thingName=thing, principal=arn)
-    iot.delete_certificate(certificateId=cert_id, forceDelete=True)
-
-
-def ensure_in_target(rep: Replicator, cert_id: str) -> str:
-    """The certificate's ARN in the target, registering it there first if needed."""
-    if cert_id in rep.cert_arns:
-        return rep.cert_arns[cert_id]
-    try:
-        return arn_in(rep.aws, rep.target, cert_id)
-    except ClientError as e:
-        if not is_not_found(e):
-            raise
-    rep.converge_one("certificate", cert_id)
-    return arn_in(rep.aws, rep.target, cert_id)
 
 
 # ---------------------------------------------------------------- just-in-time registration

@@ -25,11 +25,10 @@ from temporalio.exceptions import ApplicationError
 
 from activities.context import Deployments
 from activities.jobs import DeviceReport
-from core import logs
+from core import fault_switch, logs
 from core.aws import group_member_pages
 from core.errors import is_already_exists, is_not_found, to_application_error
 from core.models import CutoverProgress, CutoverRequest, CutoverStarted
-from rehearsal import faults
 
 log = logs.get("activities.drill")
 
@@ -247,7 +246,7 @@ class DrillActivities:
                 type="NoFaultSwitch",
                 non_retryable=True,
             )
-        faults.set_fault(region.endpoint_url, inp.mode)
+        fault_switch.set_fault(region.endpoint_url, inp.mode)
         log.warning("fault switch", region=inp.region, mode=inp.mode, deployment=inp.deployment)
         return inp.mode
 

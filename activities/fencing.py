@@ -16,9 +16,9 @@ from botocore.exceptions import BotoCoreError, ClientError
 from prometheus_client import Counter
 from temporalio.exceptions import ApplicationError
 
-from bootstrap.records import from_item, to_item
 from core import logs
 from core.aws import AwsClients
+from core.bootstrap_records import from_item, to_item
 from core.errors import error_code, is_conflict, is_not_found, is_retryable, is_throttle, to_application_error
 
 FLIPS = Counter(

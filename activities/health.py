@@ -33,7 +33,7 @@ from core import logs
 from core.aws import AwsClients, fetch_page
 from core.config import HealthPolicy
 from core.errors import error_code, is_already_exists, is_not_found, is_throttle
-from workflows.health_types import LATENCY_PROBES
+from core.models import LATENCY_PROBES
 
 OK, DEGRADED, FAILED, SKIPPED = "ok", "degraded", "failed", "skipped"
 CRITICAL_PROBES = ("control_plane", "data_plane")

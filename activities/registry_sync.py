@@ -19,6 +19,7 @@ from activities import certificates as certs
 from activities.ledger import Ledger
 from activities.registry_records import (
     MARKER_ATTRIBUTE,
+    CertificateRecord,
     ItemFailed,
     KindDiff,
     PolicyRecord,
@@ -29,6 +30,7 @@ from activities.registry_records import (
     diff,
     marker,
     parents_first,
+    target_status,
 )
 from core import logs
 from core.aws import AwsClients, all_items
@@ -277,7 +279,7 @@ class Replicator:
                 "thing_type": self._create_type,
                 "thing_group": self._create_group,
                 "policy": self._create_policy,
-                "certificate": lambda r: certs.create_certificate(self, r),
+                "certificate": self._create_certificate,
                 "thing": self._create_thing,
             }[kind](rec)
         except ClientError as e:
@@ -300,7 +302,7 @@ class Replicator:
             "thing_type": self._update_type,
             "thing_group": self._update_group,
             "policy": self._update_policy,
-            "certificate": lambda s, t: certs.update_certificate(self, s, t),
+            "certificate": self._update_certificate,
             "thing": self._update_thing,
         }[kind](src, tgt)
         self.done(kind, "update")
@@ -311,7 +313,7 @@ class Replicator:
                 "thing_type": self._delete_type,
                 "thing_group": lambda n: self.iot(self.target).delete_thing_group(thingGroupName=n),
                 "policy": self._delete_policy,
-                "certificate": lambda n: certs.delete_certificate(self, n),
+                "certificate": self._delete_certificate,
                 "thing": self._delete_thing,
             }[kind](name)
         except ClientError as e:
@@ -390,6 +392,66 @@ class Replicator:
                 iot.delete_policy_version(policyName=name, policyVersionId=v["versionId"])
         iot.delete_policy(policyName=name)
 
+    def _create_certificate(self, rec: CertificateRecord) -> None:
+        """Register the source's certificate in the target with the CA (or without, if allowed)."""
+        aws, iot = self.aws, self.iot(self.target)
+        pem = self.iot(self.source).describe_certificate(certificateId=rec.certificate_id)[
+            "certificateDescription"
+        ]["certificatePem"]
+        status = target_status(rec.status)
+        first = "ACTIVE" if status == "ACTIVE" else "INACTIVE"
+        try:
+            got = iot.register_certificate(
+                certificatePem=pem, caCertificatePem=aws.cfg.ca_pem(), status=first
+            )
+        except ClientError as e:
+            if is_already_exists(e) or is_retryable(e) or not aws.cfg.replication.allow_register_without_ca:
+                raise
+            certs.log.info("registering without CA", certificate=rec.certificate_id, reason=str(e)[:200])
+            got = iot.register_certificate_without_ca(certificatePem=pem, status=first)
+        if got["certificateId"] != rec.certificate_id:
+            raise ItemFailed(f"registered as {got['certificateId']}, not the same certificate ID")
+        self.cert_arns[rec.certificate_id] = got["certificateArn"]
+        if status != first:
+            iot.update_certificate(certificateId=rec.certificate_id, newStatus=status)
+        self._converge_policies(rec, CertificateRecord(rec.certificate_id, status), got["certificateArn"])
+
+    def _update_certificate(self, src: CertificateRecord, tgt: CertificateRecord) -> None:
+        status = target_status(src.status)
+        if status != tgt.status:
+            self.iot(self.target).update_certificate(certificateId=src.certificate_id, newStatus=status)
+        self._converge_policies(src, tgt, self._certificate_in_target(src.certificate_id))
+
+    def _converge_policies(self, src: CertificateRecord, tgt: CertificateRecord, arn: str) -> None:
+        iot = self.iot(self.target)
+        for p in sorted(set(src.policies) - set(tgt.policies)):
+            self.ensure("policy", p)
+            iot.attach_policy(policyName=p, target=arn)
+        for p in sorted(set(tgt.policies) - set(src.policies)):
+            iot.detach_policy(policyName=p, target=arn)
+
+    def _delete_certificate(self, cert_id: str) -> None:
+        iot = self.iot(self.target)
+        arn = certs.arn_in(self.aws, self.target, cert_id)
+        iot.update_certificate(certificateId=cert_id, newStatus="INACTIVE")
+        for p in iot.list_attached_policies(target=arn).get("policies", []):
+            iot.detach_policy(policyName=p["policyName"], target=arn)
+        for thing in iot.list_principal_things(principal=arn).get("things", []):
+            iot.detach_thing_principal(thingName=thing, principal=arn)
+        iot.delete_certificate(certificateId=cert_id, forceDelete=True)
+
+    def _certificate_in_target(self, cert_id: str) -> str:
+        """The certificate's ARN in the target, registering it there first if needed."""
+        if cert_id in self.cert_arns:
+            return self.cert_arns[cert_id]
+        try:
+            return certs.arn_in(self.aws, self.target, cert_id)
+        except ClientError as e:
+            if not is_not_found(e):
+                raise
+        self.converge_one("certificate", cert_id)
+        return certs.arn_in(self.aws, self.target, cert_id)
+
     def _create_thing(self, rec: ThingRecord) -> None:
         args: dict[str, Any] = {
             "thingName": rec.name,
@@ -431,7 +493,7 @@ class Replicator:
         for g in sorted(set(tgt.groups) - set(src.groups)):
             iot.remove_thing_from_thing_group(thingGroupName=g, thingName=src.name)
         for cid in sorted(set(src.certificates) - set(tgt.certificates)):
-            arn = certs.ensure_in_target(self, cid)
+            arn = self._certificate_in_target(cid)
             iot.attach_thing_principal(thingName=src.name, principal=arn)
         for cid in sorted(set(tgt.certificates) - set(src.certificates)):
             iot.detach_thing_principal(thingName=src.name, principal=certs.arn_in(self.aws, self.target, cid))

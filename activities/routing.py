@@ -28,8 +28,8 @@ from temporalio.exceptions import ApplicationError
 
 from activities.context import Deployments, Keepalive
 from activities.fencing import FLIPS, FlipResult, flip_regions, unreachable
-from bootstrap.records import from_item, to_item
 from core import logs
+from core.bootstrap_records import from_item, to_item
 from core.config import DeploymentConfig
 from core.errors import error_code, is_not_found, to_application_error
 from core.metrics import BAD_INPUT

@@ -26,8 +26,8 @@ from botocore.config import Config
 
 from activities.bootstrap import BootstrapActivities, FlipBootstrapInput
 from activities.context import Deployments
-from bootstrap.records import to_item
 from core.aws import LOCAL_CREDENTIALS
+from core.bootstrap_records import to_item
 from core.config import load_config
 from rehearsal import pki
 from rehearsal.processes import free_port, spawn_emulator, spawn_python, wait_http

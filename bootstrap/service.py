@@ -25,17 +25,17 @@ from typing import Any
 from botocore.exceptions import BotoCoreError, ClientError
 from prometheus_client import Counter, Gauge, Histogram
 
-from bootstrap.records import (
-    DEFAULT_SCOPE,
-    BootstrapRecord,
-    MalformedRecord,
-    group_scope,
-    parse_record,
-    scan_records,
-)
 from bootstrap.runtime import device_endpoints, service_clients
 from core import logs
 from core.aws import AwsClients, all_items
+from core.bootstrap_records import (
+    DEFAULT_SCOPE,
+    BootstrapRecord,
+    MalformedRecord,
+    from_item,
+    group_scope,
+    parse_record,
+)
 from core.config import DeploymentConfig
 from core.errors import error_code, is_not_found, is_retryable, is_throttle
 from core.metrics import BAD_INPUT
@@ -333,3 +333,21 @@ def _groups_matter(records: dict[str, dict]) -> bool:
 
     default = epoch(records.get(DEFAULT_SCOPE)) if DEFAULT_SCOPE in records else -1
     return any(epoch(v) > default for scope, v in records.items() if scope != DEFAULT_SCOPE)
+
+
+def scan_records(ddb: Any, table: str) -> dict[str, dict[str, Any]]:
+    """Every scope's item of one region's table (one item per scope, so it stays tiny), by scope.
+
+    Here rather than in core.bootstrap_records: only the service scans, and the Lambda's IAM policy
+    is derived from the calls in bootstrap/ (deploy/iam_actions.py).
+    """
+    records: dict[str, dict[str, Any]] = {}
+    args: dict[str, Any] = {"TableName": table}
+    while True:
+        page = ddb.scan(**args)
+        for item in page.get("Items", []):
+            values = from_item(item)
+            records[str(values.get("scope"))] = values
+        if not page.get("LastEvaluatedKey"):
+            return records
+        args["ExclusiveStartKey"] = page["LastEvaluatedKey"]

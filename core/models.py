@@ -92,6 +92,11 @@ class CutoverProgress:
         return max(0, self.devices_total - self.confirmed - self.failed)
 
 
+# The health probes whose figure is milliseconds (the others report a share): one list, so the scoring
+# (activities.health) and the check history (workflows.health_types) agree.
+LATENCY_PROBES = ("control_plane", "data_plane", "bootstrap")
+
+
 @dataclass
 class RegionHealthChange:
     """Sent by RegionHealthWorkflow to DeploymentWorkflow (signal `region_health`) on a change of state."""

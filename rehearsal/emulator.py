@@ -89,9 +89,10 @@ class RegionEmulator:
     def _load_extensions(self) -> None:
         """Plug in the device-side Jobs API and moto's missing IoT features (when present)."""
         try:
-            from rehearsal import iot_jobs
+            from rehearsal import iot_jobs, jobs_data
 
             iot_jobs.install(self)
+            jobs_data.install(self)
         except ImportError:
             pass
         try:

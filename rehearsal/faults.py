@@ -1,35 +1,28 @@
 """The per-region fault switch: outage, added latency or throttling, flipped by drills and tests.
 
-The switch lives in the emulator process (`FaultSwitch`); `set_fault` and `get_fault` are the client
-side, used by `starter.py local fault` and the tests.
+The switch lives in the emulator process (`FaultSwitch`); the client side (`set_fault`, `get_fault`,
+`reset_emulator`...) and the `Fault` it serves are core.fault_switch, re-exported here for
+`starter.py local fault` and the tests.
 """
 
 from __future__ import annotations
 
-import json
 import random
 import threading
-import urllib.request
-from dataclasses import asdict, dataclass
-from typing import Literal
+from dataclasses import asdict
 
-FaultMode = Literal["clear", "outage", "latency", "throttle"]
-MODES: tuple[str, ...] = ("clear", "outage", "latency", "throttle")
+from core.fault_switch import MODES, Fault, FaultMode, emulator_health, get_fault, reset_emulator, set_fault
 
-
-@dataclass
-class Fault:
-    mode: FaultMode = "clear"
-    latency_ms: int = 0  # for "latency"
-    rate: float = 1.0  # share of requests affected, for "throttle" and "outage"
-
-    def validate(self) -> None:
-        if self.mode not in MODES:
-            raise ValueError(f"unknown fault mode {self.mode!r}; use one of {', '.join(MODES)}")
-        if not 0 <= self.rate <= 1:
-            raise ValueError("rate is a share between 0 and 1")
-        if self.latency_ms < 0:
-            raise ValueError("latency_ms must be >= 0")
+__all__ = [
+    "MODES",
+    "Fault",
+    "FaultMode",
+    "FaultSwitch",
+    "emulator_health",
+    "get_fault",
+    "reset_emulator",
+    "set_fault",
+]
 
 
 class FaultSwitch:
@@ -52,33 +45,3 @@ class FaultSwitch:
         """Whether this request is affected by the current fault of kind `mode`."""
         f = self.get()
         return f.mode == mode and random.random() < f.rate
-
-
-def _control(endpoint_url: str, path: str, body: dict | None = None, timeout: float = 5) -> dict:
-    data = json.dumps(body).encode() if body is not None else None
-    req = urllib.request.Request(
-        endpoint_url.rstrip("/") + path,
-        data=data,
-        method="POST" if data else "GET",
-        headers={"Content-Type": "application/json"},
-    )
-    with urllib.request.urlopen(req, timeout=timeout) as resp:  # noqa: S310 (local emulator only)
-        return json.loads(resp.read() or b"{}")
-
-
-def set_fault(endpoint_url: str, mode: str, latency_ms: int = 0, rate: float = 1.0) -> dict:
-    Fault(mode=mode, latency_ms=latency_ms, rate=rate).validate()  # type: ignore[arg-type]
-    return _control(endpoint_url, "/_emulator/fault", {"mode": mode, "latency_ms": latency_ms, "rate": rate})
-
-
-def get_fault(endpoint_url: str) -> dict:
-    return _control(endpoint_url, "/_emulator/health")["fault"]
-
-
-def emulator_health(endpoint_url: str, timeout: float = 2) -> dict:
-    return _control(endpoint_url, "/_emulator/health", timeout=timeout)
-
-
-def reset_emulator(endpoint_url: str) -> None:
-    """Forget every resource in the emulator (tests call this between cases)."""
-    _control(endpoint_url, "/_emulator/reset", {})

@@ -24,8 +24,9 @@ inside the emulator process (only there) so that:
   ListJobs got the first page forever); a second `create_job` with the same id is
   ResourceAlreadyExistsException. Not emulated: schedulingConfig, jobExecutionsRetryConfig, and the
   rollout rate (jobExecutionsRolloutConfig is kept and echoed back; every execution is queued at once).
-The device side, `iot-jobs-data`, is jobs_data.py, over the executions kept here; `install` plugs both
-into the emulator. The Jobs clock (`now`) can be moved forward by tests (jobs_data.advance_clock).
+The device side, `iot-jobs-data`, is jobs_data.py, over the executions kept here (it imports this
+module, never the reverse); the emulator installs both. The Jobs clock (`now`) can be moved forward
+by tests (jobs_data.advance_clock).
 """
 
 from __future__ import annotations
@@ -465,10 +466,8 @@ def list_jobs_response(self: IoTResponse) -> ActionResult:
 
 
 def install(emulator: Any) -> None:
-    """Patch moto's IoT backend in this process and serve `iot-jobs-data` from the emulator."""
-    from rehearsal.jobs_data import JobsDataApp  # the device side builds on this module
-
-    emulator.extensions["iot-jobs-data"] = JobsDataApp()
+    """Patch moto's IoT backend in this process (idempotent); jobs_data.install adds the device side."""
+    del emulator  # nothing to route: the control plane is moto's own service
     if getattr(IoTBackend, "jobs_as_documented", False):
         return
     IoTBackend.jobs_as_documented = True

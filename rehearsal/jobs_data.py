@@ -186,6 +186,11 @@ class JobsDataApp:
         CLOCK["offset"] = 0.0
 
 
+def install(emulator: Any) -> None:
+    """Serve `iot-jobs-data` from the emulator (after iot_jobs.install, whose executions it reads)."""
+    emulator.extensions["iot-jobs-data"] = JobsDataApp()
+
+
 def advance_clock(endpoint_url: str, seconds: float) -> None:
     """Move the emulator's Jobs clock forward so timeouts fire without waiting (tests and drills)."""
     req = urllib.request.Request(

@@ -11,8 +11,8 @@ import pytest
 from activities.bootstrap import BootstrapActivities, FlipBootstrapInput
 from activities.context import Deployments
 from bootstrap import lambda_handler
-from bootstrap.records import to_item
 from bootstrap.service import BootstrapService, TtlCache, _groups_matter
+from core.bootstrap_records import to_item
 from core.config import DeploymentConfig
 from rehearsal import faults, pki
 from tests.bootstrap_support import cold_lambda, register_thing, sample, with_device_endpoints

@@ -17,7 +17,7 @@ from pathlib import Path
 import boto3
 import pytest
 
-from bootstrap.records import BootstrapRecord
+from core.bootstrap_records import BootstrapRecord
 from core.config import DeploymentConfig, load_config
 from rehearsal import faults, pki
 from rehearsal.processes import free_port, spawn_python, wait_http

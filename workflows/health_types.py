@@ -10,10 +10,10 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from core.config import HealthPolicy
+from core.models import LATENCY_PROBES
 
 HEALTHY, DEGRADED, UNHEALTHY, UNKNOWN = "Healthy", "Degraded", "Unhealthy", "Unknown"
 REGION_HEALTH_SIGNAL = "region_health"
-LATENCY_PROBES = ("control_plane", "data_plane", "bootstrap")  # their value is milliseconds; others a share
 
 
 def health_workflow_id(deployment: str, region: str) -> str:

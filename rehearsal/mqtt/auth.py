@@ -27,6 +27,7 @@ from prometheus_client import Counter
 from rehearsal.iot_gaps import issuing_ca
 from rehearsal.iot_jobs import LOCK
 from rehearsal.mqtt import events, policy
+from rehearsal.mqtt.brokers import BROKERS  # each broker registers itself before it starts
 
 CONNECTS = Counter(
     "iotfailover_emulator_mqtt_connects_total",
@@ -123,8 +124,6 @@ class IotDevicePlugin(BaseAuthPlugin, BaseTopicPlugin):
 
     @property
     def broker(self) -> Any:
-        from rehearsal.mqtt.broker import BROKERS  # the broker registers itself before it starts
-
         return BROKERS[self.config.region]
 
     async def authenticate(self, *, session: Any) -> bool | None:

@@ -36,9 +36,9 @@ from rehearsal import pki
 from rehearsal.faults import Fault, FaultSwitch
 from rehearsal.mqtt import device_topics, presence
 from rehearsal.mqtt.auth import CONNECTS, Identity
+from rehearsal.mqtt.brokers import BROKERS
 from rehearsal.mqtt.tls import TrustStore, server_context
 
-BROKERS: dict[str, RegionBroker] = {}  # region -> its broker in this process (plugins find theirs here)
 PUBLISHES = Counter(
     "iotfailover_emulator_mqtt_publishes_total",
     "PUBLISH packets received by a rehearsal region's broker, by outcome",

@@ -14,12 +14,12 @@ from typing import Any
 
 from moto.backends import get_backend
 
+from rehearsal.mqtt.brokers import BROKERS
+
 ROUTED = ("$aws/events/certificates/registered/",)  # the routed topics the rehearsal region publishes
 
 
 def _broker(iot: Any) -> Any:
-    from rehearsal.mqtt.broker import BROKERS
-
     return BROKERS.get(iot.region_name)
 
 

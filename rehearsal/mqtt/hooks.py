@@ -19,11 +19,10 @@ from moto.iot.models import IoTBackend
 from moto.iotdata.models import IoTDataPlaneBackend
 
 from rehearsal import iot_jobs
+from rehearsal.mqtt.brokers import BROKERS
 
 
 def _broker(region: str) -> Any:
-    from rehearsal.mqtt.broker import BROKERS
-
     return BROKERS.get(region)
 
 

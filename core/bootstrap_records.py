@@ -1,5 +1,8 @@
 """The bootstrap table's record format, shared by the flip activities and the service.
 
+In core/ so that neither layer imports the other; it needs only boto3's DynamoDB type codecs, which
+the bootstrap Lambda package ships (deploy/aws/bootstrap-requirements.txt).
+
 One item per scope (`default`, or `group:<thingGroupName>` for a canary or wave override) in every
 region's table: the epoch that fences it, the primary region and the ordered failover list. A
 cleared scope keeps its item as a tombstone (`cleared`) so its epoch still fences late writers.
@@ -92,20 +95,6 @@ class _Fields:
             return v
         self.problems.append(f"{name} must be a string, found {v!r}")
         return ""
-
-
-def scan_records(ddb: Any, table: str) -> dict[str, dict[str, Any]]:
-    """Every scope's item of one region's table (one item per scope, so it stays tiny), by scope."""
-    records: dict[str, dict[str, Any]] = {}
-    args: dict[str, Any] = {"TableName": table}
-    while True:
-        page = ddb.scan(**args)
-        for item in page.get("Items", []):
-            values = from_item(item)
-            records[str(values.get("scope"))] = values
-        if not page.get("LastEvaluatedKey"):
-            return records
-        args["ExclusiveStartKey"] = page["LastEvaluatedKey"]
 
 
 def parse_record(values: dict[str, Any], known_regions: list[str]) -> BootstrapRecord:
