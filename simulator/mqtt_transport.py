@@ -249,7 +249,8 @@ class MqttConnection:
     async def close(self) -> None:
         if self._reader is not None:
             self._reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError, aiomqtt.MqttError):
-                await self._reader
+            await asyncio.wait(
+                [self._reader]
+            )  # raises only if *this* task is cancelled: a stop is never lost
         with contextlib.suppress(aiomqtt.MqttError, OSError, RuntimeError):
             await self.client.__aexit__(None, None, None)

@@ -8,6 +8,7 @@ import asyncio
 import json
 import os
 import signal
+import sys
 import urllib.error
 import urllib.request
 import uuid
@@ -130,6 +131,19 @@ class Stack:
             return json.loads(r.read())
 
 
+async def bounded(step, what: str, within: float = 60) -> None:
+    """A teardown step that hangs fails the test with every task's stack instead of the whole run."""
+    task = asyncio.ensure_future(step)
+    await asyncio.wait([task], timeout=within)
+    if not task.done():
+        for t in asyncio.all_tasks():  # before cancelling, while the stuck tasks still show where
+            t.print_stack(file=sys.stderr)
+        task.cancel()
+        await asyncio.wait([task])
+        raise AssertionError(f"{what} hung for {within:g}s (task stacks on stderr)")
+    task.result()
+
+
 async def until(get, pred, within: float = 240, what: str = "condition"):
     deadline = asyncio.get_running_loop().time() + within
     while True:
@@ -195,10 +209,10 @@ async def stack(
             )
             yield stack
         finally:
-            await stack.stop_worker()
+            await bounded(stack.stop_worker(), "stopping the worker")
     finally:
         if fleet is not None:
-            await fleet.stop()
+            await bounded(fleet.stop(), "stopping the fleet")
         for p in procs:
             os.killpg(p.pid, signal.SIGTERM)
             p.wait(timeout=10)

@@ -131,3 +131,15 @@ async def test_verification_with_presence_confirms_only_devices_connected_in_the
     await kept.close()
     assert (with_presence.confirmed, with_presence.pending_sample) == (1, [dropped])
     assert by_report.confirmed == 2
+
+
+async def test_a_device_stopped_while_it_closes_its_link_stops(world):
+    """A stop (the fleet cancelling a device) that lands while the device closes a link must not be
+    swallowed with the link reader's own cancellation: the device would run on, and `fleet stop` hang."""
+    conn = await world.connect(world.things[0])
+    closing = asyncio.create_task(conn.close())
+    await asyncio.sleep(0)  # close() now waits for its reader to end
+    closing.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await closing
+    await conn.close()
