@@ -212,7 +212,7 @@ async def stack(
             await bounded(stack.stop_worker(), "stopping the worker")
     finally:
         if fleet is not None:
-            await bounded(fleet.stop(), "stopping the fleet")
+            await bounded(fleet.stop(), "stopping the fleet", within=90)
         for p in procs:
             os.killpg(p.pid, signal.SIGTERM)
             p.wait(timeout=10)
