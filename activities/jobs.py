@@ -21,7 +21,7 @@ from temporalio.exceptions import ApplicationError
 
 from activities.context import Deployments, Keepalive
 from core import logs
-from core.aws import fetch_page, group_member_pages
+from core.aws import all_items, fetch_page, group_member_pages
 from core.errors import is_already_exists, is_not_found, to_application_error
 
 TERMINAL_EXECUTION = {"SUCCEEDED", "FAILED", "REJECTED", "TIMED_OUT", "REMOVED", "CANCELED"}
@@ -135,19 +135,8 @@ def disconnected(iot: Any, things: list[str]) -> set[str]:
     out: set[str] = set()
     for i in range(0, len(things), SEARCH_NAMES):
         names = " OR ".join(f"thingName:{t}" for t in things[i : i + SEARCH_NAMES])
-        token = None
-        while True:
-            found, token = fetch_page(
-                iot,
-                "search_index",
-                "things",
-                token,
-                100,
-                queryString=f"connectivity.connected:false AND ({names})",
-            )
-            out.update(t["thingName"] for t in found)
-            if not token:
-                break
+        query = f"connectivity.connected:false AND ({names})"
+        out.update(t["thingName"] for t in all_items(iot, "search_index", "things", queryString=query))
     return out
 
 

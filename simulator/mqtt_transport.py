@@ -118,12 +118,14 @@ class MqttTransport:
         async with self._connecting:
             try:  # bounded as a whole: a handshake that never ends must not hold a connect slot
                 await asyncio.wait_for(client.__aenter__(), self.sim.mqtt.connect_timeout_seconds + 5)
-            except (aiomqtt.MqttError, OSError, ssl.SSLError, TimeoutError) as e:
+            except (aiomqtt.MqttError, OSError, ssl.SSLError) as e:
                 raise TransportError(f"connect to {endpoint.region}: {e}", "ConnectFailed") from None
-            except asyncio.CancelledError:  # the device stopped mid-connect: leave no client behind
+            except (TimeoutError, asyncio.CancelledError) as e:  # cut short mid-connect: leave no client
                 with contextlib.suppress(Exception):
                     await asyncio.shield(client.__aexit__(None, None, None))
-                raise
+                if isinstance(e, asyncio.CancelledError):
+                    raise
+                raise TransportError(f"connect to {endpoint.region}: timed out", "ConnectFailed") from None
         conn = MqttConnection(self, client, thing, endpoint.region, endpoint)
         try:
             await conn.start(subscribe)
@@ -249,8 +251,7 @@ class MqttConnection:
     async def close(self) -> None:
         if self._reader is not None:
             self._reader.cancel()
-            await asyncio.wait(
-                [self._reader]
-            )  # raises only if *this* task is cancelled: a stop is never lost
+            # asyncio.wait raises only if *this* task is cancelled: a device's stop is never lost
+            await asyncio.wait([self._reader])
         with contextlib.suppress(aiomqtt.MqttError, OSError, RuntimeError):
             await self.client.__aexit__(None, None, None)
