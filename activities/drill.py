@@ -29,6 +29,7 @@ from core import fault_switch, logs
 from core.aws import group_member_pages
 from core.errors import is_already_exists, is_not_found, to_application_error
 from core.models import CutoverProgress, CutoverRequest, CutoverStarted
+from core.workflow_ids import deployment_id
 
 log = logs.get("activities.drill")
 
@@ -144,7 +145,7 @@ class DrillActivities:
         return self.deployments.client
 
     def _deployment(self, name: str):
-        return self._client().get_workflow_handle(f"deployment-{name}")
+        return self._client().get_workflow_handle(deployment_id(name))
 
     @activity.defn
     async def request_cutover(self, inp: SteerInput) -> CutoverStarted:

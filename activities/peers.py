@@ -19,10 +19,9 @@ from temporalio.service import RPCError, RPCStatusCode
 
 from activities.context import Deployments
 from core import logs
-from core.models import CutoverProgress, RegionHealthChange
+from core.models import SETTLED_STATES, CutoverProgress, RegionHealthChange
 
 log = logs.get("activities.peers")
-SETTLED = ("Healthy", "Degraded", "Unhealthy")
 
 
 @dataclass
@@ -64,7 +63,7 @@ class PeerActivities:
                 out.missing[region] = f"{workflow_id}: {e.message}"[:200]
                 continue
             state = (view or {}).get("state")
-            if state not in SETTLED:
+            if state not in SETTLED_STATES:
                 out.missing[region] = f"{workflow_id} reports {state or 'nothing'} yet"
                 continue
             last = view.get("last") or {}

@@ -11,8 +11,9 @@ from temporalio.service import RPCError
 
 from cli import CliError
 from cli.common import client_for, config_of, run_async, ui_link
-from cli.deployment import deployment_id, print_progress
+from cli.deployment import print_progress
 from core.models import CutoverProgress, CutoverRequest, CutoverStarted, OperatorAction
+from core.workflow_ids import deployment_id
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -54,7 +55,7 @@ async def cmd_cutover(args: argparse.Namespace) -> int:
         approval=args.approval,
     )
     try:
-        started = await client.get_workflow_handle(deployment_id(cfg)).execute_update(
+        started = await client.get_workflow_handle(deployment_id(cfg.name)).execute_update(
             "request_cutover", req, result_type=CutoverStarted
         )
     except WorkflowUpdateFailedError as e:

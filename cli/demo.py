@@ -12,11 +12,12 @@ import time
 from activities.registry import registry_parity
 from cli import CliError
 from cli.common import client_for, config_of, run_async, ui_link
-from cli.deployment import deployment_id, deployment_state, start_deployment
+from cli.deployment import deployment_state, start_deployment
 from cli.drill import run_drill
 from cli.local import print_urls
 from core.aws import AwsClients
 from core.config import DeploymentConfig
+from core.workflow_ids import deployment_id
 from rehearsal.stack import Stack
 from simulator.fleet import read_status
 from simulator.provision import Provisioner
@@ -77,7 +78,7 @@ async def cmd_demo(args: argparse.Namespace) -> int:
     print(render_markdown(report))
     print("Report files: " + ", ".join(report.report_paths))
     print_urls(stack)
-    print(f"  Deployment             {ui_link(cfg, deployment_id(cfg))}")
+    print(f"  Deployment             {ui_link(cfg, deployment_id(cfg.name))}")
     print(
         "\nExplore: python starter.py status | fleet status | health | drill --kind planned --percent 20 --wait"
     )

@@ -12,12 +12,9 @@ from cli import CliError
 from cli.common import client_for, config_of, run_async, ui_link
 from core.config import DeploymentConfig
 from core.models import CutoverProgress
+from core.workflow_ids import deployment_id, health_id
 from workflows.deployment import DeploymentInput, DeploymentState
-from workflows.health_types import RegionHealthInput, health_workflow_id
-
-
-def deployment_id(cfg: DeploymentConfig) -> str:
-    return f"deployment-{cfg.name}"
+from workflows.health_types import RegionHealthInput
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -36,7 +33,7 @@ async def start_deployment(client: Client, cfg: DeploymentConfig) -> WorkflowHan
     handle = await client.start_workflow(
         "DeploymentWorkflow",
         DeploymentInput(cfg),
-        id=deployment_id(cfg),
+        id=deployment_id(cfg.name),
         task_queue=cfg.temporal.task_queue,
         id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
         static_summary=f"deployment {cfg.name}: {cfg.mode}, regions {', '.join(cfg.regions)}",
@@ -58,8 +55,8 @@ async def start_health_monitors(client: Client, cfg: DeploymentConfig) -> None:
     for region in cfg.regions:
         await client.start_workflow(
             "RegionHealthWorkflow",
-            RegionHealthInput(cfg.name, region, cfg.health, deployment_id(cfg)),
-            id=health_workflow_id(cfg.name, region),
+            RegionHealthInput(cfg.name, region, cfg.health, deployment_id(cfg.name)),
+            id=health_id(cfg.name, region),
             task_queue=cfg.temporal.task_queue,
             id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
             static_summary=f"health of {region} for deployment {cfg.name}",
@@ -77,7 +74,7 @@ async def cmd_start(args: argparse.Namespace) -> int:
 
 async def deployment_state(client: Client, cfg: DeploymentConfig) -> DeploymentState:
     try:
-        state = await client.get_workflow_handle(deployment_id(cfg)).query(
+        state = await client.get_workflow_handle(deployment_id(cfg.name)).query(
             "state", result_type=DeploymentState
         )
     except RPCError as e:
@@ -116,7 +113,7 @@ async def cmd_status(args: argparse.Namespace) -> int:
     client = await client_for(cfg)
     s = await deployment_state(client, cfg)
     print(f"deployment {cfg.name} ({cfg.mode}): active region {s.active_region}, epoch {s.epoch}")
-    print(f"  {ui_link(cfg, deployment_id(cfg))}")
+    print(f"  {ui_link(cfg, deployment_id(cfg.name))}")
     print("health:")
     for region, v in s.health.items():
         reasons = f" ({'; '.join(v.reasons)})" if v.reasons else ""

@@ -19,6 +19,7 @@ from temporalio.client import (
 from cli import CliError
 from cli.common import client_for, config_of, run_async, ui_link
 from core.config import DeploymentConfig
+from core.workflow_ids import drill_prefix
 from workflows.drill import DrillInput
 from workflows.drill_report import DrillCriteria, DrillReport, render_markdown
 
@@ -78,7 +79,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 async def next_drill_id(client: Client, cfg: DeploymentConfig) -> str:
-    prefix = f"drill-{cfg.name}-"
+    prefix = drill_prefix(cfg.name)
     highest = 0
     async for wf in client.list_workflows("WorkflowType = 'DrillWorkflow'"):
         tail = wf.id.removeprefix(prefix)
@@ -151,14 +152,17 @@ async def cmd_drill(args: argparse.Namespace) -> int:
 async def cmd_schedule(args: argparse.Namespace) -> int:
     cfg = config_of(args)
     client = await client_for(cfg)
-    schedule_id = f"drill-{cfg.name}-every-{int(args.every.total_seconds())}s"
+    schedule_id = f"{drill_prefix(cfg.name)}every-{int(args.every.total_seconds())}s"
     inp = drill_input(cfg, "", args)  # each scheduled run is named by its own workflow ID
     try:
         await client.create_schedule(
             schedule_id,
             Schedule(
                 action=ScheduleActionStartWorkflow(
-                    "DrillWorkflow", inp, id=f"drill-{cfg.name}-scheduled", task_queue=cfg.temporal.task_queue
+                    "DrillWorkflow",
+                    inp,
+                    id=f"{drill_prefix(cfg.name)}scheduled",
+                    task_queue=cfg.temporal.task_queue,
                 ),
                 spec=ScheduleSpec(intervals=[ScheduleIntervalSpec(every=args.every)]),
             ),

@@ -11,7 +11,8 @@ from temporalio.service import RPCError, RPCStatusCode
 from cli import CliError
 from cli.common import client_for, config_of, run_async, ui_link
 from core.config import DeploymentConfig
-from workflows.health_types import RegionHealthView, health_workflow_id
+from core.workflow_ids import health_id
+from workflows.health_types import RegionHealthView
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -31,7 +32,7 @@ async def show(client: Client, cfg: DeploymentConfig, regions: list[str]) -> int
     """Print each region's assessment; exit code 3 when a region is not monitored."""
     code = 0
     for region in regions:
-        wf_id = health_workflow_id(cfg.name, region)
+        wf_id = health_id(cfg.name, region)
         try:
             view = await _query(client, wf_id)
         except _NotRunning as e:

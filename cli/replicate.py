@@ -16,17 +16,16 @@ from temporalio.service import RPCError
 from activities.registry_dead_letters import DeadLetterQueues
 from cli import CliError
 from cli.common import client_for, config_of, run_async, ui_link
-from cli.deployment import deployment_id
 from core.aws import AwsClients
 from core.config import DeploymentConfig
 from core.temporal import SA_DEPLOYMENT
+from core.workflow_ids import deployment_id, replication_id
 from workflows.replication import (
     ReconcileNowInput,
     ReconcileNowResult,
     RegistryReplicationWorkflow,
     ReplicationInput,
     ReplicationState,
-    workflow_id,
 )
 
 
@@ -57,7 +56,7 @@ def replication_input(cfg: DeploymentConfig) -> ReplicationInput:
     return ReplicationInput(
         deployment=cfg.name,
         reconcile_interval_seconds=cfg.replication.reconcile_interval_minutes * 60,
-        deployment_workflow_id=deployment_id(cfg),  # replica reports go to the deployment's entity
+        deployment_workflow_id=deployment_id(cfg.name),  # replica reports go to the deployment's entity
     )
 
 
@@ -66,7 +65,7 @@ async def start(client: Client, cfg: DeploymentConfig) -> WorkflowHandle:
     return await client.start_workflow(
         RegistryReplicationWorkflow.run,
         replication_input(cfg),
-        id=workflow_id(cfg.name),
+        id=replication_id(cfg.name),
         task_queue=cfg.temporal.task_queue,
         id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
         search_attributes=TypedSearchAttributes([SearchAttributePair(SA_DEPLOYMENT, cfg.name)]),
@@ -106,7 +105,7 @@ async def cmd_replicate(args: argparse.Namespace) -> int:
 
 
 async def _status(client: Client, cfg: DeploymentConfig) -> int:
-    handle = client.get_workflow_handle(workflow_id(cfg.name))
+    handle = client.get_workflow_handle(replication_id(cfg.name))
     try:
         s: ReplicationState = await handle.query(RegistryReplicationWorkflow.status)
     except RPCError as e:

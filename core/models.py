@@ -92,6 +92,11 @@ class CutoverProgress:
         return max(0, self.devices_total - self.confirmed - self.failed)
 
 
+# A region's health as the monitors report it; Unknown only before a monitor's first verdict.
+HealthState = Literal["Healthy", "Degraded", "Unhealthy"]
+HEALTHY, DEGRADED, UNHEALTHY, UNKNOWN = "Healthy", "Degraded", "Unhealthy", "Unknown"
+SETTLED_STATES: tuple[HealthState, ...] = (HEALTHY, DEGRADED, UNHEALTHY)
+
 # The health probes whose figure is milliseconds (the others report a share): one list, so the scoring
 # (activities.health) and the check history (workflows.health_types) agree.
 LATENCY_PROBES = ("control_plane", "data_plane", "bootstrap")
@@ -102,7 +107,7 @@ class RegionHealthChange:
     """Sent by RegionHealthWorkflow to DeploymentWorkflow (signal `region_health`) on a change of state."""
 
     region: str
-    state: Literal["Healthy", "Degraded", "Unhealthy"]
+    state: HealthState
     score: float = 1.0
     reasons: list[str] = field(default_factory=list)
     at: datetime | None = None

@@ -30,11 +30,12 @@ from cli.health import show
 from core.config import DeploymentConfig
 from core.models import RegionHealthChange
 from core.temporal import DATA_CONVERTER
+from core.workflow_ids import health_id
 from rehearsal import faults, pki
 from tests.conftest import make_config
 from workflows.deployment import DeploymentInput, DeploymentWorkflow
 from workflows.health import RegionHealthWorkflow
-from workflows.health_types import RegionHealthInput, RegionHealthView, health_workflow_id
+from workflows.health_types import RegionHealthInput, RegionHealthView
 
 EAST, WEST = "us-east-1", "us-west-2"
 
@@ -104,7 +105,7 @@ async def start(
     return await client.start_workflow(
         RegionHealthWorkflow.run,
         RegionHealthInput(cfg.name, EAST, cfg.health, deployment_wf, **kw),
-        id=health_workflow_id(cfg.name, EAST),
+        id=health_id(cfg.name, EAST),
         task_queue=task_queue,
     )
 
@@ -232,11 +233,8 @@ async def test_cli_shows_each_region_or_says_it_is_not_monitored(
     assert await show(client, cfg, cfg.region_names) == 3
     out = capsys.readouterr().out
     assert f"{EAST:<14} Healthy since" in out and "control_plane ok" in out
-    assert f"/workflows/{health_workflow_id(cfg.name, EAST)}" in out
-    assert (
-        f"{WEST:<14} not monitored: RegionHealthWorkflow {health_workflow_id(cfg.name, WEST)} is not running"
-        in out
-    )
+    assert f"/workflows/{health_id(cfg.name, EAST)}" in out
+    assert f"{WEST:<14} not monitored: RegionHealthWorkflow {health_id(cfg.name, WEST)} is not running" in out
     await h.terminate()
     assert await show(client, cfg, [EAST]) == 3
     assert "is terminated" in capsys.readouterr().out
@@ -267,7 +265,7 @@ async def test_health_state_and_score_metrics(
             h = await metered.start_workflow(
                 RegionHealthWorkflow.run,
                 RegionHealthInput(cfg.name, EAST, health),
-                id=health_workflow_id(cfg.name, EAST),
+                id=health_id(cfg.name, EAST),
                 task_queue=task_queue,
             )
             assert (await first_check(h)).state == "Unhealthy"
@@ -295,7 +293,7 @@ async def test_checks_run_on_the_interval(
     h = await client.start_workflow(
         RegionHealthWorkflow.run,
         RegionHealthInput(cfg.name, EAST, policy, recorder.id),
-        id=health_workflow_id(cfg.name, EAST),
+        id=health_id(cfg.name, EAST),
         task_queue=task_queue,
     )
     for _ in range(300):

@@ -30,6 +30,7 @@ with workflow.unsafe.imports_passed_through():
         ReadFencesInput,
     )
     from activities.peers import AwaitCutoverInput, PeerActivities, ReadHealthInput
+    from core import workflow_ids
     from core.config import DeploymentConfig
     from core.models import (
         CutoverProgress,
@@ -39,10 +40,10 @@ with workflow.unsafe.imports_passed_through():
         ReplicaReport,
     )
     from core.temporal import SA_DEPLOYMENT, SA_MODE, SA_PHASE, SA_SOURCE, SA_TARGET
+    from core.workflow_ids import health_id
     from workflows.cutover import CutoverWorkflow
     from workflows.cutover_steps import CutoverInput, bootstrap_order
     from workflows.failover_policy import FailoverContext, RegionStatus, decide_failover, failback_offer
-    from workflows.health_types import health_workflow_id
     from workflows.versions import (
         ADOPT_HIGHEST_EPOCH,
         ASK_HEALTH_AT_START,
@@ -425,7 +426,7 @@ class DeploymentWorkflow:
         try:
             readings = await workflow.execute_activity_method(
                 PeerActivities.read_region_health,
-                ReadHealthInput(self.cfg.name, {r: health_workflow_id(self.cfg.name, r) for r in unknown}),
+                ReadHealthInput(self.cfg.name, {r: health_id(self.cfg.name, r) for r in unknown}),
                 start_to_close_timeout=timedelta(seconds=30),
                 retry_policy=RetryPolicy(maximum_attempts=2),
             )
@@ -486,7 +487,7 @@ class DeploymentWorkflow:
         s.epoch += 2  # epoch + 1 is reserved for this cutover's rollback
         source = self._scope_home(req.scope)
         scope = req.scope or cfg.fleet.thing_group
-        cutover_id = f"cutover-{cfg.name}-{epoch}"
+        cutover_id = workflow_ids.cutover_id(cfg.name, epoch)
         # recorded before the first await: a request handled meanwhile sees a cutover in flight
         s.in_flight = CutoverRecord(
             cutover_id,

@@ -14,10 +14,10 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, time, timedelta
 from typing import TYPE_CHECKING
 
+from core.models import HEALTHY, UNHEALTHY
+
 if TYPE_CHECKING:
     from core.config import BlockedWindow, FailoverPolicy
-
-HEALTHY, UNHEALTHY = "Healthy", "Unhealthy"
 
 
 @dataclass

@@ -28,14 +28,10 @@ from temporalio.exceptions import ActivityError, ApplicationError
 
 with workflow.unsafe.imports_passed_through():
     from activities.health import ProbeInput, ProbeResult, score_region
-    from core.models import RegionHealthChange
+    from core.models import DEGRADED, HEALTHY, UNHEALTHY, UNKNOWN, RegionHealthChange
     from core.temporal import SA_DEPLOYMENT
     from workflows.health_types import (
-        DEGRADED,
-        HEALTHY,
         REGION_HEALTH_SIGNAL,
-        UNHEALTHY,
-        UNKNOWN,
         HealthCheck,
         HealthHistory,
         ProbeSummary,

@@ -10,14 +10,9 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from core.config import HealthPolicy
-from core.models import LATENCY_PROBES
+from core.models import LATENCY_PROBES, UNKNOWN
 
-HEALTHY, DEGRADED, UNHEALTHY, UNKNOWN = "Healthy", "Degraded", "Unhealthy", "Unknown"
 REGION_HEALTH_SIGNAL = "region_health"
-
-
-def health_workflow_id(deployment: str, region: str) -> str:
-    return f"health-{deployment}-{region}"
 
 
 @dataclass

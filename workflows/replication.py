@@ -44,10 +44,6 @@ DEAD_LETTERED = (
 )
 
 
-def workflow_id(deployment: str) -> str:
-    return f"replication-{deployment}"
-
-
 @dataclass
 class ReplicationState:
     """Everything the workflow knows; carried across continue-as-new."""
