@@ -12,6 +12,7 @@ from prometheus_client import REGISTRY
 from bootstrap import lambda_handler
 from core.aws import AwsClients
 from core.config import DeploymentConfig
+from tests.toml_files import deployment_data, write_toml
 
 
 def register_thing(
@@ -32,28 +33,7 @@ def register_thing(
 
 def write_config(cfg: DeploymentConfig, path: Path, bootstrap_urls: dict[str, str] | None = None) -> Path:
     """The same deployment as a TOML file, for entry points that take --config."""
-    lines = [
-        "[deployment]",
-        f'name = "{cfg.name}"',
-        f'mode = "{cfg.mode}"',
-        f'ca_certificate = "{cfg.ca_certificate}"',
-        f'bootstrap_table = "{cfg.bootstrap_table}"',
-        f'routing_table = "{cfg.routing_table}"',
-    ]
-    for name, r in cfg.regions.items():
-        lines += [f"[regions.{name}]", f'role = "{r.role}"', f'endpoint_url = "{r.endpoint_url}"']
-        for key in ("role_arn", "external_id", "iot_endpoint"):
-            if getattr(r, key):
-                lines.append(f'{key} = "{getattr(r, key)}"')
-        if bootstrap_urls and name in bootstrap_urls:
-            lines.append(f'bootstrap_url = "{bootstrap_urls[name]}"')
-    lines += [
-        "[fleet]",
-        f'thing_group = "{cfg.fleet.thing_group}"',
-        f'application = "{cfg.fleet.application}"',
-    ]
-    path.write_text("\n".join(lines) + "\n")
-    return path
+    return write_toml(path, deployment_data(cfg, bootstrap_urls))
 
 
 def cold_lambda(

@@ -29,6 +29,7 @@ from rehearsal.processes import free_port, spawn_python, wait_http
 from simulator.config import FaultSettings, SimulatorConfig
 from simulator.fleet import Fleet, load_manifest
 from simulator.provision import Provisioner
+from tests.toml_files import write_toml
 from worker import build_worker
 from workflows.deployment import DeploymentInput, DeploymentState
 
@@ -38,39 +39,37 @@ FAULTY = 2  # never migrate: they must show up as stragglers, not be counted as 
 
 
 def _config(emulators: dict[str, str], ca: Path, tmp: Path, ports: dict[str, int]) -> Path:
-    lines = [
-        "[deployment]",
-        f'name = "e2e-{uuid.uuid4().hex[:6]}"',
-        'mode = "active-passive"',
-        f'ca_certificate = "{ca}"',
-    ]
-    for region, role in ((EAST, "primary"), (WEST, "standby")):
-        lines += [
-            f"[regions.{region}]",
-            f'role = "{role}"',
-            f'endpoint_url = "{emulators[region]}"',
-            f'bootstrap_url = "http://127.0.0.1:{ports[region]}"',
-            f'iot_endpoint = "e2e-ats.iot.{region}.amazonaws.com"',
-        ]
-    lines += [
-        "[fleet]",
-        'thing_group = "e2e-fleet"',
-        'policy_name = "e2e-policy"',
-        'application = "e2e"',
-        "[cutover]",
-        "canary_size = 4",
-        "wave_growth = 3",
-        "verify_timeout_seconds = 20",
-        "verify_poll_seconds = 1",
-        "in_progress_timeout_minutes = 1",
-        "cooldown_minutes = 0",
-        "wave_success_percent = 50",
-        "[local]",
-        f'state_dir = "{tmp / "state"}"',
-    ]
-    path = tmp / "deployment.toml"
-    path.write_text("\n".join(lines) + "\n")
-    return path
+    regions = {
+        region: {
+            "role": role,
+            "endpoint_url": emulators[region],
+            "bootstrap_url": f"http://127.0.0.1:{ports[region]}",
+            "iot_endpoint": f"e2e-ats.iot.{region}.amazonaws.com",
+        }
+        for region, role in ((EAST, "primary"), (WEST, "standby"))
+    }
+    return write_toml(
+        tmp / "deployment.toml",
+        {
+            "deployment": {
+                "name": f"e2e-{uuid.uuid4().hex[:6]}",
+                "mode": "active-passive",
+                "ca_certificate": ca,
+            },
+            "regions": regions,
+            "fleet": {"thing_group": "e2e-fleet", "policy_name": "e2e-policy", "application": "e2e"},
+            "cutover": {
+                "canary_size": 4,
+                "wave_growth": 3,
+                "verify_timeout_seconds": 20,
+                "verify_poll_seconds": 1,
+                "in_progress_timeout_minutes": 1,
+                "cooldown_minutes": 0,
+                "wave_success_percent": 50,
+            },
+            "local": {"state_dir": tmp / "state"},
+        },
+    )
 
 
 class Stack:

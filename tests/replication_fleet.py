@@ -17,7 +17,9 @@ from activities.context import Deployments
 from activities.registry import ReadyInput, RegistryActivities
 from core.config import DeploymentConfig
 from rehearsal import pki
+from tests import toml_files
 from tests.conftest import make_config
+from tests.toml_files import deployment_data
 
 POLICY = {
     "Version": "2012-10-17",
@@ -95,19 +97,7 @@ def provision(
 
 def write_toml(cfg: DeploymentConfig, path: Path, **temporal: str) -> Path:
     """The deployment as a TOML file, for `starter.py --config` (with a [temporal] section if given)."""
-    regions = "".join(
-        f'[regions.{r}]\nrole = "{c.role}"\nendpoint_url = "{c.endpoint_url}"\n\n'
-        for r, c in cfg.regions.items()
-    )
-    text = (
-        f'[deployment]\nname = "{cfg.name}"\nmode = "{cfg.mode}"\nca_certificate = "{cfg.ca_certificate}"\n\n'
-        f'{regions}[fleet]\nthing_group = "{cfg.fleet.thing_group}"\npolicy_name = "{cfg.fleet.policy_name}"\n\n'
-        f"[replication]\nreconcile_interval_minutes = {cfg.replication.reconcile_interval_minutes}\n"
-    )
-    if temporal:
-        text += "\n[temporal]\n" + "".join(f'{k} = "{v}"\n' for k, v in temporal.items())
-    path.write_text(text)
-    return path
+    return toml_files.write_toml(path, deployment_data(cfg) | ({"temporal": temporal} if temporal else {}))
 
 
 @contextmanager

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from rehearsal.processes import free_port, port_open, tool_path
+from tests.toml_files import write_toml
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -40,19 +41,7 @@ def _write_config(tmp: Path) -> Path:
         "worker_metrics_port": ports["metrics"],
         "simulator_metrics_port": free_port(),
     }
-    path = tmp / "deployment.toml"
-    path.write_text(_toml(raw))
-    return path
-
-
-def _toml(data: dict, prefix: str = "") -> str:
-    scalars = {k: v for k, v in data.items() if not isinstance(v, dict)}
-    out = [f"[{prefix}]"] if prefix and scalars else []
-    out += [f"{k} = {json.dumps(v)}" for k, v in scalars.items()]
-    for k, v in data.items():
-        if isinstance(v, dict):
-            out.append(_toml(v, f"{prefix}.{k}" if prefix else k))
-    return "\n".join(out) + "\n"
+    return write_toml(tmp / "deployment.toml", raw)
 
 
 def _starter(config: Path, *args: str, timeout: float = 180) -> subprocess.CompletedProcess:

@@ -25,6 +25,7 @@ from simulator.config import SimulatorConfig
 from simulator.device import DeviceSpec
 from simulator.fleet import Fleet
 from tests.test_simulator import EAST, FAST, WEST, wait_for
+from tests.toml_files import write_toml
 
 APP = "e2e"
 
@@ -46,24 +47,26 @@ def deployment(
     """A two-region deployment on the emulators with one real bootstrap service per region."""
     (tmp_path / "ca.pem").write_text(local_ca.cert_pem)
     ports = {r: free_port() for r in (EAST, WEST)}
-    lines = [
-        "[deployment]",
-        f'name = "e2e-{os.getpid()}"',
-        'mode = "active-passive"',
-        f'ca_certificate = "{tmp_path / "ca.pem"}"',
-    ]
-    for region, role in ((EAST, "primary"), (WEST, "standby")):
-        lines += [
-            f"[regions.{region}]",
-            f'role = "{role}"',
-            f'endpoint_url = "{emulators[region]}"',
-            f'bootstrap_url = "http://127.0.0.1:{ports[region]}"',
-            f'iot_endpoint = "e2e-ats.iot.{region}.amazonaws.com"',
-        ]
-    lines += ["[fleet]", 'thing_group = "e2e-fleet"', f'application = "{APP}"']
-    lines += ["[local]", f'state_dir = "{tmp_path / "state"}"']
-    path = tmp_path / "deployment.toml"
-    path.write_text("\n".join(lines) + "\n")
+    regions = {
+        region: {
+            "role": role,
+            "endpoint_url": emulators[region],
+            "bootstrap_url": f"http://127.0.0.1:{ports[region]}",
+            "iot_endpoint": f"e2e-ats.iot.{region}.amazonaws.com",
+        }
+        for region, role in ((EAST, "primary"), (WEST, "standby"))
+    }
+    data = {
+        "deployment": {
+            "name": f"e2e-{os.getpid()}",
+            "mode": "active-passive",
+            "ca_certificate": tmp_path / "ca.pem",
+        },
+        "regions": regions,
+        "fleet": {"thing_group": "e2e-fleet", "application": APP},
+        "local": {"state_dir": tmp_path / "state"},
+    }
+    path = write_toml(tmp_path / "deployment.toml", data)
     cfg = load_config(path)
     procs = [
         spawn_python(

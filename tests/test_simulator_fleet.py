@@ -20,6 +20,7 @@ from rehearsal.processes import free_port
 from rehearsal.stack import components
 from simulator.fleet import read_status
 from simulator.provision import NAMED_SHADOW, Provisioner, device_name, fleet_dir
+from tests.toml_files import write_toml
 
 EAST, WEST = "us-east-1", "us-west-2"
 
@@ -31,39 +32,38 @@ def _client(service: str, url: str, region: str):
 
 
 def write_config(tmp_path: Path, emulators: dict[str, str], metrics_port: int = 0) -> Path:
-    path = tmp_path / "deployment.toml"
-    path.write_text(
-        f"""
-[deployment]
-name = "simtest"
-mode = "active-passive"
-ca_certificate = "ca/ca.pem"
-
-[regions.{EAST}]
-role = "primary"
-endpoint_url = "{emulators[EAST]}"
-bootstrap_url = "http://127.0.0.1:{free_port()}"
-
-[regions.{WEST}]
-role = "standby"
-endpoint_url = "{emulators[WEST]}"
-
-[fleet]
-thing_group = "sim-fleet"
-policy_name = "sim-policy"
-thing_type = "sensor"
-application = "simapp"
-
-[local]
-state_dir = "{tmp_path / "state"}"
-simulator_metrics_port = {metrics_port or free_port()}
-"""
+    write_toml(
+        tmp_path / "simulator.toml",
+        {
+            "simulator": {
+                "keep_alive_seconds": 0.5,
+                "retry_timings_ms": [50],
+                "start_spread_seconds": 0,
+                "status_interval_seconds": 0.2,
+            }
+        },
     )
-    (tmp_path / "simulator.toml").write_text(
-        "[simulator]\nkeep_alive_seconds = 0.5\nretry_timings_ms = [50]\nstart_spread_seconds = 0\n"
-        "status_interval_seconds = 0.2\n"
+    return write_toml(
+        tmp_path / "deployment.toml",
+        {
+            "deployment": {"name": "simtest", "mode": "active-passive", "ca_certificate": "ca/ca.pem"},
+            "regions": {
+                EAST: {
+                    "role": "primary",
+                    "endpoint_url": emulators[EAST],
+                    "bootstrap_url": f"http://127.0.0.1:{free_port()}",
+                },
+                WEST: {"role": "standby", "endpoint_url": emulators[WEST]},
+            },
+            "fleet": {
+                "thing_group": "sim-fleet",
+                "policy_name": "sim-policy",
+                "thing_type": "sensor",
+                "application": "simapp",
+            },
+            "local": {"state_dir": tmp_path / "state", "simulator_metrics_port": metrics_port or free_port()},
+        },
     )
-    return path
 
 
 @pytest.fixture
