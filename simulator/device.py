@@ -213,7 +213,8 @@ class Device:
             await asyncio.sleep(delay)
             return False
         try:
-            await asyncio.wait_for(notified.wait(), delay)
+            async with asyncio.timeout(delay):  # not wait_for, which loses a cancel on Python 3.11
+                await notified.wait()
         except TimeoutError:
             return False
         notified.clear()

@@ -133,8 +133,9 @@ class Fleet:
             await asyncio.sleep(self.sim.status_interval_seconds)
 
     async def stop(self) -> None:
-        """Stop every device. A device whose stop was swallowed on its way out (seen once in a few
-        hundred stops, inside the MQTT client's connect or close) is cancelled again, and named."""
+        """Stop every device. A device whose stop was swallowed on its way out is cancelled again, and
+        named: Python 3.11's `asyncio.wait_for` lost such stops inside the MQTT client (seen once in a
+        few hundred; the transport no longer uses it), and a library could still do the same."""
         pending, attempt = set(self._tasks), 0
         while pending and attempt < 4:
             attempt += 1

@@ -20,11 +20,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import math
 import ssl
 import uuid
 from collections import deque
+from collections.abc import Awaitable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import aiohttp
 import aiomqtt
@@ -35,6 +37,7 @@ from simulator.contract import Endpoint
 from simulator.transport import JobExecution, TransportError
 
 ALPN = "x-amzn-mqtt-ca"
+T = TypeVar("T")
 
 
 class _Client(aiomqtt.Client):
@@ -53,6 +56,17 @@ class _Client(aiomqtt.Client):
     def _refused_before_connack(self, reason: str) -> None:
         if not self._connected.done():
             self._connected.set_exception(aiomqtt.MqttError(f"connection closed before CONNACK: {reason}"))
+
+    async def _wait_for(self, fut: Awaitable[T], timeout: float | None) -> T:  # noqa: ASYNC109 (aiomqtt signature)
+        """aiomqtt's own wait (connect, publish, subscribe) without `asyncio.wait_for`, which on Python
+        3.11 loses a cancel arriving as the awaited thing completes (CPython gh-86296): a device
+        stopped as its PUBACK came in ran on, and the fleet's stop waited for it."""
+        limit = self.timeout if timeout is None else timeout
+        try:
+            async with asyncio.timeout(None if limit == math.inf else limit):
+                return await fut
+        except TimeoutError:
+            raise aiomqtt.MqttError("Operation timed out") from None
 
 
 class MqttTransport:
@@ -117,7 +131,8 @@ class MqttTransport:
         )
         async with self._connecting:
             try:  # bounded as a whole: a handshake that never ends must not hold a connect slot
-                await asyncio.wait_for(client.__aenter__(), self.sim.mqtt.connect_timeout_seconds + 5)
+                async with asyncio.timeout(self.sim.mqtt.connect_timeout_seconds + 5):
+                    await client.__aenter__()
             except (aiomqtt.MqttError, OSError, ssl.SSLError) as e:
                 raise TransportError(f"connect to {endpoint.region}: {e}", "ConnectFailed") from None
             except (TimeoutError, asyncio.CancelledError) as e:  # cut short mid-connect: leave no client
@@ -219,7 +234,8 @@ class MqttConnection:
         self._waiters[token] = waiter
         try:
             await self.publish(topic, {**body, "clientToken": token})
-            outcome, answer = await asyncio.wait_for(waiter, self._timeout)
+            async with asyncio.timeout(self._timeout):  # not wait_for: see _Client._wait_for
+                outcome, answer = await waiter
         except TimeoutError:
             raise TransportError(f"{topic}: no answer within {self._timeout}s", "RequestTimeout") from None
         finally:

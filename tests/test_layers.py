@@ -152,3 +152,9 @@ def test_no_import_cycles_within(package: str) -> None:
         for cycle in _cycles(graph)
     ]
     assert not problems, "\n".join(problems)
+
+
+def test_the_simulator_waits_with_asyncio_timeout_only() -> None:
+    """The same loss anywhere a device waits: `asyncio.timeout` delivers the cancel, `wait_for` may not."""
+    users = [p.name for p in (ROOT / "simulator").glob("*.py") if "asyncio.wait_for(" in p.read_text()]
+    assert users == []

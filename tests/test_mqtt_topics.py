@@ -14,6 +14,7 @@ from temporalio.testing import ActivityEnvironment
 from activities.context import Deployments
 from activities.jobs import JobActivities, VerifyInput
 from rehearsal import faults, pki
+from simulator.mqtt_transport import _Client
 from simulator.transport import TransportError
 from tests.mqtt_support import EAST, build_world, eventually
 
@@ -131,6 +132,20 @@ async def test_verification_with_presence_confirms_only_devices_connected_in_the
     await kept.close()
     assert (with_presence.confirmed, with_presence.pending_sample) == (1, [dropped])
     assert by_report.confirmed == 2
+
+
+async def test_a_stop_arriving_with_the_awaited_answer_is_not_lost() -> None:
+    """Python 3.11's `asyncio.wait_for` drops a cancel that lands as the awaited future completes
+    (CPython gh-86296), and aiomqtt waits for every CONNACK and PUBACK with it: a device stopped as its
+    PUBACK came in ran on, and the fleet's stop waited for it. The transport's client waits without it."""
+    client = _Client("127.0.0.1", 1883)
+    answer = asyncio.get_running_loop().create_future()
+    waiting = asyncio.create_task(client._wait_for(answer, 5))
+    await asyncio.sleep(0)  # waiting for the answer
+    answer.set_result("PUBACK")
+    waiting.cancel()  # the stop, in the same turn of the loop
+    with pytest.raises(asyncio.CancelledError):
+        await waiting
 
 
 async def test_a_device_stopped_while_it_closes_its_link_stops(world):
