@@ -120,6 +120,33 @@ def test_prometheus_scrapes_the_worker_and_grafana_reads_prometheus() -> None:
     assert f"./grafana/dashboards:{dashboards_path}:ro" in services["grafana"]["volumes"]
 
 
+def test_compose_exposes_nothing_beyond_the_host_and_has_no_default_password() -> None:
+    services = compose()["services"]
+    for name, svc in services.items():
+        for port in svc.get("ports", []):
+            assert port.startswith("${BIND_ADDRESS:-127.0.0.1}:"), (
+                f"{name} publishes {port} on every interface"
+            )
+    text = (DEPLOY / "compose.yaml").read_text()
+    for password in re.findall(r"\$\{(\w*PASSWORD\w*)([^}]*)\}", text):
+        assert password[1].startswith(":?"), f"{password[0]} has a default: {password[1]}"
+    worker = services["worker"]
+    assert worker["user"] == "${HOST_UID:-10001}:${HOST_GID:-10001}" and "10001" in worker["group_add"]
+
+
+def test_worker_may_reach_the_pod_identity_agent() -> None:
+    """EKS Pod Identity serves credentials on the node's link-local 169.254.170.23:80 (IPv6
+    fd00:ec2::23): a policy allowing 443 only leaves the worker without AWS credentials."""
+    policy = yaml.safe_load((K8S / "base" / "networkpolicy.yaml").read_text())
+    allowed = [
+        (block["ipBlock"]["cidr"], port["port"])
+        for rule in policy["spec"]["egress"]
+        for block in rule.get("to", [])
+        for port in rule["ports"]
+    ]
+    assert ("169.254.170.23/32", 80) in allowed and ("fd00:ec2::23/128", 80) in allowed
+
+
 def manifests() -> list[tuple[Path, dict]]:
     out = []
     for path in sorted(K8S.rglob("*.yaml")):
