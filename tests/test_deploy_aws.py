@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -10,7 +11,8 @@ from cfnlint.decode import cfn_yaml
 
 from bootstrap.runtime import ENDPOINTS_ENV
 
-AWS = Path(__file__).resolve().parent.parent / "deploy" / "aws"
+ROOT = Path(__file__).resolve().parent.parent
+AWS = ROOT / "deploy" / "aws"
 TEMPLATES = sorted(AWS.glob("*.yaml"))
 
 
@@ -146,3 +148,24 @@ def test_bootstrap_is_a_lambda_behind_mutual_tls_only() -> None:
     assert routes == {"GET /v1/bootstrap/{thingName}", "GET /healthz"}
     health_route = res["HealthRoute"]["Properties"]
     assert health_route["ApiId"] == {"Ref": "HealthApi"}, "the API without mTLS serves /healthz only"
+
+
+def test_the_boot_path_alarms_watch_this_stacks_api_and_function_with_a_runbook_each() -> None:
+    res = resources("bootstrap-api.yaml")
+    alarms = {name: r["Properties"] for name, r in res.items() if r["Type"] == "AWS::CloudWatch::Alarm"}
+    headings = set(re.findall(r"^#+ (\w+)$", (ROOT / "docs" / "operating.md").read_text(), re.M))
+    watched = set()
+    for name, alarm in alarms.items():
+        stats = [m["MetricStat"]["Metric"] for m in alarm.get("Metrics", []) if "MetricStat" in m] or [alarm]
+        for metric in stats:
+            watched |= {
+                (metric["Namespace"], d["Value"]["Ref"]) for d in metric["Dimensions"] if "Ref" in d["Value"]
+            }
+        anchor = re.search(r"docs/operating.md#(\w+)", alarm["AlarmDescription"]["Fn::Sub"]).group(1)
+        assert anchor == name.removesuffix("Alarm").lower() and name.removesuffix("Alarm") in headings
+    assert watched == {("AWS/ApiGateway", "BootstrapApi"), ("AWS/Lambda", "BootstrapFunction")}
+    assert {"BootstrapServerErrorsAlarm", "BootstrapLatencyAlarm", "BootstrapThrottlesAlarm"} <= set(alarms)
+    for stage in ("BootstrapStage", "HealthStage"):
+        assert "DestinationArn" in res[stage]["Properties"]["AccessLogSettings"], (
+            f"{stage} keeps no access log"
+        )
