@@ -200,13 +200,23 @@ def test_lambda_handler_answers_with_only_what_its_package_installs(
     assert json.loads(out["body"])["epoch"] == 3
 
 
-def test_lambda_requirements_pin_what_the_project_pins() -> None:
-    """The Lambda installs the project's own version ranges, so the package and the worker agree."""
+def test_lambda_requirements_pin_what_the_worker_runs_and_all_it_needs() -> None:
+    """The Lambda installs the locked versions, so the package and the worker agree, and every
+    dependency of what it installs is pinned too (nothing resolved at build time)."""
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
-    pinned = {_canonical(r.name): r for r in map(Requirement, project)}
-    for name, req in _requirements().items():
-        assert name in pinned, f"{name} is not a dependency of the project"
-        assert req.specifier == pinned[name].specifier, f"{name}: {req.specifier} vs {pinned[name].specifier}"
+    ranges = {_canonical(r.name): r.specifier for r in map(Requirement, project)}
+    locked = dict(
+        re.findall(r"^([a-z0-9][a-z0-9._-]*)==(\S+)", (ROOT / "requirements/runtime.lock").read_text(), re.M)
+    )
+    requirements = _requirements()
+    for name, req in requirements.items():
+        (pin,) = [s for s in req.specifier if s.operator == "=="] or [None]
+        assert pin is not None and pin.version == locked[name], (
+            f"{name}: {req.specifier}, locked {locked[name]}"
+        )
+        if name in ranges:
+            assert pin.version in ranges[name], f"{name} {pin.version} outside the project's {ranges[name]}"
+    assert _closure(set(requirements)) == set(requirements)
 
 
 def _event(thing: str, cert_pem: str) -> dict:

@@ -50,7 +50,8 @@ def test_hadolint_catches_a_bad_dockerfile(tmp_path: Path) -> None:
 
 def test_dockerfile_runs_the_worker_as_non_root_with_a_metrics_health_check() -> None:
     text = (DEPLOY / "Dockerfile").read_text()
-    assert re.search(r"^FROM python:3\.11-slim$", text, re.M)
+    assert re.search(r"^ARG PYTHON_IMAGE=python:3\.11-slim$", text, re.M) and "FROM ${PYTHON_IMAGE}" in text
+    assert "pip install --require-hashes -r /tmp/runtime.lock" in text, "the image installs the lock"
     user = re.findall(r"^USER (\S+)", text, re.M)
     assert user and user[-1].split(":")[0] not in {"root", "0"}
     assert re.search(r"^HEALTHCHECK .*\n?.*/metrics", text, re.M)
@@ -181,6 +182,22 @@ def test_kustomizations_name_existing_resources() -> None:
             assert (kust.parent / resource).exists(), f"{kust}: {resource}"
     overlays = {p.name for p in (K8S / "overlays").iterdir()}
     assert len(overlays) >= 2, "worker pools in two regions"
+
+
+def test_each_pool_names_the_image_it_runs() -> None:
+    """The base says `iot-failover-worker:0.1.0`; each overlay owns the image (set to the registry's
+    copy by digest for a release), so a region never runs whatever a tag points at today."""
+    base = yaml.safe_load_all((K8S / "base" / "worker.yaml").read_text())
+    (container,) = [
+        c
+        for d in base
+        if d and d["kind"] == "Deployment"
+        for c in d["spec"]["template"]["spec"]["containers"]
+    ]
+    for overlay in sorted((K8S / "overlays").iterdir()):
+        images = yaml.safe_load((overlay / "kustomization.yaml").read_text()).get("images", [])
+        (image,) = [i for i in images if i["name"] == container["image"].split(":")[0]]
+        assert image.get("digest") or image.get("newTag"), f"{overlay.name} leaves the image to its tag"
 
 
 def test_worker_deployment_is_resilient_and_locked_down() -> None:
