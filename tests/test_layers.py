@@ -9,6 +9,7 @@ follow to understand or package the module (the bootstrap Lambda may need only c
 from __future__ import annotations
 
 import ast
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -158,3 +159,14 @@ def test_the_simulator_waits_with_asyncio_timeout_only() -> None:
     """The same loss anywhere a device waits: `asyncio.timeout` delivers the cancel, `wait_for` may not."""
     users = [p.name for p in (ROOT / "simulator").glob("*.py") if "asyncio.wait_for(" in p.read_text()]
     assert users == []
+
+
+def test_the_docs_point_only_inside_the_repository() -> None:
+    """A reader of a clone (or of the image's docs) has no ../shared/: every pointer stays inside."""
+    outside = [
+        f"{p.relative_to(ROOT)}: {line.strip()}"
+        for p in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+        for line in p.read_text().splitlines()
+        if re.search(r"\.\./shared|\.\./seed|DESIGN\.md|\]\(\.\./", line)
+    ]
+    assert outside == []
