@@ -24,6 +24,7 @@ _NAMES = [
     "fleet",
     "replicate",
     "parity",
+    "preflight",
     "demo",
 ]
 

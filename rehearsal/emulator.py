@@ -96,9 +96,10 @@ class RegionEmulator:
         except ImportError:
             pass
         try:
-            from rehearsal import iot_gaps
+            from rehearsal import iot_data_gaps, iot_gaps
 
             iot_gaps.install(self)
+            iot_data_gaps.install(self)
         except ImportError:
             pass
 

@@ -23,7 +23,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlparse
 
+from core.aws import AwsClients
 from core.config import DeploymentConfig
+from core.prerequisites import REGISTRY_EVENT_TYPES
 from core.temporal import SEARCH_ATTRIBUTES
 from rehearsal import pki
 from rehearsal.processes import port_open, tool_path, wait_http
@@ -40,6 +42,7 @@ class Component:
     urls: dict[str, str] = field(default_factory=dict)
     env: dict[str, str] = field(default_factory=dict)
     startup_timeout: float = 60
+    region: str = ""  # an AWS emulator: set up as deploy/aws/region.yaml sets up an AWS region
 
 
 def _port(url: str) -> int:
@@ -97,6 +100,7 @@ def components(cfg: DeploymentConfig, config_path: str) -> list[Component]:
                 port=_port(url),
                 health_url=f"{url}/_emulator/health",
                 urls={f"AWS emulator {name}": url, f"MQTT (mTLS) {name}": f"mqtts://127.0.0.1:{mqtt}"},
+                region=name,
             )
         )
     for name, region in cfg.regions.items():
@@ -145,6 +149,14 @@ def components(cfg: DeploymentConfig, config_path: str) -> list[Component]:
             )
         )
     return out
+
+
+def enable_registry_events(cfg: DeploymentConfig, region: str) -> None:
+    """What the region stack's custom resource does in AWS: a fresh emulator, like a new account,
+    publishes no registry events until their types are enabled."""
+    AwsClients(cfg).iot(region).update_event_configurations(
+        eventConfigurations={t: {"Enabled": True} for t in REGISTRY_EVENT_TYPES}
+    )
 
 
 class Stack:
@@ -216,6 +228,8 @@ class Stack:
                 raise RuntimeError(
                     f"{c.name} did not start: {e}; see {self.log_dir / (c.name + '.log')}"
                 ) from None
+            if c.region:
+                enable_registry_events(self.cfg, c.region)
             echo(f"  {c.name:<22} started (pid {proc.pid})")
 
     def down(self, only: list[str] | None = None, echo=print) -> None:

@@ -169,3 +169,10 @@ def test_the_boot_path_alarms_watch_this_stacks_api_and_function_with_a_runbook_
         assert "DestinationArn" in res[stage]["Properties"]["AccessLogSettings"], (
             f"{stage} keeps no access log"
         )
+
+
+def test_the_region_stack_enables_the_registry_events_replication_reads() -> None:
+    from core.prerequisites import REGISTRY_EVENT_TYPES
+
+    types = resources("region.yaml")["RegistryEventConfigurations"]["Properties"]["EventTypes"]
+    assert sorted(types) == sorted(REGISTRY_EVENT_TYPES)

@@ -306,3 +306,14 @@ def test_groups_per_thing_names_and_shadow_size_are_limited_as_in_aws(iot: Any, 
     assert e.value.response["Error"]["Code"] == "RequestEntityTooLargeException"
     shadow = json.loads(data.get_thing_shadow(thingName="joiner")["payload"].read())
     assert shadow["state"]["reported"] == {"a": 1} and shadow["version"] == 1
+
+
+def test_event_configurations_start_off_as_in_a_new_account_and_keep_what_is_set(iot: Any) -> None:
+    configs = iot.describe_event_configurations()["eventConfigurations"]
+    assert configs["THING"] == {"Enabled": False} and configs["JOB"] == {"Enabled": False}
+    iot.update_event_configurations(eventConfigurations={"THING": {"Enabled": True}})
+    configs = iot.describe_event_configurations()["eventConfigurations"]
+    assert configs["THING"] == {"Enabled": True} and configs["THING_GROUP"] == {"Enabled": False}
+    with pytest.raises(ClientError) as refused:
+        iot.update_event_configurations(eventConfigurations={"THINGS": {"Enabled": True}})
+    assert refused.value.response["Error"]["Code"] == "InvalidRequestException"
