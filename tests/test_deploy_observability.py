@@ -119,6 +119,19 @@ def test_every_alert_has_a_runbook_section() -> None:
         assert rule["alert"] in headings, f"docs/operating.md has no '### {rule['alert']}' runbook"
 
 
+def test_every_alert_has_a_firing_and_a_quiet_unit_test() -> None:
+    """A new alert without promtool cases in alerts_test.yml fails here, not in production."""
+    doc = yaml.safe_load((PROM / "alerts_test.yml").read_text())
+    cases = [case for test in doc["tests"] for case in test.get("alert_rule_test", [])]
+    firing = {c["alertname"] for c in cases if c.get("exp_alerts")}
+    quiet = {c["alertname"] for c in cases if not c.get("exp_alerts")}
+    names = {r["alert"] for r in alert_rules()}
+    assert len(names) == len(alert_rules()), "alert names must be unique"
+    assert not names - firing, f"alerts_test.yml never sees these fire: {sorted(names - firing)}"
+    assert not names - quiet, f"alerts_test.yml never sees these stay quiet: {sorted(names - quiet)}"
+    assert not (firing | quiet) - names, f"tests of unknown alerts: {sorted((firing | quiet) - names)}"
+
+
 def _promtool() -> str:
     path = shutil.which("promtool")
     if path is None:
