@@ -264,6 +264,9 @@ def test_service_monitor_scrapes_both_worker_ports_under_the_alerts_job_names() 
         if t.startswith("worker:")
     }
     assert jobs == compose_jobs == {METRICS_PORT: "iotfailover-worker", SDK_METRICS_PORT: "temporal-sdk"}
+    # the SDK's own `namespace` label (the Temporal namespace, which the alerts group by) wins
+    honored = {service_ports[e["port"]] for e in monitor["spec"]["endpoints"] if e.get("honorLabels")}
+    assert honored == {SDK_METRICS_PORT}
     policy = _one("NetworkPolicy")
     (monitoring,) = [r for r in policy["spec"]["ingress"] if r["from"][0].get("namespaceSelector")]
     assert {p["port"] for p in monitoring["ports"]} == {METRICS_PORT, SDK_METRICS_PORT}
