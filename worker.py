@@ -2,6 +2,7 @@
 
 Runs against the local dev server, a self-hosted cluster (mTLS) or Temporal Cloud (API key):
     python worker.py --config deploy/local/deployment.toml [--address HOST:PORT] [--namespace NS]
+Metrics and health: http://HOST:9464/metrics and /healthz (200 while it polls), SDK metrics on :9465.
 TLS and API key come from TEMPORAL_TLS_CERT / TEMPORAL_TLS_KEY / TEMPORAL_TLS_CA / TEMPORAL_API_KEY.
 """
 
@@ -12,13 +13,20 @@ import asyncio
 import os
 import signal
 import sys
+import threading
+import time
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
+from socketserver import ThreadingMixIn
+from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
+from prometheus_client import make_wsgi_app
 from temporalio.worker import Worker
 
 from activities import all_activities
 from activities.context import Deployments
-from core import logs, metrics
+from core import logs
 from core.config import ConfigError, DeploymentConfig, load_config
 from core.temporal import TemporalConnection, connect, runtime_with_metrics
 from workflows import all_workflows
@@ -38,15 +46,73 @@ def build_worker(client, task_queue: str, deployments: Deployments, max_activity
     )
 
 
+HEALTH_PATH = "/healthz"
+
+
+class WorkerHealth:
+    """What /healthz answers: 200 while the Temporal Worker runs (started, its pollers up, not shut
+    down) and the event loop keeps stamping `beat`; 503 otherwise. /metrics is served by a thread
+    and answers even while the loop is stuck, so it cannot tell a hung worker from a working one."""
+
+    def __init__(self, beat_every: float = 5.0, stale_after: float = 30.0) -> None:
+        self.beat_every, self.stale_after = beat_every, stale_after
+        self.beat: float | None = None  # time.monotonic() of the loop's last stamp
+        self.worker: Worker | None = None
+
+    async def keep_beating(self) -> None:
+        while True:
+            self.beat = time.monotonic()
+            await asyncio.sleep(self.beat_every)
+
+    def check(self) -> tuple[bool, str]:
+        if self.worker is None or not self.worker.is_running:
+            return False, "the Temporal worker is not running"
+        if self.beat is None:
+            return False, "the event loop has not stamped yet"
+        stalled = time.monotonic() - self.beat
+        if stalled > self.stale_after:
+            return False, f"the event loop has not run for {stalled:.0f}s"
+        return True, f"ok: polling {self.worker.task_queue}"
+
+
+class _Server(ThreadingMixIn, WSGIServer):
+    daemon_threads = True
+
+
+class _Quiet(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        """Probes and scrapes every few seconds would drown the worker's own log."""
+
+
+def serve_metrics(port: int, health: WorkerHealth, addr: str = "0.0.0.0") -> WSGIServer:
+    """The app's metrics on /metrics and the worker's health on /healthz, from one thread off the loop."""
+    metrics_app = make_wsgi_app()
+
+    def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        if environ.get("PATH_INFO") != HEALTH_PATH:
+            return metrics_app(environ, start_response)
+        ok, why = health.check()
+        status = "200 OK" if ok else "503 Service Unavailable"
+        start_response(status, [("Content-Type", "text/plain; charset=utf-8")])
+        return [f"{why}\n".encode()]
+
+    server = make_server(addr, port, app, _Server, _Quiet)
+    threading.Thread(target=server.serve_forever, name="metrics", daemon=True).start()
+    return server
+
+
 async def run(
     configs: list[DeploymentConfig], conn: TemporalConnection, metrics_port: int, threads: int
 ) -> None:
     runtime = runtime_with_metrics(metrics_port + 1 if metrics_port else None)
-    metrics.serve(metrics_port)
+    health = WorkerHealth()
+    if metrics_port:
+        serve_metrics(metrics_port, health)
     client = await connect(conn, runtime)
     task_queue = configs[0].temporal.task_queue
     deployments = Deployments(configs, max_pool_connections=threads, client=client)
-    worker = build_worker(client, task_queue, deployments, threads)
+    worker = health.worker = build_worker(client, task_queue, deployments, threads)
+    beating = asyncio.create_task(health.keep_beating())
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -58,11 +124,13 @@ async def run(
         task_queue=task_queue,
         deployments=deployments.names(),
         metrics=f"http://127.0.0.1:{metrics_port}/metrics" if metrics_port else None,
+        health=f"http://127.0.0.1:{metrics_port}{HEALTH_PATH}" if metrics_port else None,
         sdk_metrics=f"http://127.0.0.1:{metrics_port + 1}/metrics" if metrics_port else None,
     )
     async with worker:
         await stop.wait()
         log.info("worker stopping: finishing in-flight activity attempts")
+    beating.cancel()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -78,7 +146,8 @@ def main(argv: list[str] | None = None) -> int:
         "--metrics-port",
         type=int,
         default=int(os.environ.get("IOTFAILOVER_METRICS_PORT", 9464)),
-        help="Prometheus port for the app's metrics; the SDK's are on the next port (0: off)",
+        help="port of the app's metrics (/metrics) and health (/healthz); the SDK's metrics are on "
+        "the next port (0: off)",
     )
     parser.add_argument(
         "--threads", type=int, default=32, help="activity threads and AWS connections per region"

@@ -119,6 +119,19 @@ def test_every_alert_has_a_runbook_section() -> None:
         assert rule["alert"] in headings, f"docs/operating.md has no '### {rule['alert']}' runbook"
 
 
+def test_every_alert_has_a_firing_and_a_quiet_unit_test() -> None:
+    """A new alert without promtool cases in alerts_test.yml fails here, not in production."""
+    doc = yaml.safe_load((PROM / "alerts_test.yml").read_text())
+    cases = [case for test in doc["tests"] for case in test.get("alert_rule_test", [])]
+    firing = {c["alertname"] for c in cases if c.get("exp_alerts")}
+    quiet = {c["alertname"] for c in cases if not c.get("exp_alerts")}
+    names = {r["alert"] for r in alert_rules()}
+    assert len(names) == len(alert_rules()), "alert names must be unique"
+    assert not names - firing, f"alerts_test.yml never sees these fire: {sorted(names - firing)}"
+    assert not names - quiet, f"alerts_test.yml never sees these stay quiet: {sorted(names - quiet)}"
+    assert not (firing | quiet) - names, f"tests of unknown alerts: {sorted((firing | quiet) - names)}"
+
+
 def _promtool() -> str:
     path = shutil.which("promtool")
     if path is None:
@@ -163,14 +176,12 @@ def test_dashboard_is_valid_and_every_query_names_known_metrics() -> None:
     assert dashboard["uid"] and dashboard["title"]
     ids = [p["id"] for p in panels(dashboard)]
     assert len(ids) == len(set(ids)), "panel ids must be unique"
-    datasource = yaml.safe_load((ROOT / "deploy/grafana/provisioning/datasources/prometheus.yml").read_text())
-    uid = datasource["datasources"][0]["uid"]
     exprs = []
     for p in panels(dashboard):
         assert p["title"] and {"h", "w", "x", "y"} <= set(p["gridPos"]), p.get("title")
         assert p["gridPos"]["x"] + p["gridPos"]["w"] <= 24, p["title"]
         for t in p.get("targets", []):
-            assert t["datasource"]["uid"] == uid, p["title"]
+            assert t["datasource"] == DATASOURCE_REF, p["title"]
             assert not unknown_metrics(t["expr"]), (p["title"], unknown_metrics(t["expr"]))
             exprs.append(t["expr"])
     used = set(METRIC.findall(" ".join(exprs)))
@@ -186,6 +197,41 @@ def test_dashboard_is_valid_and_every_query_names_known_metrics() -> None:
         "temporal_workflow_task_schedule_to_start_latency_bucket",
     }
     assert wanted <= used, f"dashboard lacks {wanted - used}"
+
+
+DATASOURCE_REF = {"type": "prometheus", "uid": "${datasource}"}
+
+
+def _datasource_refs(node: object) -> list[object]:
+    """Every `datasource` reference in the dashboard (panels, targets, variables, annotations)."""
+    if isinstance(node, dict):
+        return [v for k, v in node.items() if k == "datasource"] + [
+            ref for k, v in node.items() if k != "datasource" for ref in _datasource_refs(v)
+        ]
+    if isinstance(node, list):
+        return [ref for v in node for ref in _datasource_refs(v)]
+    return []
+
+
+def test_dashboard_picks_its_prometheus_through_a_datasource_variable() -> None:
+    """Imported into any Grafana (not only the compose stack's, uid `prometheus`), the dashboard
+    asks which Prometheus to read instead of naming a uid that does not exist there."""
+    dashboard = json.loads(DASHBOARD.read_text())
+    variables = {v["name"]: v for v in dashboard["templating"]["list"]}
+    assert variables["datasource"]["type"] == "datasource"
+    assert variables["datasource"]["query"] == "prometheus"
+    refs = _datasource_refs(dashboard)
+    queried = [p for p in panels(dashboard) if p["type"] != "row"]
+    assert len(refs) > len(queried) > 20
+    for ref in refs:
+        # the alert list's options.datasource filters rule sources by name; Grafana takes no variable there
+        assert ref == DATASOURCE_REF or ref == "Prometheus", ref
+    for p in queried:
+        assert p["datasource"] == DATASOURCE_REF, p["title"]
+    provisioned = yaml.safe_load(
+        (ROOT / "deploy/grafana/provisioning/datasources/prometheus.yml").read_text()
+    )
+    assert [d["name"] for d in provisioned["datasources"] if d["type"] == "prometheus"] == ["Prometheus"]
 
 
 def test_dashboard_panels_do_not_overlap() -> None:

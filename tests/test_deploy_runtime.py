@@ -19,6 +19,7 @@ import yaml
 from activities.context import Deployments
 from activities.drill import DrillActivities, ReportInput
 from core.config import STATE_DIR_ENV, load_config
+from worker import HEALTH_PATH
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
@@ -48,13 +49,15 @@ def test_hadolint_catches_a_bad_dockerfile(tmp_path: Path) -> None:
     assert result.returncode != 0 and "DL3007" in result.stdout
 
 
-def test_dockerfile_runs_the_worker_as_non_root_with_a_metrics_health_check() -> None:
+def test_dockerfile_runs_the_worker_as_non_root_with_a_health_check() -> None:
     text = (DEPLOY / "Dockerfile").read_text()
     assert re.search(r"^ARG PYTHON_IMAGE=python:3\.11-slim$", text, re.M) and "FROM ${PYTHON_IMAGE}" in text
     assert "pip install --require-hashes -r /tmp/runtime.lock" in text, "the image installs the lock"
     user = re.findall(r"^USER (\S+)", text, re.M)
     assert user and user[-1].split(":")[0] not in {"root", "0"}
-    assert re.search(r"^HEALTHCHECK .*\n?.*/metrics", text, re.M)
+    assert re.search(rf"^HEALTHCHECK .*\n?.*:%s{HEALTH_PATH}'", text, re.M), (
+        "the worker's health, not /metrics"
+    )
     assert f"IOTFAILOVER_METRICS_PORT={METRICS_PORT}" in text
     assert 'ENTRYPOINT ["python", "-m", "worker"]' in text
     ignored = (ROOT / ".dockerignore").read_text().split()
@@ -156,11 +159,38 @@ def manifests() -> list[tuple[Path, dict]]:
     return out
 
 
-@pytest.mark.parametrize("path,doc", manifests(), ids=lambda v: v.name if isinstance(v, Path) else v["kind"])
+# prometheus-operator's kinds: kubernetes-validate has no schema for CRDs, so the tests below check
+# what the operator reads from them (kubectl kustomize renders them like any other resource).
+OPERATOR_KINDS = {
+    ("monitoring.coreos.com/v1", "ServiceMonitor"),
+    ("monitoring.coreos.com/v1", "PrometheusRule"),
+}
+
+
+def _is_operator_kind(doc: dict) -> bool:
+    return (doc["apiVersion"], doc["kind"]) in OPERATOR_KINDS
+
+
+@pytest.mark.parametrize(
+    "path,doc",
+    [(path, doc) for path, doc in manifests() if not _is_operator_kind(doc)],
+    ids=lambda v: v.name if isinstance(v, Path) else v["kind"],
+)
 def test_manifest_is_valid_kubernetes(path: Path, doc: dict) -> None:
     import kubernetes_validate
 
     kubernetes_validate.validate(doc, "1.33", strict=True)
+
+
+def test_kubernetes_validate_does_not_know_the_operator_kinds() -> None:
+    """Why those are left out above: it would refuse them, not check them."""
+    import kubernetes_validate
+
+    operator_docs = [doc for _, doc in manifests() if _is_operator_kind(doc)]
+    assert {(d["apiVersion"], d["kind"]) for d in operator_docs} == OPERATOR_KINDS
+    for doc in operator_docs:
+        with pytest.raises(kubernetes_validate.SchemaNotFoundError):
+            kubernetes_validate.validate(doc, "1.33", strict=True)
 
 
 def test_kubernetes_validate_catches_a_bad_manifest() -> None:
@@ -211,12 +241,60 @@ def test_worker_deployment_is_resilient_and_locked_down() -> None:
     assert spec["securityContext"]["runAsNonRoot"] is True
     (container,) = spec["containers"]
     assert {"startupProbe", "livenessProbe", "readinessProbe", "resources"} <= set(container)
+    for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+        # /metrics answers from a thread while the event loop is stuck; /healthz does not (worker.py)
+        assert container[probe]["httpGet"] == {"path": HEALTH_PATH, "port": "metrics"}, probe
     ports = {p["containerPort"] for p in container["ports"]}
     assert ports == {METRICS_PORT, SDK_METRICS_PORT}
     env = {e["name"]: e for e in container["env"]}
     assert env["TEMPORAL_API_KEY"]["valueFrom"]["secretKeyRef"]["optional"] is True
     volumes = {v["name"]: v for v in spec["volumes"]}
     assert volumes["temporal-tls"]["secret"]["optional"] is True
+
+
+def _one(kind: str) -> dict:
+    (doc,) = [doc for path, doc in manifests() if path.parent.name == "base" and doc["kind"] == kind]
+    return doc
+
+
+def test_service_monitor_scrapes_both_worker_ports_under_the_alerts_job_names() -> None:
+    """The alerts name jobs (up{job="iotfailover-worker"}): a ServiceMonitor's job is the Service's
+    name unless jobLabel says otherwise, and both ports would share it."""
+    monitor, service, deployment = _one("ServiceMonitor"), _one("Service"), _one("Deployment")
+    labels = monitor["spec"]["selector"]["matchLabels"]
+    assert labels.items() <= service["metadata"]["labels"].items(), "the ServiceMonitor selects no Service"
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    container_ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    service_ports = {p["name"]: container_ports[p["targetPort"]] for p in service["spec"]["ports"]}
+    assert service_ports == {"metrics": METRICS_PORT, "sdk-metrics": SDK_METRICS_PORT}
+    service_job = service["metadata"]["labels"][monitor["spec"]["jobLabel"]]
+    jobs = {}
+    for endpoint in monitor["spec"]["endpoints"]:
+        relabeled = [r["replacement"] for r in endpoint.get("relabelings", []) if r["targetLabel"] == "job"]
+        jobs[service_ports[endpoint["port"]]] = relabeled[-1] if relabeled else service_job
+    config = yaml.safe_load((DEPLOY / "prometheus" / "prometheus.yml").read_text())
+    compose_jobs = {
+        int(t.split(":")[1]): job["job_name"]
+        for job in config["scrape_configs"]
+        for sc in job["static_configs"]
+        for t in sc["targets"]
+        if t.startswith("worker:")
+    }
+    assert jobs == compose_jobs == {METRICS_PORT: "iotfailover-worker", SDK_METRICS_PORT: "temporal-sdk"}
+    # the SDK's own `namespace` label (the Temporal namespace, which the alerts group by) wins
+    honored = {service_ports[e["port"]] for e in monitor["spec"]["endpoints"] if e.get("honorLabels")}
+    assert honored == {SDK_METRICS_PORT}
+    policy = _one("NetworkPolicy")
+    (monitoring,) = [r for r in policy["spec"]["ingress"] if r["from"][0].get("namespaceSelector")]
+    assert {p["port"] for p in monitoring["ports"]} == {METRICS_PORT, SDK_METRICS_PORT}
+
+
+def test_prometheus_rule_holds_exactly_the_alerts_of_alerts_yml() -> None:
+    """One source of truth: regenerate with `python deploy/prometheus/prometheusrule.py`."""
+    rule = _one("PrometheusRule")
+    alerts = yaml.safe_load((DEPLOY / "prometheus" / "alerts.yml").read_text())
+    assert rule["spec"]["groups"] == alerts["groups"], "run python deploy/prometheus/prometheusrule.py"
+    assert rule["metadata"]["labels"].items() >= _one("ServiceMonitor")["metadata"]["labels"].items()
 
 
 def _kubectl() -> str:
@@ -258,6 +336,16 @@ def _writable_state_dir(docs: list[dict]) -> tuple[str, dict]:
 def test_rendered_worker_writes_drill_reports_to_a_writable_volume(overlay: Path) -> None:
     state, _ = _writable_state_dir(rendered(overlay))
     assert not PurePosixPath(state).is_relative_to("/config"), "the config volume is read-only"
+
+
+@pytest.mark.parametrize("overlay", sorted((K8S / "overlays").iterdir()), ids=lambda p: p.name)
+def test_rendered_overlay_carries_the_service_monitor_and_the_alerts(overlay: Path) -> None:
+    docs = {doc["kind"]: doc for doc in rendered(overlay)}
+    assert {"ServiceMonitor", "PrometheusRule", "Service"} <= set(docs)
+    for kind in ("ServiceMonitor", "PrometheusRule"):
+        assert docs[kind]["metadata"]["namespace"] == docs["Service"]["metadata"]["namespace"]
+    rule = yaml.safe_load((DEPLOY / "prometheus" / "alerts.yml").read_text())
+    assert docs["PrometheusRule"]["spec"]["groups"] == rule["groups"]
 
 
 def test_base_worker_writes_drill_reports_to_a_writable_volume() -> None:
