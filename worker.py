@@ -3,7 +3,7 @@
 Runs against the local dev server, a self-hosted cluster (mTLS) or Temporal Cloud (API key):
     python worker.py --config deploy/local/deployment.toml [--address HOST:PORT] [--namespace NS]
 Metrics and health: http://HOST:9464/metrics and /healthz (200 while it polls), SDK metrics on :9465.
-TLS and API key come from TEMPORAL_TLS_CERT / TEMPORAL_TLS_KEY / TEMPORAL_TLS_CA / TEMPORAL_API_KEY.
+The connection takes the Temporal CLI's profile and TEMPORAL_* variables (core/temporal.py).
 """
 
 from __future__ import annotations

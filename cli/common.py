@@ -10,7 +10,7 @@ from urllib.parse import quote
 
 from temporalio.client import Client
 
-from core.config import DeploymentConfig, load_config
+from core.config import LOCAL_UI_URL, DeploymentConfig, load_config
 from core.temporal import TemporalConnection, connect
 
 
@@ -18,8 +18,12 @@ def config_of(args: argparse.Namespace, need_ca: bool = True) -> DeploymentConfi
     return load_config(args.config, need_ca=need_ca)
 
 
+def connection_of(cfg: DeploymentConfig) -> TemporalConnection:
+    return TemporalConnection.from_env(cfg.temporal.address, cfg.temporal.namespace)
+
+
 async def client_for(cfg: DeploymentConfig) -> Client:
-    conn = TemporalConnection.from_env(cfg.temporal.address, cfg.temporal.namespace)
+    conn = connection_of(cfg)
     try:
         return await connect(conn)
     except RuntimeError as e:
@@ -32,7 +36,10 @@ async def client_for(cfg: DeploymentConfig) -> Client:
 
 
 def ui_link(cfg: DeploymentConfig, workflow_id: str | None = None) -> str:
-    base = f"{cfg.temporal.ui_url.rstrip('/')}/namespaces/{quote(cfg.temporal.namespace)}/workflows"
+    """A link into the UI of the namespace the commands connect to (TEMPORAL_NAMESPACE included)."""
+    conn = connection_of(cfg)
+    ui = conn.ui_base(cfg.temporal.ui_url, LOCAL_UI_URL)
+    base = f"{ui}/namespaces/{quote(conn.namespace)}/workflows"
     return f"{base}/{quote(workflow_id)}" if workflow_id else base
 
 

@@ -178,11 +178,14 @@ class LocalStack(_Strict):
     simulator_metrics_port: Port = 9466  # 9465 is the worker's Temporal SDK metrics
 
 
+LOCAL_UI_URL = "http://127.0.0.1:8233"  # the local dev server's UI
+
+
 class TemporalConfig(_Strict):
     address: str = "127.0.0.1:7233"
     namespace: str = "default"
     task_queue: str = "iot-failover"
-    ui_url: str = "http://127.0.0.1:8233"
+    ui_url: str = LOCAL_UI_URL  # Temporal Cloud's is used when the address is Cloud's and this is left
 
 
 class DeploymentConfig(_Strict):

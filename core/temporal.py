@@ -8,11 +8,13 @@ self-hosted cluster with mTLS, or Temporal Cloud with an API key.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 
 from temporalio.client import Client, TLSConfig
 from temporalio.common import SearchAttributeKey
 from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.envconfig import ClientConfigProfile
 from temporalio.runtime import PrometheusConfig, Runtime, TelemetryConfig
 
 DATA_CONVERTER = pydantic_data_converter
@@ -25,41 +27,57 @@ SA_MODE = SearchAttributeKey.for_keyword("IotMode")
 SEARCH_ATTRIBUTES = [SA_DEPLOYMENT, SA_SOURCE, SA_TARGET, SA_PHASE, SA_MODE]
 
 
+# This project's first names for the TLS files, still honoured; the Temporal CLI's win when both are set.
+LEGACY_TLS_VARIABLES = {
+    "TEMPORAL_TLS_CERT": "TEMPORAL_TLS_CLIENT_CERT_PATH",
+    "TEMPORAL_TLS_KEY": "TEMPORAL_TLS_CLIENT_KEY_PATH",
+    "TEMPORAL_TLS_CA": "TEMPORAL_TLS_SERVER_CA_CERT_PATH",
+}
+CLOUD_UI = "https://cloud.temporal.io"
+
+
 @dataclass
 class TemporalConnection:
-    """How to reach Temporal; every field can come from a flag or the TEMPORAL_* environment."""
+    """How to reach Temporal: the deployment config's [temporal] values, overridden exactly as the
+    Temporal CLI overrides its own (temporalio.envconfig): a profile of its config file
+    (`TEMPORAL_CONFIG_FILE`, `TEMPORAL_PROFILE`), then the `TEMPORAL_*` variables (`TEMPORAL_ADDRESS`,
+    `TEMPORAL_NAMESPACE`, `TEMPORAL_API_KEY`, `TEMPORAL_TLS_CLIENT_CERT_PATH`, ...)."""
 
     address: str = "127.0.0.1:7233"
     namespace: str = "default"
     api_key: str | None = None
-    tls_cert: str | None = None
-    tls_key: str | None = None
-    tls_ca: str | None = None
+    tls: TLSConfig | bool = False
+    rpc_metadata: dict[str, str] = field(default_factory=dict)
 
     @classmethod
-    def from_env(cls, address: str | None = None, namespace: str | None = None) -> TemporalConnection:
-        """TEMPORAL_* variables win over the given (config) values, as with the Temporal CLI."""
-        env = os.environ
+    def from_env(
+        cls,
+        address: str | None = None,
+        namespace: str | None = None,
+        environ: Mapping[str, str] | None = None,
+    ) -> TemporalConnection:
+        env = dict(os.environ if environ is None else environ)
+        for old, new in LEGACY_TLS_VARIABLES.items():
+            if env.get(old) and not env.get(new):
+                env[new] = env[old]
+        profile = ClientConfigProfile.load(profile=env.get("TEMPORAL_PROFILE") or None, override_env_vars=env)
+        given = profile.to_client_connect_config()
         return cls(
-            address=env.get("TEMPORAL_ADDRESS") or address or cls.address,
-            namespace=env.get("TEMPORAL_NAMESPACE") or namespace or cls.namespace,
-            api_key=env.get("TEMPORAL_API_KEY") or None,
-            tls_cert=env.get("TEMPORAL_TLS_CERT") or None,
-            tls_key=env.get("TEMPORAL_TLS_KEY") or None,
-            tls_ca=env.get("TEMPORAL_TLS_CA") or None,
+            address=given.get("target_host") or address or cls.address,
+            namespace=given.get("namespace") or namespace or cls.namespace,
+            api_key=given.get("api_key"),
+            tls=given.get("tls", False),
+            rpc_metadata=dict(given.get("rpc_metadata", {})),
         )
 
-    def tls(self) -> TLSConfig | bool:
-        if self.tls_cert and self.tls_key:
-            from pathlib import Path
+    @property
+    def is_cloud(self) -> bool:
+        return self.address.split(":")[0].endswith(".tmprl.cloud")
 
-            read = lambda p: Path(p).read_bytes()  # noqa: E731
-            return TLSConfig(
-                client_cert=read(self.tls_cert),
-                client_private_key=read(self.tls_key),
-                server_root_ca_cert=read(self.tls_ca) if self.tls_ca else None,
-            )
-        return bool(self.api_key)
+    def ui_base(self, configured: str, default: str) -> str:
+        """The UI for links: the configured one, or Temporal Cloud's when the config kept the local
+        default while the connection goes to Cloud."""
+        return CLOUD_UI if self.is_cloud and configured == default else configured.rstrip("/")
 
 
 _runtime: Runtime | None = None
@@ -80,7 +98,8 @@ async def connect(conn: TemporalConnection, runtime: Runtime | None = None) -> C
         conn.address,
         namespace=conn.namespace,
         api_key=conn.api_key,
-        tls=conn.tls(),
+        tls=conn.tls,
+        rpc_metadata=conn.rpc_metadata,
         data_converter=DATA_CONVERTER,
         runtime=runtime or _runtime,
     )
