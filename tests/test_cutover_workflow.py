@@ -52,8 +52,8 @@ WITHIN = 60  # seconds any one wait of a test may take before it fails
 
 class Fleet:
     """The stand-in activities: a scope of two devices that move when their job is created. Each call
-    is recorded; `hold` names activities that wait, heartbeating, until cancelled or released, and
-    the first call of `fail` fails for good."""
+    is recorded; the first call of an activity named in `hold` waits, heartbeating, until cancelled
+    or released, and the first call of `fail` fails for good."""
 
     def __init__(self, hold: set[str] = frozenset(), fail: str = "") -> None:
         self.calls: list[tuple[str, object]] = []
@@ -66,7 +66,7 @@ class Fleet:
         self.calls.append((name, inp))
         if name == self.fail and len(self.named(name)) == 1:  # the first call: the rollback's go through
             raise ApplicationError(f"{name}: access denied", type="AccessDenied", non_retryable=True)
-        if name in self.hold:
+        if name in self.hold and not self.held[name].is_set():
             self.held[name].set()
             try:
                 while not self.released.is_set():
@@ -75,6 +75,7 @@ class Fleet:
             except asyncio.CancelledError:
                 self.cancelled.add(name)
                 raise
+            self.calls.append((f"{name} ended", inp))
 
     def named(self, name: str) -> list:
         return [inp for n, inp in self.calls if n == name]
@@ -328,6 +329,30 @@ async def test_a_cancel_of_the_workflow_while_a_step_is_being_stopped_is_not_los
         p = await finished(handle)
     assert p.result == "aborted"
     assert any("rolling back (cancelled)" in e for e in p.events), p.events
+
+
+async def test_a_cancel_of_the_workflow_during_a_flip_lets_the_flip_end_before_flipping_back(
+    temporal_env: WorkflowEnvironment, task_queue: str
+) -> None:
+    """A started flip runs to its end: the rollback's flip back must not race it."""
+    client, fleet = temporal_env.client, Fleet(hold={"flip_bootstrap"})
+    inp = cutover_input()
+    async with worker(client, task_queue, fleet):
+        handle = await start(client, task_queue, inp)
+        await fleet.reached("flip_bootstrap")
+        await handle.cancel()
+        await until(lambda: _cancel_recorded(handle), "the cancel in the cutover's history")
+        await asyncio.sleep(1)  # a rollback that did not wait would flip back now
+        fleet.released.set()
+        p = await finished(handle)
+    flips = [(n, f.epoch, f.primary) for n, f in fleet.calls if n.startswith("flip_bootstrap")]
+    assert flips == [
+        ("flip_bootstrap", 4, WEST),
+        ("flip_bootstrap ended", 4, WEST),
+        ("flip_bootstrap", 5, EAST),
+    ]
+    assert "flip_bootstrap" not in fleet.cancelled
+    assert p.result == "aborted" and any("rolling back (cancelled)" in e for e in p.events), p.events
 
 
 async def _true(check: Callable[[], bool]) -> bool:
