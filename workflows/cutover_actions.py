@@ -126,7 +126,7 @@ class CutoverActions:
         """Await `work` (an activity, a child, a wait) as the step its task is at. When the workflow
         cancels the task, `work` is cancelled and awaited to its end, so nothing runs on behind the
         rollback; then the step raises why it was stopped."""
-        self._step = Step(name, list(needs), False if self._compensating else abortable)
+        self._step = Step(name=name, needs=list(needs), abortable=False if self._compensating else abortable)
         try:
             await workflow.wait([work])
         except asyncio.CancelledError:
