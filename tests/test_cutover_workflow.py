@@ -355,6 +355,28 @@ async def test_a_cancel_of_the_workflow_during_a_flip_lets_the_flip_end_before_f
     assert p.result == "aborted" and any("rolling back (cancelled)" in e for e in p.events), p.events
 
 
+async def test_the_source_lost_during_a_wave_stops_that_step_and_the_cutover_takes_over(
+    temporal_env: WorkflowEnvironment, task_queue: str
+) -> None:
+    """The region loss names the step it stopped, and the same runbook goes on as an emergency one."""
+    client, fleet = temporal_env.client, Fleet(hold={"verify_devices"})
+    inp = cutover_input()
+    async with worker(client, task_queue, fleet):
+        handle = await start(client, task_queue, inp)
+        await fleet.reached("verify_devices")
+        await handle.signal(CutoverWorkflow.region_health, {EAST: UNHEALTHY})
+        p = await finished(handle)
+        fleet.released.set()
+    assert p.takeover.startswith(f"{EAST} became Unhealthy during verify {inp.deployment}-4-w0 in {WEST}")
+    assert (p.mode, p.result, p.phase) == ("emergency", "succeeded", "finalize")
+    assert "verify_devices" in fleet.cancelled
+    assert [(f.epoch, f.primary, f.regions) for f in fleet.named("flip_bootstrap")] == [
+        (4, WEST, [EAST, WEST]),
+        (4, WEST, [WEST]),  # the takeover's flip skips the dead source
+    ]
+    assert f"cancel job {inp.deployment}-4-0 in {EAST} when it is back" in p.reconcile_later
+
+
 async def _true(check: Callable[[], bool]) -> bool:
     return check()
 
