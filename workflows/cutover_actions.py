@@ -92,16 +92,13 @@ class CutoverActions:
         summary: str,
         needs: Sequence[str] = (),
         heartbeat: float | None = None,
-        abortable: bool = True,
     ) -> Out:
         """Run an activity that needs the regions `needs`, as a step an abort or their loss stops (the
         activity sees the cancel at its next heartbeat)."""
         lost = self._lost(needs)
         if lost:
             raise RegionLost(lost, summary)
-        return await self._during(
-            summary, needs, self._start(activity, arg, limit, summary, heartbeat), abortable
-        )
+        return await self._during(summary, needs, self._start(activity, arg, limit, summary, heartbeat))
 
     def _start(
         self,
