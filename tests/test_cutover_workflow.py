@@ -9,12 +9,14 @@ On the dev server: the time-skipping one does not know the search attributes the
 from __future__ import annotations
 
 import asyncio
+import json
 import uuid
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
 
 import pytest
 from temporalio import activity, workflow
+from temporalio.api.common.v1 import Payload
 from temporalio.client import Client, WorkflowExecutionStatus, WorkflowFailureError, WorkflowHandle
 from temporalio.common import RetryPolicy
 from temporalio.exceptions import ApplicationError
@@ -41,6 +43,7 @@ from activities.registry import ReconcileResult, ReplicateScopeInput
 from activities.shadows import ShadowPageInput, ShadowSyncResult, ThingPage, ThingPageInput
 from core.config import CutoverPolicy
 from core.models import HEALTHY, UNHEALTHY, CutoverMode, CutoverProgress, OperatorAction
+from core.temporal import DATA_CONVERTER
 from workflows.cutover import CutoverWorkflow
 from workflows.cutover_steps import CutoverInput
 from workflows.shadow_sync import ShadowSyncInput, ShadowSyncWorkflow
@@ -375,6 +378,25 @@ async def test_the_source_lost_during_a_wave_stops_that_step_and_the_cutover_tak
         (4, WEST, [WEST]),  # the takeover's flip skips the dead source
     ]
     assert f"cancel job {inp.deployment}-4-0 in {EAST} when it is back" in p.reconcile_later
+
+
+def test_waves_recorded_before_kind_existed_read_as_their_kind() -> None:
+    """A progress an older version recorded (index -1 stragglers, -2 rollback; a deployment's state
+    carried over continue-as-new holds one) reads with the right kind."""
+    old = {"cutover_id": "c", "deployment": "d", "mode": "planned", "source": EAST, "target": WEST}
+    old |= {"scope": "fleet", "epoch": 4, "waves": [{"index": i, "group": f"g{i}"} for i in (0, 1, -1, -2)]}
+    payload = Payload(metadata={"encoding": b"json/plain"}, data=json.dumps(old).encode())
+    (p,) = DATA_CONVERTER.payload_converter.from_payloads([payload], [CutoverProgress])
+    assert [(w.kind, w.index) for w in p.waves] == [
+        ("wave", 0),
+        ("wave", 1),
+        ("stragglers", 0),
+        ("rollback", 0),
+    ]
+    (again,) = DATA_CONVERTER.payload_converter.from_payloads(
+        DATA_CONVERTER.payload_converter.to_payloads([p]), [CutoverProgress]
+    )
+    assert again == p
 
 
 async def _true(check: Callable[[], bool]) -> bool:
