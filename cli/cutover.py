@@ -12,8 +12,10 @@ from temporalio.service import RPCError
 from cli import CliError
 from cli.common import client_for, config_of, run_async, ui_link
 from cli.deployment import print_progress
-from core.models import CutoverProgress, CutoverRequest, CutoverStarted, OperatorAction
+from core.models import CutoverRequest, OperatorAction
 from core.workflow_ids import deployment_id
+from workflows.cutover import CutoverWorkflow
+from workflows.deployment import DeploymentWorkflow
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -55,9 +57,9 @@ async def cmd_cutover(args: argparse.Namespace) -> int:
         approval=args.approval,
     )
     try:
-        started = await client.get_workflow_handle(deployment_id(cfg.name)).execute_update(
-            "request_cutover", req, result_type=CutoverStarted
-        )
+        started = await client.get_workflow_handle_for(
+            DeploymentWorkflow.run, deployment_id(cfg.name)
+        ).execute_update(DeploymentWorkflow.request_cutover, req)
     except WorkflowUpdateFailedError as e:
         raise CliError(f"cutover refused: {e.cause.message if e.cause else e}", code=2) from None
     except RPCError as e:
@@ -76,10 +78,10 @@ async def cmd_cutover(args: argparse.Namespace) -> int:
 
 async def follow(client, cutover_id: str, every: float = 3) -> int:
     """Print progress as it changes until the cutover ends; exit 0 only when it succeeded."""
-    handle = client.get_workflow_handle(cutover_id)
+    handle = client.get_workflow_handle_for(CutoverWorkflow.run, cutover_id)
     last = None
     while True:
-        p = await handle.query("progress", result_type=CutoverProgress)
+        p = await handle.query(CutoverWorkflow.progress)
         line = p and (p.phase, p.confirmed, p.waiting_for, len(p.waves), p.result)
         if p and line != last:
             print_progress(p)
@@ -93,10 +95,8 @@ async def cmd_control(args: argparse.Namespace) -> int:
     cfg = config_of(args)
     client = await client_for(cfg)
     try:
-        p = await client.get_workflow_handle(args.cutover_id).execute_update(
-            "control",
-            args=[args.action, OperatorAction(by=args.by, reason=args.reason)],
-            result_type=CutoverProgress,
+        p = await client.get_workflow_handle_for(CutoverWorkflow.run, args.cutover_id).execute_update(
+            CutoverWorkflow.control, args=[args.action, OperatorAction(by=args.by, reason=args.reason)]
         )
     except WorkflowUpdateFailedError as e:
         raise CliError(f"{args.action} refused: {e.cause.message if e.cause else e}", code=2) from None

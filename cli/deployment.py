@@ -102,7 +102,9 @@ def print_progress(p: CutoverProgress) -> None:
     if p.devices_total:
         print(f"    devices {bar(p.confirmed, p.devices_total)} confirmed, {p.failed} failed")
     for w in p.waves:
-        name = {0: "canary", -1: "stragglers", -2: "move back"}.get(w.index, f"wave {w.index}")
+        name = {"stragglers": "stragglers", "rollback": "move back"}.get(w.kind) or (
+            "canary" if w.index == 0 else f"wave {w.index}"
+        )
         print(f"    {name:<10} {bar(w.confirmed, w.size)} job {w.job_status or 'running'}")
     for s in p.stragglers[:10]:
         print(f"    straggler {s}")

@@ -39,10 +39,17 @@ class CutoverStarted:
     mode: CutoverMode
 
 
+WaveKind = Literal["wave", "stragglers", "rollback"]
+
+
 @dataclass
 class WaveReport:
-    index: int
+    """One job of a cutover: a forward wave (`index` 0 is the canary), the stragglers' retry, or the
+    rollback's move back."""
+
     group: str
+    kind: WaveKind = "wave"
+    index: int = 0  # position among the forward waves; 0 for the other kinds
     size: int = 0
     job_id: str = ""
     job_status: str = ""
@@ -50,6 +57,12 @@ class WaveReport:
     pending: int = 0
     failures: list[str] = field(default_factory=list)
     seconds: float = 0.0
+
+    def __post_init__(self) -> None:
+        # recorded before `kind` existed (queries, a deployment's state carried over continue-as-new):
+        # index -1 meant the stragglers' retry, -2 the rollback
+        if self.index < 0:
+            self.kind, self.index = ("stragglers" if self.index == -1 else "rollback"), 0
 
 
 @dataclass

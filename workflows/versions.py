@@ -27,6 +27,12 @@ ROLLBACK_ONTO_HEALTHY_ONLY = "rollback-onto-healthy-only"
 # Rollback carries the shadows written in the target back to the source (before: lost), and
 # removes its rollback group from the region that holds it.
 ROLLBACK_SYNCS_SHADOWS = "rollback-syncs-shadows"
+# An abort during a shadow sync cancels the sync child (before: the abort waited for the whole sync).
+ABORT_CANCELS_SHADOW_SYNC = "abort-cancels-shadow-sync"
+# A cancel of the workflow cancels the running step and waits for it (a flip: for its end) before
+# the rollback, and the rollback then runs to its end (before: the step's activity was left running
+# while the rollback started, and a cancel arriving during the rollback stopped it).
+CANCEL_STOPS_THE_STEP = "cancel-stops-the-step"
 
 # ---- DeploymentWorkflow -----------------------------------------------------------------------
 # The epoch is adopted from every fence (every bootstrap scope, routing, DNS) of every region, not
