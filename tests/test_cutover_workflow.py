@@ -103,7 +103,7 @@ class Fleet:
 
     @activity.defn(name="fill_group")
     async def fill_group(self, inp: FillGroupInput) -> FilledGroup:
-        await self._enter("fill_group", inp)
+        await self._enter("fill_group back" if inp.into_group.endswith("-rollback") else "fill_group", inp)
         added = len(DEVICES) if inp.size == 0 or not inp.cursor.exhausted else 0
         return FilledGroup(group_arn=f"arn:{inp.into_group}", added=added, cursor=Cursor(exhausted=True))
 
@@ -378,6 +378,29 @@ async def test_the_source_lost_during_a_wave_stops_that_step_and_the_cutover_tak
         (4, WEST, [WEST]),  # the takeover's flip skips the dead source
     ]
     assert f"cancel job {inp.deployment}-4-0 in {EAST} when it is back" in p.reconcile_later
+
+
+async def test_a_region_lost_while_the_rollback_moves_devices_back_is_recorded_and_the_rollback_ends(
+    temporal_env: WorkflowEnvironment, task_queue: str
+) -> None:
+    """The source fails while the rollback looks for the devices to move back: that step is stopped
+    and recorded, the rest of the rollback goes on, and the cutover ends (before, the region loss
+    escaped the rollback and failed the workflow task again and again)."""
+    client, fleet = temporal_env.client, Fleet(hold={"verify_devices", "fill_group back"})
+    inp = cutover_input()
+    async with worker(client, task_queue, fleet):
+        handle = await start(client, task_queue, inp)
+        await fleet.reached("verify_devices")
+        await handle.signal(CutoverWorkflow.abort, OperatorAction(by="test", reason="stop"))
+        await fleet.reached("fill_group back")
+        await handle.signal(CutoverWorkflow.region_health, {EAST: UNHEALTHY})
+        p = await finished(handle)
+        await until(lambda: _true(lambda: "fill_group back" in fleet.cancelled), "the move back's cancel")
+        fleet.released.set()
+    assert (p.result, p.phase) == ("aborted", "rolling-back")
+    assert any(r.startswith("move devices back: not done during rollback") for r in p.reconcile_later)
+    assert any(r.startswith("remove wave groups: not done") for r in p.reconcile_later), p.reconcile_later
+    assert not fleet.named("create_wave_job")[1:]  # the canary's job only: no wave back was started
 
 
 def test_waves_recorded_before_kind_existed_read_as_their_kind() -> None:

@@ -26,7 +26,12 @@ with workflow.unsafe.imports_passed_through():
     from core.models import HEALTHY, UNHEALTHY, UNKNOWN, WaveReport
     from core.temporal import SA_PHASE
     from workflows.cutover_steps import CutoverInput
-    from workflows.versions import FLIPS_RUN_TO_THE_END, ROLLBACK_ONTO_HEALTHY_ONLY, ROLLBACK_SYNCS_SHADOWS
+    from workflows.versions import (
+        FLIPS_RUN_TO_THE_END,
+        MOVE_BACK_IS_A_STEP,
+        ROLLBACK_ONTO_HEALTHY_ONLY,
+        ROLLBACK_SYNCS_SHADOWS,
+    )
 
 
 class CutoverRollback(CutoverActions):
@@ -93,8 +98,27 @@ class CutoverRollback(CutoverActions):
             await self._undo(
                 "shadows back", self._shadow_sync(inp, "writes made in the target, before moving back", True)
             )
-        sources = [(inp.source, w.group) for w in self.p.waves] or [(inp.target, inp.scope)]
         group = f"{inp.deployment}-{back}-rollback"
+        await self._undo("move devices back", self._wave_back(inp, back, group), patch=MOVE_BACK_IS_A_STEP)
+        if syncs:
+            await self._undo(
+                "shadows back (late writes)",
+                self._shadow_sync(inp, "late writes in the target, after moving back", True),
+            )
+            await self._undo(
+                "remove the rollback group",
+                self._act(
+                    JobActivities.delete_wave_groups,
+                    DeleteGroupsInput(deployment=inp.deployment, region=inp.target, groups=[group]),
+                    limit=timedelta(minutes=5),
+                    summary="remove the rollback group",
+                    needs=[inp.target],
+                ),
+            )
+
+    async def _wave_back(self, inp: CutoverInput, back: int, group: str) -> None:
+        """The devices confirmed in the target, found through the waves that moved them, and their wave."""
+        sources = [(inp.source, w.group) for w in self.p.waves] or [(inp.target, inp.scope)]
         moved = FilledGroup(group_arn="", added=0, cursor=Cursor())
         for list_region, list_group in sources:
             filled = await self._act(
@@ -121,27 +145,15 @@ class CutoverRollback(CutoverActions):
             wave = WaveReport(kind="rollback", group=group, size=moved.added)
             await self._run_wave(inp, wave, moved.group_arn, inp.target, inp.source, back)
             self._note(f"moved {wave.confirmed}/{wave.size} devices back to {inp.source}")
-        if syncs:
-            await self._undo(
-                "shadows back (late writes)",
-                self._shadow_sync(inp, "late writes in the target, after moving back", True),
-            )
-            await self._undo(
-                "remove the rollback group",
-                self._act(
-                    JobActivities.delete_wave_groups,
-                    DeleteGroupsInput(deployment=inp.deployment, region=inp.target, groups=[group]),
-                    limit=timedelta(minutes=5),
-                    summary="remove the rollback group",
-                    needs=[inp.target],
-                ),
-            )
 
-    async def _undo(self, what: str, step: Awaitable[object]) -> None:
-        """One compensation step; its failure is recorded and the rollback goes on."""
+    async def _undo(self, what: str, step: Awaitable[object], patch: str = "") -> None:
+        """One compensation step; its failure is recorded and the rollback goes on (for a step that
+        became one under `patch`, only in runs that took it)."""
         try:
             await step
         except (RegionLost, ActivityError, ChildWorkflowError) as e:
+            if patch and not workflow.patched(patch):
+                raise
             cause = getattr(e, "cause", None) or e
             self._note(f"rollback step {what!r} not done: {cause}")
             self.p.reconcile_later.append(f"{what}: not done during rollback ({cause})"[:300])

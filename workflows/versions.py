@@ -33,6 +33,10 @@ ABORT_CANCELS_SHADOW_SYNC = "abort-cancels-shadow-sync"
 # the rollback, and the rollback then runs to its end (before: the step's activity was left running
 # while the rollback started, and a cancel arriving during the rollback stopped it).
 CANCEL_STOPS_THE_STEP = "cancel-stops-the-step"
+# The rollback's move back (finding the devices, their wave) is one step like the others: a region
+# lost or an activity failing there is recorded and the rollback goes on. Before, it escaped the
+# rollback (a region loss failed the workflow task over and over).
+MOVE_BACK_IS_A_STEP = "move-back-is-a-step"
 
 # ---- DeploymentWorkflow -----------------------------------------------------------------------
 # The epoch is adopted from every fence (every bootstrap scope, routing, DNS) of every region, not
