@@ -27,9 +27,12 @@ lock: install
 demo: install
 	$(BIN)/python starter.py demo
 
+# One pytest worker per core, a test file to each (its fixtures, its stack): the e2e tests mostly
+# wait on real time (verification, hysteresis), so two workers on two cores nearly halve the run.
+TEST_JOBS ?= auto
 test: install
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n $(TEST_JOBS) --dist loadfile $(PYTEST_ARGS)
 
 lint: install
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .
