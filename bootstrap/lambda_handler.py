@@ -20,7 +20,7 @@ from bootstrap.runtime import endpoints_from_env
 from bootstrap.service import REQUESTS, Answer, BootstrapService
 from core import logs
 from core.certs import CertificateError, device_identity
-from core.config import ConfigError, load_config
+from core.config import CONFIG_ENV, ConfigError, load_config
 from core.metrics import BAD_INPUT
 
 _service: BootstrapService | None = None
@@ -31,7 +31,7 @@ def service() -> BootstrapService:
     if _service is None:
         logs.configure()
         try:
-            cfg = load_config(os.environ.get("IOTFAILOVER_CONFIG", "deployment.toml"))
+            cfg = load_config(os.environ.get(CONFIG_ENV, "deployment.toml"))
             ttl = float(os.environ.get("IOTFAILOVER_CACHE_SECONDS", "5"))
             _service = BootstrapService(cfg, os.environ["AWS_REGION"], ttl, endpoints=endpoints_from_env())
         except ConfigError as e:

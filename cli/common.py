@@ -27,11 +27,12 @@ async def client_for(cfg: DeploymentConfig) -> Client:
     try:
         return await connect(conn)
     except RuntimeError as e:
-        from cli import CliError
+        from cli import CliError, Exit
 
         raise CliError(
             f"cannot reach Temporal at {conn.address} ({e}); start the local stack with "
-            "`python starter.py local up` or set TEMPORAL_ADDRESS"
+            "`python starter.py local up` or set TEMPORAL_ADDRESS",
+            code=Exit.UNREACHABLE,
         ) from None
 
 

@@ -9,7 +9,7 @@ import getpass
 from temporalio.client import WorkflowUpdateFailedError
 from temporalio.service import RPCError
 
-from cli import CliError
+from cli import CliError, Exit
 from cli.common import client_for, config_of, run_async, ui_link
 from cli.deployment import print_progress
 from core.models import CutoverRequest, OperatorAction
@@ -61,11 +61,12 @@ async def cmd_cutover(args: argparse.Namespace) -> int:
             DeploymentWorkflow.run, deployment_id(cfg.name)
         ).execute_update(DeploymentWorkflow.request_cutover, req)
     except WorkflowUpdateFailedError as e:
-        raise CliError(f"cutover refused: {e.cause.message if e.cause else e}", code=2) from None
+        raise CliError(f"cutover refused: {e.cause.message if e.cause else e}", code=Exit.REFUSED) from None
     except RPCError as e:
         raise CliError(
             f"deployment {cfg.name} is not running ({e.message}); "
-            "start it with `python starter.py deployment start`"
+            "start it with `python starter.py deployment start`",
+            code=Exit.UNREACHABLE,
         ) from None
     print(
         f"{started.cutover_id}: {started.mode} cutover {started.source} → {started.target} (epoch {started.epoch})"
@@ -99,9 +100,11 @@ async def cmd_control(args: argparse.Namespace) -> int:
             CutoverWorkflow.control, args=[args.action, OperatorAction(by=args.by, reason=args.reason)]
         )
     except WorkflowUpdateFailedError as e:
-        raise CliError(f"{args.action} refused: {e.cause.message if e.cause else e}", code=2) from None
+        raise CliError(
+            f"{args.action} refused: {e.cause.message if e.cause else e}", code=Exit.REFUSED
+        ) from None
     except RPCError as e:
-        raise CliError(f"no running cutover {args.cutover_id} ({e.message})") from None
+        raise CliError(f"no running cutover {args.cutover_id} ({e.message})", code=Exit.UNREACHABLE) from None
     print(f"{args.action} sent to {args.cutover_id}; phase {p.phase}")
     print(f"  {ui_link(cfg, args.cutover_id)}")
     return 0

@@ -1,6 +1,6 @@
 """`starter.py preflight`: what a deployment needs before the controller can act on it, checked in
 every region and in the Temporal namespace. Nothing is changed; each missing piece is named with
-its fix, and the exit code is 1 when anything is missing (3 when a region cannot even be reached)."""
+its fix; exit 1 when anything is missing, 5 when a region or Temporal cannot even be reached."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from typing import Any
 from botocore.exceptions import BotoCoreError, ClientError
 from temporalio.api.operatorservice.v1 import ListSearchAttributesRequest
 
+from cli import Exit
 from cli.common import client_for, config_of, run_async
 from core.aws import AwsClients
 from core.certs import certificate_id
@@ -55,9 +56,9 @@ async def cmd_preflight(args: argparse.Namespace) -> int:
         print(c.render())
     missing = [c for c in checks if not c.ok]
     print(f"\n{len(checks) - len(missing)} of {len(checks)} prerequisites in place")
-    if any(c.what == "credentials" for c in missing):
-        return 3
-    return 1 if missing else 0
+    if any(c.what in ("credentials", "connection") for c in missing):
+        return Exit.UNREACHABLE
+    return Exit.FAILED if missing else Exit.OK
 
 
 def region_checks(aws: AwsClients, region: str) -> list[Check]:

@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from core.metrics import BAD_INPUT
 
 DEFAULT_CONFIG = Path("deploy/local/deployment.toml")
+CONFIG_ENV = "IOTFAILOVER_CONFIG"  # the deployment config of every entry point when --config is not given
 STATE_DIR_ENV = "IOTFAILOVER_STATE_DIR"  # wins over [local] state_dir: a container's writable volume
 
 

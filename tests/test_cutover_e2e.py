@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 from temporalio.worker import Replayer
 
+from cli import Exit
 from core.aws import all_items
 from core.models import RegionHealthChange
 from core.temporal import DATA_CONVERTER
@@ -209,7 +210,9 @@ async def test_pause_holds_the_next_wave_until_resumed_from_the_starter(stack: S
     assert status.returncode == 0 and started.cutover_id in status.stdout and "paused" in status.stdout
     bad = await asyncio.to_thread(_starter, stack, "approve", started.cutover_id)
     assert (
-        bad.returncode == 2 and "nothing waits for approval" in bad.stderr and "Traceback" not in bad.stderr
+        bad.returncode == Exit.REFUSED
+        and "nothing waits for approval" in bad.stderr
+        and "Traceback" not in bad.stderr
     )
 
     resumed = await asyncio.to_thread(_starter, stack, "resume", started.cutover_id)

@@ -115,7 +115,7 @@ def test_bad_config_gives_one_line_per_problem(tmp_path: Path) -> None:
         '[deployment]\nname = "Bad Name"\nmode = "sideways"\n[regions.us-east-1]\nrole = "primary"\n'
     )
     out = _starter(bad, "local", "status")
-    assert out.returncode == 2
+    assert out.returncode == 3  # Exit.CONFIG
     assert "Traceback" not in out.stderr
     lines = [line for line in out.stderr.splitlines() if line.startswith("  - ")]
     assert len(lines) >= 3, out.stderr  # name, mode, fleet (and more), one per line

@@ -1,0 +1,54 @@
+"""The CLI's shape: `--config` anywhere on the line or from IOTFAILOVER_CONFIG, one exit code per
+kind of outcome, and the installed `iotfailover` script being the same CLI."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import starter
+from cli import Exit
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--config", "x.toml", "status"],
+        ["status", "--config", "x.toml"],
+        ["status", "--config=x.toml"],
+        ["cutover", "--to", "us-west-2", "--config", "x.toml"],
+    ],
+)
+def test_config_goes_anywhere_on_the_line(argv: list[str]) -> None:
+    args = starter.build_parser().parse_args(starter.config_first(argv))
+    assert args.config.endswith("x.toml") and args.command == argv[0 if argv[0] != "--config" else 2]
+
+
+def test_the_environment_names_the_config_when_no_flag_does(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("IOTFAILOVER_CONFIG", "/etc/iot-failover/fleet.toml")
+    assert starter.build_parser().parse_args(["status"]).config == "/etc/iot-failover/fleet.toml"
+    args = starter.build_parser().parse_args(starter.config_first(["status", "--config", "other.toml"]))
+    assert args.config == "other.toml"
+
+
+def test_each_kind_of_outcome_has_its_exit_code(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    missing = tmp_path / "nowhere.toml"
+    assert starter.main(["status", "--config", str(missing)]) == Exit.CONFIG
+    assert "nowhere.toml" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as usage:
+        starter.main(["cutover", "--mode", "sideways"])
+    assert usage.value.code == Exit.USAGE
+    assert len({Exit.OK, Exit.FAILED, Exit.USAGE, Exit.CONFIG, Exit.REFUSED, Exit.UNREACHABLE}) == 6
+
+
+def test_the_installed_script_is_the_same_cli() -> None:
+    script = shutil.which("iotfailover", path=str(Path(sys.executable).parent))
+    assert script, "pip install -e . installs the iotfailover console script (pyproject [project.scripts])"
+    out = subprocess.run([script, "--help"], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and "preflight" in out.stdout and "--config" in out.stdout
