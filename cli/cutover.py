@@ -45,7 +45,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 async def cmd_cutover(args: argparse.Namespace) -> int:
-    cfg = config_of(args)
+    cfg = config_of(args, need_ca=False)  # the worker, not this command, reads the CA
     client = await client_for(cfg)
     req = CutoverRequest(
         target=args.target,
@@ -93,7 +93,7 @@ async def follow(client, cutover_id: str, every: float = 3) -> int:
 
 
 async def cmd_control(args: argparse.Namespace) -> int:
-    cfg = config_of(args)
+    cfg = config_of(args, need_ca=False)
     client = await client_for(cfg)
     try:
         p = await client.get_workflow_handle_for(CutoverWorkflow.run, args.cutover_id).execute_update(

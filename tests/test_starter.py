@@ -12,6 +12,8 @@ import pytest
 
 import starter
 from cli import Exit
+from rehearsal.processes import free_port
+from tests.toml_files import write_toml
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -52,3 +54,23 @@ def test_the_installed_script_is_the_same_cli() -> None:
     assert script, "pip install -e . installs the iotfailover console script (pyproject [project.scripts])"
     out = subprocess.run([script, "--help"], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0 and "preflight" in out.stdout and "--config" in out.stdout
+
+
+def test_steering_a_cutover_needs_no_ca_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """An operator's laptop holds the deployment file, not the customer CA: approve and cutover get
+    past the config and fail only on what they reach (here a Temporal that is not there)."""
+    path = write_toml(
+        tmp_path / "deployment.toml",
+        {
+            "deployment": {
+                "name": "fleet",
+                "mode": "active-passive",
+                "ca_certificate": str(tmp_path / "no-ca.pem"),
+            },
+            "regions": {"us-east-1": {"role": "primary"}, "us-west-2": {"role": "standby"}},
+            "fleet": {"thing_group": "fleet"},
+            "temporal": {"address": f"127.0.0.1:{free_port()}"},
+        },
+    )
+    for argv in (["approve", "cutover-fleet-3"], ["cutover", "--to", "us-west-2"]):
+        assert starter.main([*argv, "--config", str(path)]) == Exit.UNREACHABLE, capsys.readouterr().err
