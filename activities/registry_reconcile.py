@@ -12,14 +12,13 @@ and nothing is deleted.
 from __future__ import annotations
 
 import json
-import time
 from collections import Counter
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from botocore.exceptions import BotoCoreError, ClientError
+from botocore.exceptions import ClientError
 
 from activities import certificates as certs
 from activities.registry_events import EventError
@@ -35,9 +34,9 @@ from activities.registry_records import (
 )
 from activities.registry_sync import Replicator
 from core.aws import all_items, fetch_page
-from core.errors import is_not_found, is_retryable
+from core.errors import is_not_found
+from core.retry import patiently
 
-ITEM_TRIES = 5
 PHASES = ("catalog", "certificates", "things", "prune", "claims")
 CATALOG = ("thing_type", "thing_group", "policy")
 CLAIM_MARK = "replicatedFrom"
@@ -94,13 +93,18 @@ class Reconciler:
         self.checkpoint(self.progress(phase, token))
 
     def _each(self, items: Iterable[Any], fn: Callable[[Any], None]) -> None:
-        """Apply `fn` to a page of items on a bounded pool; the first retryable error propagates."""
+        """Apply `fn` to a page of items on a bounded pool; the first retryable error propagates.
+
+        Each item is tried again on throttling or a 5xx (core.retry) before it fails the page: one
+        sporadic throttle among a page's thousands of calls would otherwise replay the whole page.
+        Every item re-reads the target, so a retry converges, never repeats.
+        """
         items = list(items)
         if len(items) <= 1 or self._pool is None:
             for i in items:
-                _patiently(fn, i)
+                patiently(fn, i)
             return
-        for f in [self._pool.submit(_patiently, fn, i) for i in items]:
+        for f in [self._pool.submit(patiently, fn, i) for i in items]:
             f.result()
 
     # ------------------------------------------------------------------ phases
@@ -333,21 +337,6 @@ class Reconciler:
             item = {**src, CLAIM_MARK: {"S": rep.source}}
             rep.aws.dynamodb(rep.target).put_item(TableName=table, Item=item)
             rep.done("claim", "create" if create else "update")
-
-
-def _patiently(fn: Callable[[Any], None], item: Any, tries: int = ITEM_TRIES) -> None:
-    """Retry one item on throttling or a 5xx (after botocore's own retries) before failing the page.
-
-    Without this, one sporadic throttle among the thousands of calls of a page would fail the
-    attempt and replay the page; every item re-reads the target, so a retry converges, never repeats.
-    """
-    for attempt in range(tries):
-        try:
-            return fn(item)
-        except (ClientError, BotoCoreError) as e:
-            if attempt == tries - 1 or not is_retryable(e):
-                raise
-            time.sleep(min(5.0, 0.25 * 2**attempt))
 
 
 def all_claims(ddb: Any, table: str, only_replicated: bool = False) -> list[str]:

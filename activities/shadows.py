@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import copy
 import json
-import random
 import time
 from collections.abc import Callable, Iterator
 from concurrent import futures
@@ -40,10 +39,11 @@ from core.errors import (
     is_throttle,
     to_application_error,
 )
+from core.retry import patiently
 
 SAMPLE = 20  # failures and stale leaves kept by name; the counts are exact
-CONFLICT_TRIES = 5
-THROTTLE_TRIES = 5  # re-read the target this often when a device writes during the sync
+CONFLICT_TRIES = 5  # re-read the target this often when a device writes during the sync
+THROTTLE_TRIES = 5  # tries of one throttled shadow request before it stops the page
 LIST_PAGE = 100  # things per AWS list call
 PER_THING_RPS = 20.0  # AWS IoT's shadow requests per second per thing (overridable: quotas ShadowPerThing)
 
@@ -185,7 +185,7 @@ class _Pacer:
     """One thing's shadow requests: under AWS's per-thing rate, and patient with throttling.
 
     The rate limiter has already halved the region's rate when a throttle comes back; a throttled
-    call is then retried here with growing, jittered pauses before it may stop the page.
+    call is then retried (core.retry) before it may stop the page and cost it the things in flight.
     """
 
     def __init__(self, aws: AwsClients):
@@ -193,19 +193,14 @@ class _Pacer:
         self._last: dict[str, float] = {}
 
     def call(self, region: str, method: Callable[..., Any], **kwargs: Any) -> Any:
-        attempt = 0
-        while True:
+        def paced() -> Any:
             wait = self._last.get(region, 0.0) + self._gap - time.monotonic()
             if wait > 0:
                 time.sleep(wait)
             self._last[region] = time.monotonic()
-            try:
-                return method(**kwargs)
-            except ClientError as e:
-                attempt += 1
-                if not is_throttle(e) or attempt >= THROTTLE_TRIES:
-                    raise
-            time.sleep(min(8.0, 0.25 * 2**attempt) * (1 + random.random()))
+            return method(**kwargs)
+
+        return patiently(paced, tries=THROTTLE_TRIES, when=is_throttle)
 
 
 class ShadowActivities:

@@ -2,7 +2,8 @@
 
 Every activity, the bootstrap service, the simulator and the starter get their boto3 clients here:
 per region, assuming the region's role when one is configured (cross-account), with botocore's
-adaptive retries, a connection pool sized for the worker's concurrency, the project's rate limiter
+standard retries of one call (its `adaptive` mode would be a second client-side rate limiter), a
+connection pool sized for the worker's concurrency, the project's rate limiter (the one limiter)
 and metrics hooked into every request, and the endpoint overridden for the local emulators. The
 same code talks to AWS when the config names no endpoint override.
 """
@@ -22,7 +23,7 @@ from botocore.credentials import DeferredRefreshableCredentials
 
 from core import metrics
 from core.config import DeploymentConfig, RegionConfig
-from core.errors import THROTTLING_CODES, error_code, is_throttle
+from core.errors import error_code, is_throttle, is_throttle_answer
 from core.ratelimit import RateLimiter
 
 SERVICES = ("iot", "iot-data", "iot-jobs-data", "dynamodb", "sqs", "route53", "sts")
@@ -39,7 +40,7 @@ class AwsClients:
         max_pool_connections: int = 32,
         max_attempts: int = 3,
         read_timeout: float = 15,
-        retry_mode: str = "adaptive",
+        retry_mode: str = "standard",
     ):
         self.cfg = cfg
         self.limiter = RateLimiter(cfg.quotas.per_api, cfg.quotas.default_rps)
@@ -151,7 +152,7 @@ def _instrument(client: BaseClient, region: str, limiter: RateLimiter) -> None:
         else:
             status = response[0].status_code
             code = (response[1] or {}).get("Error", {}).get("Code", "")
-            if status == 429 or code in THROTTLING_CODES:
+            if is_throttle_answer(status, code):
                 limiter.throttled(region, api)
                 outcome = "throttled"
             else:

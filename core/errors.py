@@ -98,8 +98,13 @@ def http_status(exc: BaseException) -> int:
     return 0
 
 
+def is_throttle_answer(status: int, code: str) -> bool:
+    """Whether an AWS answer (HTTP status, error code) is a throttle: the one definition."""
+    return status == 429 or code in THROTTLING_CODES
+
+
 def is_throttle(exc: BaseException) -> bool:
-    return error_code(exc) in THROTTLING_CODES or http_status(exc) == 429
+    return is_throttle_answer(http_status(exc), error_code(exc))
 
 
 def is_already_exists(exc: BaseException) -> bool:
