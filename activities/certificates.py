@@ -8,7 +8,6 @@ Replicator's (registry_sync), as for every other kind; this module reads, and re
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,31 +18,12 @@ from activities.context import Deployments
 from activities.registry_events import EventError
 from activities.registry_records import CertificateRecord
 from core import logs, metrics
-from core.aws import AwsClients
+from core.aws import AwsClients, all_items
 from core.certs import CertificateError, certificate_id, device_identity
 from core.errors import is_already_exists, is_not_found, to_application_error
 
 log = logs.get("certificates")
-
-
-def fetch_marker_page(
-    client: Any, method: str, items_key: str, marker: str | None = None, page_size: int = 100, **kw: Any
-) -> tuple[list[Any], str | None]:
-    """One page of the IoT list calls that page with `marker`/`pageSize` (certificates, policies)."""
-    args = dict(kw, pageSize=page_size)
-    if marker:
-        args["marker"] = marker
-    resp = getattr(client, method)(**args)
-    return resp.get(items_key, []), resp.get("nextMarker") or None
-
-
-def marker_items(client: Any, method: str, items_key: str, page_size: int = 100) -> Iterator[Any]:
-    marker: str | None = None
-    while True:
-        items, marker = fetch_marker_page(client, method, items_key, marker, page_size)
-        yield from items
-        if not marker:
-            return
+marker_items = all_items  # the name bench/replication_bench.py pages certificates with
 
 
 # ---------------------------------------------------------------- the deployment CA
@@ -80,7 +60,7 @@ def register_ca(aws: AwsClients, region: str) -> str:
 
 
 def _find_ca(iot: Any, pem: str) -> str:
-    for ca in marker_items(iot, "list_ca_certificates", "certificates"):
+    for ca in all_items(iot, "list_ca_certificates", "certificates"):
         desc = iot.describe_ca_certificate(certificateId=ca["certificateId"])["certificateDescription"]
         if desc.get("certificatePem", "").strip() == pem.strip():
             return ca["certificateId"]

@@ -83,25 +83,20 @@ class Ledger:
 
     def names(self, region: str, kind: str) -> set[str]:
         """Every name of `kind` recorded in `region` (paged query)."""
-        ddb, found, start = self.aws.dynamodb(region), set(), None
-        while True:
-            args: dict[str, Any] = {
-                "TableName": self.table,
-                "KeyConditionExpression": "#s = :s",
-                "ExpressionAttributeNames": {"#s": "scope"},
-                "ExpressionAttributeValues": {":s": {"S": f"{self.deployment}#{kind}"}},
-                "ProjectionExpression": "#n",
-            }
-            args["ExpressionAttributeNames"]["#n"] = "name"
-            if start:
-                args["ExclusiveStartKey"] = start
-            try:
-                resp = ddb.query(**args)
-            except ClientError as e:
-                if is_not_found(e):  # no ledger in this region: nothing was replicated into it
-                    return found
-                raise
-            found |= {i["name"]["S"] for i in resp.get("Items", [])}
-            start = resp.get("LastEvaluatedKey")
-            if not start:
-                return found
+        pages = (
+            self.aws.dynamodb(region)
+            .get_paginator("query")
+            .paginate(
+                TableName=self.table,
+                KeyConditionExpression="#s = :s",
+                ExpressionAttributeNames={"#s": "scope", "#n": "name"},
+                ExpressionAttributeValues={":s": {"S": f"{self.deployment}#{kind}"}},
+                ProjectionExpression="#n",
+            )
+        )
+        try:
+            return {i["name"]["S"] for page in pages for i in page["Items"]}
+        except ClientError as e:
+            if is_not_found(e):  # no ledger in this region: nothing was replicated into it
+                return set()
+            raise

@@ -116,9 +116,7 @@ class Reconciler:
         src = self.rep.iot(self.rep.source)
         mine = self.rep.ledger.names(self.rep.source, "certificate")
         while True:
-            page, token = certs.fetch_marker_page(
-                src, "list_certificates", "certificates", token, self.page_size
-            )
+            page, token = fetch_page(src, "list_certificates", "certificates", token, self.page_size)
             page = [c for c in page if c["certificateId"] not in mine]
             pending = [c for c in page if c["status"] == "PENDING_ACTIVATION"]
             self._each(pending, self._finish_jitr)
@@ -265,8 +263,7 @@ class Reconciler:
         }  # fmt: skip
         self._delete("thing", self._gone("thing", sorted((recorded | legacy) - src_things), recorded))
         src_certs = {
-            c["certificateId"]
-            for c in certs.marker_items(rep.iot(rep.source), "list_certificates", "certificates")
+            c["certificateId"] for c in all_items(rep.iot(rep.source), "list_certificates", "certificates")
         }
         recorded = rep.ledger.names(rep.target, "certificate")
         self._delete("certificate", self._gone("certificate", sorted(recorded - src_certs), recorded))
@@ -340,19 +337,11 @@ class Reconciler:
 
 
 def all_claims(ddb: Any, table: str, only_replicated: bool = False) -> list[str]:
-    names, start = [], None
-    while True:
-        args: dict[str, Any] = {"TableName": table}
-        if only_replicated:
-            args["FilterExpression"] = "attribute_exists(#m)"
-            args["ExpressionAttributeNames"] = {"#m": CLAIM_MARK}
-        if start:
-            args["ExclusiveStartKey"] = start
-        resp = ddb.scan(**args)
-        names += [i["thingName"]["S"] for i in resp.get("Items", [])]
-        start = resp.get("LastEvaluatedKey")
-        if not start:
-            return names
+    args: dict[str, Any] = {"TableName": table}
+    if only_replicated:
+        args["FilterExpression"] = "attribute_exists(#m)"
+        args["ExpressionAttributeNames"] = {"#m": CLAIM_MARK}
+    return [i["thingName"]["S"] for page in ddb.get_paginator("scan").paginate(**args) for i in page["Items"]]
 
 
 def _get_claim(ddb: Any, table: str, name: str) -> dict | None:

@@ -138,7 +138,7 @@ class Replicator:
         )
 
     def read_policies(self, region: str) -> dict[str, PolicyRecord]:
-        names = [p["policyName"] for p in certs.marker_items(self.iot(region), "list_policies", "policies")]
+        names = [p["policyName"] for p in all_items(self.iot(region), "list_policies", "policies")]
         found = {n: self.read_policy(region, n) for n in names}
         return {n: r for n, r in found.items() if r is not None}
 
