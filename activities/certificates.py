@@ -20,7 +20,7 @@ from activities.registry_records import CertificateRecord
 from core import logs, metrics
 from core.aws import AwsClients, all_items
 from core.certs import CertificateError, certificate_id, device_identity
-from core.errors import is_already_exists, is_not_found, to_application_error
+from core.errors import failing_as, is_already_exists, is_not_found
 
 log = logs.get("certificates")
 marker_items = all_items  # the name bench/replication_bench.py pages certificates with
@@ -180,10 +180,8 @@ class CertificateActivities:
         aws = self.deployments.aws(inp.deployment)
         out = EnsureCaResult()
         for region in aws.cfg.region_names:
-            try:
+            with failing_as("registering the CA certificate", region):
                 out.ca_ids[region] = register_ca(aws, region)
-            except ClientError as e:
-                raise to_application_error(e, "registering the CA certificate", region) from e
         return out
 
 

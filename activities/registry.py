@@ -29,7 +29,15 @@ from activities.registry_sync import Replicator
 from core import logs, metrics
 from core.aws import AwsClients, group_member_pages
 from core.config import DeploymentConfig
-from core.errors import ACCESS_CODES, error_code, is_not_found, is_retryable, to_application_error
+from core.errors import (
+    ACCESS_CODES,
+    aws_activity,
+    error_code,
+    failing_as,
+    is_not_found,
+    is_retryable,
+    to_application_error,
+)
 
 log = logs.get("replication")
 
@@ -243,12 +251,10 @@ def fleet_size(aws: AwsClients, region: str) -> int:
 def _prepare(aws: AwsClients, region: str, with_ca: bool) -> str:
     """The ledger and claims tables in `region` (created if missing), and the CA when asked; its ID."""
     cfg = aws.cfg
-    try:
+    with failing_as("preparing replication", region):
         ensure_table(aws.dynamodb(region), cfg.replication.ledger_table, LEDGER_KEYS)
         ensure_table(aws.dynamodb(region), cfg.claims_table, CLAIMS_KEYS)
         return certs.register_ca(aws, region) if with_ca else ""
-    except ClientError as e:
-        raise to_application_error(e, "preparing replication", region) from e
 
 
 def _beat(details: Any = None) -> None:
@@ -282,10 +288,8 @@ class RegistryActivities:
         cfg = aws.cfg
         out = ReadyResult()
         for region in cfg.region_names:
-            try:
+            with failing_as("creating the registry event queues", region):
                 self.queues(aws).ensure(region)
-            except ClientError as e:
-                raise to_application_error(e, "creating the registry event queues", region) from e
             out.ca_ids[region] = _prepare(aws, region, with_ca=True)
         out.pairs = [RegionPair(s, t) for s in sources(cfg) for t in cfg.region_names if t != s]
         return out
@@ -297,10 +301,8 @@ class RegistryActivities:
         resume = _resume_point()
         if resume:
             log.info("reconcile resuming", source=inp.source, target=inp.target, phase=resume.phase)
-        try:
+        with failing_as(f"reconciling {inp.source} -> {inp.target}", inp.target):
             return reconcile_pair(aws, inp.source, inp.target, scope, inp.concurrency, page_size, resume)
-        except ClientError as e:
-            raise to_application_error(e, f"reconciling {inp.source} -> {inp.target}", inp.target) from e
 
     @activity.defn
     def reconcile_registry(self, inp: ReconcileInput) -> ReconcileResult:
@@ -313,13 +315,10 @@ class RegistryActivities:
         return self._reconcile(inp, inp.thing_group)
 
     @activity.defn
+    @aws_activity(lambda inp: ("checking registry parity", inp.target))
     def check_registry_parity(self, inp: ParityInput) -> ParityReport:
         """Differences between a target and a source, per kind, with a sample (nothing is changed)."""
-        aws = self.deployments.aws(inp.deployment)
-        try:
-            return registry_parity(aws, inp.source, inp.target, inp.thing_group)
-        except ClientError as e:
-            raise to_application_error(e, "checking registry parity", inp.target) from e
+        return registry_parity(self.deployments.aws(inp.deployment), inp.source, inp.target, inp.thing_group)
 
     @activity.defn
     def drain_registry_events(self, inp: DrainInput) -> DrainResult:
@@ -450,10 +449,8 @@ class EventDrain:
 
     def _dead(self, region: str, msg: dict, reason: str, detail: str) -> None:
         """Park the message in the region's dead-letter queue; only then may it be deleted."""
-        try:
+        with failing_as("dead-lettering a registry event (it stays queued)", region):
             self.queues.send(region, msg, reason, detail)
-        except (ClientError, BotoCoreError) as e:
-            raise to_application_error(e, "dead-lettering a registry event (it stays queued)", region) from e
         self.out.dead_letter_count += 1
         self.out.dead_letters_by_region[region] = self.out.dead_letters_by_region.get(region, 0) + 1
         DEAD_LETTERS.labels(self.cfg.name, reason).inc()

@@ -31,7 +31,7 @@ from activities.fencing import FLIPS, FlipResult, flip_regions, unreachable
 from core import logs
 from core.bootstrap_records import from_item, to_item
 from core.config import DeploymentConfig
-from core.errors import error_code, is_not_found, to_application_error
+from core.errors import error_code, failing_as, is_not_found, to_application_error
 from core.metrics import BAD_INPUT
 
 _APPLICATION = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
@@ -193,10 +193,8 @@ class RoutingActivities:
         doing = f"flipping {record} to {inp.region} at epoch {inp.epoch}"
         details = activity.info().heartbeat_details
         with Keepalive(*details[:1]) as beat:
-            try:
+            with failing_as(f"{doing}: reading the device endpoint", inp.region):
                 target = aws.device_endpoint(inp.region)
-            except (ClientError, BotoCoreError) as e:
-                raise to_application_error(e, f"{doing}: reading the device endpoint", inp.region) from e
             result = DnsFlipResult(epoch=inp.epoch, record=record, target=target, changed=bool(details))
             result.change_id = str(details[0]) if details else ""
             missed: list[str] = []

@@ -33,6 +33,7 @@ from core.aws import AwsClients, fetch_page
 from core.errors import (
     ACCESS_CODES,
     error_code,
+    failing_as,
     is_conflict,
     is_not_found,
     is_retryable,
@@ -526,7 +527,7 @@ def list_scope_page(
 ) -> tuple[list[str], str | None]:
     """One page of thing names: a thing group's (with its subgroups) or every thing in the region."""
     iot = aws.iot(region)
-    try:
+    with failing_as(f"listing things of {thing_group or 'the fleet'}", region):
         if thing_group:
             return fetch_page(
                 iot,
@@ -538,8 +539,6 @@ def list_scope_page(
                 recursive=True,
             )
         things, token = fetch_page(iot, "list_things", "things", token, page_size)
-    except ClientError as e:
-        raise to_application_error(e, f"listing things of {thing_group or 'the fleet'}", region) from e
     return [t["thingName"] for t in things], token
 
 
