@@ -20,9 +20,12 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
-from activities import certificates as certs
-from activities.registry_events import EventError
-from activities.registry_records import (
+from core.aws import all_items, fetch_page
+from core.errors import is_not_found
+from core.retry import patiently
+from replication import certificates as certs
+from replication.events import EventError
+from replication.records import (
     MARKER_ATTRIBUTE,
     CertificateRecord,
     ClaimRecord,
@@ -32,10 +35,7 @@ from activities.registry_records import (
     diff,
     may_delete,
 )
-from activities.registry_sync import Replicator
-from core.aws import all_items, fetch_page
-from core.errors import is_not_found
-from core.retry import patiently
+from replication.sync import Replicator
 
 PHASES = ("catalog", "certificates", "things", "prune", "claims")
 CATALOG = ("thing_type", "thing_group", "policy")
@@ -74,12 +74,19 @@ class Reconciler:
             return self.base
         first = PHASES.index(self.base.phase)
         token = self.base.token
+        steps: dict[str, Callable[[str | None], None]] = {
+            "catalog": self._catalog,
+            "certificates": self._certificates,
+            "things": self._things,
+            "prune": self._prune,
+            "claims": self._claims,
+        }
         with ThreadPoolExecutor(max_workers=max(1, self.concurrency), thread_name_prefix="reconcile") as pool:
             self._pool = pool
             for phase in PHASES[first:]:
                 if self.scope and phase in ("certificates", "prune", "claims"):
                     continue  # a scope's certificates and claims go with its things; scopes never delete
-                getattr(self, f"_{phase}")(token)
+                steps[phase](token)
                 token = None
                 self._save(PHASES[PHASES.index(phase) + 1] if phase != PHASES[-1] else "done", None)
         return self.progress("done", None)
@@ -250,7 +257,7 @@ class Reconciler:
             self._save("things", f"{index}|{inner or ''}" if index < len(scope) else None)
 
     def _prune(self, _token: str | None) -> None:
-        """Deletions, reverse dependency order, each one only per registry_records.may_delete."""
+        """Deletions, reverse dependency order, each one only per records.may_delete."""
         rep = self.rep
         recorded = rep.ledger.names(rep.target, "thing")
         src_things = {t["thingName"] for t in all_items(rep.iot(rep.source), "list_things", "things", 250)}
