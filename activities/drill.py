@@ -143,7 +143,7 @@ class DrillActivities:
                 "request_cutover", inp.request, result_type=CutoverStarted
             )
         except WorkflowUpdateFailedError as e:
-            reason = e.cause.message if e.cause else str(e)
+            reason = getattr(e.cause, "message", None) or str(e)
             raise ApplicationError(
                 f"cutover refused: {reason}", type="CutoverRefused", non_retryable=True
             ) from None

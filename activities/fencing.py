@@ -72,20 +72,16 @@ def ensure_tables(aws: AwsClients, regions: list[str], tables: dict[str, str]) -
 def scan_table(aws: AwsClients, region: str, table: str, key: str) -> dict[str, dict[str, Any]]:
     """Every item of one region's config table by its key (one item per scope or application, so
     the table stays tiny); a missing table reads as empty."""
-    ddb, items, args = aws.dynamodb(region), {}, {"TableName": table}
-    while True:
-        try:
-            page = ddb.scan(**args)
-        except ClientError as e:
-            if is_not_found(e):
-                return items
+    items: dict[str, dict[str, Any]] = {}
+    try:
+        for page in aws.dynamodb(region).get_paginator("scan").paginate(TableName=table):
+            for item in page.get("Items", []):
+                values = from_item(item)
+                items[str(values.get(key))] = values
+    except ClientError as e:
+        if not is_not_found(e):
             raise
-        for item in page.get("Items", []):
-            values = from_item(item)
-            items[str(values.get(key))] = values
-        if not page.get("LastEvaluatedKey"):
-            return items
-        args["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+    return items
 
 
 def unreachable(exc: BaseException) -> bool:

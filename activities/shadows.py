@@ -384,7 +384,11 @@ class ShadowActivities:
 
             beat = lambda c=committed: _heartbeat(c)  # noqa: E731 (only whole pages are committed)
             doing = f"measuring the recovery point against {inp.target}"
-            _run_page(things, set(), inp.concurrency, one, lambda _, loss, t=tally: t.add(loss), beat, doing)
+
+            def add(_: int, loss: DeviceLoss, t: RecoveryTally = tally) -> None:
+                t.add(loss)
+
+            _run_page(things, set(), inp.concurrency, one, add, beat, doing)
             committed = _RecoveryProgress(tally, next_token)
             _heartbeat(committed)
             if not next_token:
@@ -418,7 +422,7 @@ class ShadowActivities:
                 lost = lost_writes(merge.stale, as_of)
                 if not lost:
                     continue
-                oldest = min(s.source_timestamp for s in lost)
+                oldest = min(s.source_timestamp for s in lost if s.source_timestamp is not None)
                 loss.oldest = oldest if loss.oldest is None else min(loss.oldest, oldest)
                 loss.leaves += len(lost)
                 loss.detail = (

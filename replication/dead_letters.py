@@ -157,7 +157,9 @@ class DeadLetterQueues:
 
     def _receive(self, region: str, limit: int, visibility: int) -> list[dict]:
         """Up to `limit` messages of the dead-letter queue, each once, hidden for `visibility` seconds."""
-        sqs, url, found, ids = self.aws.sqs(region), self.url(region, dead=True), [], set()
+        sqs, url = self.aws.sqs(region), self.url(region, dead=True)
+        found: list[dict] = []
+        ids: set[str] = set()
         while len(found) < limit:
             got = sqs.receive_message(
                 QueueUrl=url,

@@ -102,9 +102,12 @@ class RegistryReader:
         return self.thing_record(region, desc) if desc else None
 
     def read_catalog(self, region: str, kind: str) -> dict[str, Any]:
-        return {"thing_type": self.read_types, "thing_group": self.read_groups, "policy": self.read_policies}[
-            kind
-        ](region)
+        readers: dict[str, Callable[[str], Mapping[str, Any]]] = {
+            "thing_type": self.read_types,
+            "thing_group": self.read_groups,
+            "policy": self.read_policies,
+        }
+        return dict(readers[kind](region))
 
     def read(self, region: str, kind: str, name: str) -> Any:
         readers = {

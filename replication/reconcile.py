@@ -220,7 +220,8 @@ class Reconciler:
 
     def _memberships(self, region: str) -> dict[str, list[str]]:
         """thing -> static groups, one paged listing per group (not one call per thing)."""
-        iot, found = self.rep.iot(region), {}
+        iot = self.rep.iot(region)
+        found: dict[str, list[str]] = {}
         for g in all_items(iot, "list_thing_groups", "thingGroups", page_size=250):
             for thing in all_items(
                 iot, "list_things_in_thing_group", "things", 250, thingGroupName=g["groupName"]

@@ -11,6 +11,7 @@ from __future__ import annotations
 import threading
 from collections import Counter
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 from botocore.exceptions import ClientError
@@ -108,9 +109,9 @@ class Replicator(RegistryReader):
         order = parents_first(source) if kind == "thing_group" else sorted(source)
         for name in order:
             if name in create:
-                self.guarded(kind, name, lambda n=name: self.create(kind, source[n]))
+                self.guarded(kind, name, partial(self.create, kind, source[name]))
             elif name in update:
-                self.guarded(kind, name, lambda n=name: self.update(kind, source[n], target[n]))
+                self.guarded(kind, name, partial(self.update, kind, source[name], target[name]))
 
     def prune_catalog(self, kind: str) -> None:
         source, target = self.source_catalog(kind), self.read_catalog(self.target, kind)
@@ -119,7 +120,7 @@ class Replicator(RegistryReader):
         if kind == "thing_group":  # children before parents
             delete = [n for n in reversed(parents_first(target)) if n in delete]
         for name in delete:
-            self.guarded(kind, name, lambda n=name: self._prune_one(kind, n))
+            self.guarded(kind, name, partial(self._prune_one, kind, name))
         for name in ours - set(target) - set(source):  # records of resources already gone
             self.ledger.forget(self.target, kind, name)
 
@@ -180,16 +181,17 @@ class Replicator(RegistryReader):
 
     # ---------------------------------------------------------------- writes
     def create(self, kind: str, rec: Any) -> None:
-        name = getattr(rec, "name", None) or getattr(rec, "certificate_id", "")
+        name = str(getattr(rec, "name", None) or getattr(rec, "certificate_id", ""))
         recorded_before = self.ledger.record(self.target, kind, name, self.source)  # first: see ledger.py
+        creators: dict[str, Callable[[Any], None]] = {
+            "thing_type": self._create_type,
+            "thing_group": self._create_group,
+            "policy": self._create_policy,
+            "certificate": self._create_certificate,
+            "thing": self._create_thing,
+        }
         try:
-            {
-                "thing_type": self._create_type,
-                "thing_group": self._create_group,
-                "policy": self._create_policy,
-                "certificate": self._create_certificate,
-                "thing": self._create_thing,
-            }[kind](rec)
+            creators[kind](rec)
         except ClientError as e:
             if not is_already_exists(e):
                 raise
@@ -206,13 +208,14 @@ class Replicator(RegistryReader):
         self.done(kind, "create")
 
     def update(self, kind: str, src: Any, tgt: Any) -> None:
-        {
+        updaters: dict[str, Callable[[Any, Any], None]] = {
             "thing_type": self._update_type,
             "thing_group": self._update_group,
             "policy": self._update_policy,
             "certificate": self._update_certificate,
             "thing": self._update_thing,
-        }[kind](src, tgt)
+        }
+        updaters[kind](src, tgt)
         self.done(kind, "update")
 
     def delete(self, kind: str, name: str) -> None:
