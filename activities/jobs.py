@@ -23,7 +23,7 @@ from activities.context import Deployments, Keepalive
 from core import logs
 from core.aws import all_items, fetch_page, group_member_pages
 from core.device_report import DeviceReport
-from core.errors import aws_activity, failing_as, is_already_exists, is_not_found, to_application_error
+from core.errors import aws_activity, failing_as, is_already_exists, is_not_found
 
 TERMINAL_EXECUTION = {"SUCCEEDED", "FAILED", "REJECTED", "TIMED_OUT", "REMOVED", "CANCELED"}
 log = logs.get("activities.jobs")
@@ -438,12 +438,13 @@ class JobActivities:
         iot = self.deployments.aws(inp.deployment).iot(inp.region)
         deleted = 0
         for name in inp.groups:
-            try:
-                iot.delete_thing_group(thingGroupName=name)
-                deleted += 1
-            except ClientError as e:
-                if not is_not_found(e):
-                    raise to_application_error(e, f"deleting group {name}", inp.region) from e
+            with failing_as(f"deleting group {name}", inp.region):
+                try:
+                    iot.delete_thing_group(thingGroupName=name)
+                    deleted += 1
+                except ClientError as e:
+                    if not is_not_found(e):
+                        raise
         return deleted
 
 

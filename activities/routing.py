@@ -142,16 +142,17 @@ class RoutingActivities:
         cfg = self.deployments.config(inp.deployment)
         _check_region(cfg, inp.region, "read_routing")
         ddb = self.deployments.aws(cfg.name).dynamodb(inp.region)
-        try:
-            item = ddb.get_item(
-                TableName=cfg.routing_table,
-                Key=to_item({"applicationId": inp.application}),
-                ConsistentRead=True,
-            ).get("Item")
-        except (ClientError, BotoCoreError) as e:
-            if is_not_found(e):
-                return None
-            raise to_application_error(e, f"reading routing of {inp.application!r}", inp.region) from e
+        with failing_as(f"reading routing of {inp.application!r}", inp.region):
+            try:
+                item = ddb.get_item(
+                    TableName=cfg.routing_table,
+                    Key=to_item({"applicationId": inp.application}),
+                    ConsistentRead=True,
+                ).get("Item")
+            except ClientError as e:
+                if is_not_found(e):
+                    return None
+                raise
         if item is None:
             return None
         v = from_item(item)
