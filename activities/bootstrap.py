@@ -34,7 +34,7 @@ from core.bootstrap_records import (
     to_item,
 )
 from core.config import DeploymentConfig
-from core.errors import is_not_found, to_application_error
+from core.errors import failing_as, is_not_found, to_application_error
 from core.metrics import BAD_INPUT
 
 __all__ = ["BootstrapRecord", "EnsureTablesResult", "FlipResult"]
@@ -284,14 +284,15 @@ class BootstrapActivities:
         cfg = self.deployments.config(inp.deployment)
         region = _regions(cfg, [inp.region], "read_bootstrap")[0]
         ddb = self.deployments.aws(inp.deployment).dynamodb(region)
-        try:
-            item = ddb.get_item(
-                TableName=cfg.bootstrap_table, Key=to_item({"scope": inp.scope}), ConsistentRead=True
-            ).get("Item")
-        except (ClientError, BotoCoreError) as e:
-            if is_not_found(e):
-                return None
-            raise to_application_error(e, f"reading bootstrap scope {inp.scope!r}", region) from e
+        with failing_as(f"reading bootstrap scope {inp.scope!r}", region):
+            try:
+                item = ddb.get_item(
+                    TableName=cfg.bootstrap_table, Key=to_item({"scope": inp.scope}), ConsistentRead=True
+                ).get("Item")
+            except ClientError as e:
+                if is_not_found(e):
+                    return None
+                raise
         if item is None:
             return None
         try:

@@ -18,17 +18,17 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from botocore.exceptions import BotoCoreError, ClientError
+from botocore.exceptions import ClientError
 from temporalio import activity
 from temporalio.client import WorkflowUpdateFailedError
 from temporalio.exceptions import ApplicationError
 
 from activities.context import Deployments
-from activities.jobs import DeviceReport
 from core import fault_switch, logs
 from core.aws import group_member_pages
-from core.errors import is_already_exists, is_not_found, to_application_error
-from core.models import CutoverProgress, CutoverRequest, CutoverStarted
+from core.device_report import DeviceReport
+from core.errors import failing_as, is_already_exists, is_not_found
+from core.models import HEALTHY, UNKNOWN, CutoverProgress, CutoverRequest, CutoverStarted
 from core.workflow_ids import deployment_id
 
 log = logs.get("activities.drill")
@@ -67,7 +67,7 @@ class FaultInput:
 class WaitHealthInput:
     deployment: str
     region: str
-    state: str = "Healthy"
+    state: str = HEALTHY
     timeout_seconds: float = 600
 
 
@@ -103,18 +103,6 @@ class ReportInput:
     drill_id: str
     report: dict[str, Any]
     markdown: str
-
-
-def _since_seconds(value: Any) -> float | None:
-    """The device's `connectivity.since`: epoch seconds, epoch milliseconds or ISO 8601."""
-    if isinstance(value, int | float):
-        return value / 1000 if value > 1e11 else float(value)
-    if isinstance(value, str):
-        try:
-            return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
-        except ValueError:
-            return None
-    return None
 
 
 _HOLD = re.compile(r"approval: (wave \d+ confirmed \d+/\d+, below [\d.]+%)")
@@ -155,7 +143,7 @@ class DrillActivities:
                 "request_cutover", inp.request, result_type=CutoverStarted
             )
         except WorkflowUpdateFailedError as e:
-            reason = e.cause.message if e.cause else str(e)
+            reason = getattr(e.cause, "message", None) or str(e)
             raise ApplicationError(
                 f"cutover refused: {reason}", type="CutoverRefused", non_retryable=True
             ) from None
@@ -224,7 +212,7 @@ class DrillActivities:
         deadline = time.monotonic() + inp.timeout_seconds
         while True:
             state = await self._deployment(inp.deployment).query("state")
-            seen = ((state or {}).get("health", {}).get(inp.region) or {}).get("state", "Unknown")
+            seen = ((state or {}).get("health", {}).get(inp.region) or {}).get("state", UNKNOWN)
             activity.heartbeat(seen)
             if seen == inp.state:
                 return seen
@@ -256,7 +244,7 @@ class DrillActivities:
         """Put a stable `percent` of the fleet into a drill group (same devices every time for a name)."""
         iot = self.deployments.aws(inp.deployment).iot(inp.region)
         fleet = self.deployments.config(inp.deployment).fleet.thing_group
-        try:
+        with failing_as(f"sampling {inp.percent}% of {fleet}", inp.region):
             try:
                 iot.create_thing_group(
                     thingGroupName=inp.group,
@@ -273,8 +261,6 @@ class DrillActivities:
                         chosen += 1
                 activity.heartbeat(chosen)
             return chosen
-        except (ClientError, BotoCoreError) as e:
-            raise to_application_error(e, f"sampling {inp.percent}% of {fleet}", inp.region) from e
 
     @activity.defn
     def arrival_times(self, inp: ArrivalInput) -> ArrivalStats:
@@ -289,7 +275,7 @@ class DrillActivities:
                     return None
                 raise
             report = DeviceReport.parse(payload)
-            at = _since_seconds(report.since)
+            at = report.since_seconds
             if report.region != inp.target or at is None:
                 return None
             return at if report.epoch >= inp.min_epoch or at >= t0 else None  # moved by us, or on its own
@@ -297,14 +283,12 @@ class DrillActivities:
         t0 = inp.t0.timestamp()
         delays: list[float] = []
         devices = 0
-        try:
+        with failing_as("reading arrival times", inp.target):
             for names in group_member_pages(aws.iot(inp.list_region), inp.group):
                 devices += len(names)
                 with ThreadPoolExecutor(16) as pool:
                     delays += [max(0.0, s - t0) for s in pool.map(since, names) if s is not None]
                 activity.heartbeat(devices)
-        except (ClientError, BotoCoreError) as e:
-            raise to_application_error(e, "reading arrival times", inp.target) from e
         return ArrivalStats(devices, len(delays), percentile(delays, 0.95), max(delays) if delays else None)
 
     @activity.defn

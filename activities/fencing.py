@@ -19,7 +19,8 @@ from temporalio.exceptions import ApplicationError
 from core import logs
 from core.aws import AwsClients
 from core.bootstrap_records import from_item, to_item
-from core.errors import error_code, is_conflict, is_not_found, is_retryable, is_throttle, to_application_error
+from core.errors import is_conflict, is_not_found, is_retryable, is_throttle, to_application_error
+from core.tables import ensure_table, hash_key
 
 FLIPS = Counter(
     "iotfailover_config_flips_total",
@@ -48,24 +49,8 @@ class EnsureTablesResult:
     unreachable: list[str] = field(default_factory=list)  # regions
 
 
-def ensure_table(aws: AwsClients, region: str, table: str, key: str) -> bool:
-    """Create the table if missing (on-demand capacity); True when this call created it."""
-    ddb = aws.dynamodb(region)
-    try:
-        ddb.create_table(
-            TableName=table,
-            AttributeDefinitions=[{"AttributeName": key, "AttributeType": "S"}],
-            KeySchema=[{"AttributeName": key, "KeyType": "HASH"}],
-            BillingMode="PAY_PER_REQUEST",
-            Tags=[{"Key": "iotfailover", "Value": aws.cfg.name}],
-        )
-        created = True
-    except ClientError as e:
-        if error_code(e) != "ResourceInUseException":
-            raise
-        created = False
-    ddb.get_waiter("table_exists").wait(TableName=table, WaiterConfig={"Delay": 1, "MaxAttempts": 60})
-    return created
+def _ensure_table(aws: AwsClients, region: str, table: str, key: str) -> bool:
+    return ensure_table(aws.dynamodb(region), table, hash_key(key), tags={"iotfailover": aws.cfg.name})
 
 
 def ensure_tables(aws: AwsClients, regions: list[str], tables: dict[str, str]) -> EnsureTablesResult:
@@ -74,7 +59,7 @@ def ensure_tables(aws: AwsClients, regions: list[str], tables: dict[str, str]) -
     for region in regions:
         try:
             for table, key in tables.items():
-                (out.created if ensure_table(aws, region, table, key) else out.existing).append(
+                (out.created if _ensure_table(aws, region, table, key) else out.existing).append(
                     f"{region}/{table}"
                 )
         except (ClientError, BotoCoreError) as e:
@@ -87,20 +72,16 @@ def ensure_tables(aws: AwsClients, regions: list[str], tables: dict[str, str]) -
 def scan_table(aws: AwsClients, region: str, table: str, key: str) -> dict[str, dict[str, Any]]:
     """Every item of one region's config table by its key (one item per scope or application, so
     the table stays tiny); a missing table reads as empty."""
-    ddb, items, args = aws.dynamodb(region), {}, {"TableName": table}
-    while True:
-        try:
-            page = ddb.scan(**args)
-        except ClientError as e:
-            if is_not_found(e):
-                return items
+    items: dict[str, dict[str, Any]] = {}
+    try:
+        for page in aws.dynamodb(region).get_paginator("scan").paginate(TableName=table):
+            for item in page.get("Items", []):
+                values = from_item(item)
+                items[str(values.get(key))] = values
+    except ClientError as e:
+        if not is_not_found(e):
             raise
-        for item in page.get("Items", []):
-            values = from_item(item)
-            items[str(values.get(key))] = values
-        if not page.get("LastEvaluatedKey"):
-            return items
-        args["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+    return items
 
 
 def unreachable(exc: BaseException) -> bool:
@@ -180,7 +161,7 @@ def _put_one(aws: AwsClients, region: str, table: str, key: str, values: dict[st
         except ClientError as e:
             if not is_not_found(e):
                 raise
-            ensure_table(aws, region, table, key)
+            _ensure_table(aws, region, table, key)
             return fenced_put(aws, region, table, key, values)
     except (ClientError, BotoCoreError) as e:
         if unreachable(e):

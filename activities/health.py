@@ -11,7 +11,6 @@ and the health interval is its retry. Throttling answers mean the service is up 
 
 from __future__ import annotations
 
-import contextlib
 import json
 import threading
 import time
@@ -29,9 +28,10 @@ from prometheus_client import Counter, Histogram
 from temporalio import activity
 
 from activities.context import Deployments
-from core import logs
+from core import logs, models
 from core.aws import AwsClients, fetch_page
 from core.config import HealthPolicy
+from core.device_report import DeviceReport
 from core.errors import error_code, is_already_exists, is_not_found, is_throttle
 from core.models import LATENCY_PROBES
 
@@ -109,16 +109,16 @@ def score_region(results: list[ProbeResult], policy: HealthPolicy) -> RegionAsse
         statuses[r.probe] = status
     counted = {p: s for p, s in statuses.items() if s != SKIPPED}
     if not counted:
-        return RegionAssessment("Unhealthy", 0.0, ["no probe ran"], statuses)
+        return RegionAssessment(models.UNHEALTHY, 0.0, ["no probe ran"], statuses)
     weight = sum(WEIGHTS.get(p, 1) for p in counted)
     score = sum(WEIGHTS.get(p, 1) * _STATUS_SCORE[s] for p, s in counted.items()) / weight
     failed = [p for p, s in counted.items() if s == FAILED]
     if any(p in CRITICAL_PROBES for p in failed) or 2 * len(failed) > len(counted):
-        state = "Unhealthy"
+        state = models.UNHEALTHY
     elif failed or DEGRADED in counted.values():
-        state = "Degraded"
+        state = models.DEGRADED
     else:
-        state = "Healthy"
+        state = models.HEALTHY
     return RegionAssessment(state, round(score, 3), reasons, statuses)
 
 
@@ -348,12 +348,13 @@ def _read_heartbeats(
 
     def one(name: str) -> tuple[str | None, float | None]:
         try:
-            doc = json.loads(data.get_thing_shadow(thingName=name)["payload"].read())
+            report = DeviceReport.parse(data.get_thing_shadow(thingName=name)["payload"].read())
         except ClientError as e:
             if is_not_found(e):
                 return None, None
             raise
-        return _connectivity(doc, now)
+        heard = report.last_heard
+        return report.region, None if heard is None else now - heard
 
     pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="heartbeat")
     futures = [pool.submit(one, n) for n in names]
@@ -364,20 +365,6 @@ def _read_heartbeats(
     if errors and not read:
         raise errors[0]  # type: ignore[misc]
     return read, len(names) - len(read)
-
-
-def _connectivity(doc: dict, now: float) -> tuple[str | None, float | None]:
-    """The region a device's shadow claims and the age of its latest connectivity report."""
-    conn = doc.get("state", {}).get("reported", {}).get("connectivity") or {}
-    meta = doc.get("metadata", {}).get("reported", {}).get("connectivity") or {}
-    stamps = [m["timestamp"] for m in meta.values() if isinstance(m, dict) and "timestamp" in m]
-    since = conn.get("since")
-    if isinstance(since, int | float):
-        stamps.append(since / 1000 if since > 1e12 else since)
-    elif isinstance(since, str):
-        with contextlib.suppress(ValueError):
-            stamps.append(datetime.fromisoformat(since.replace("Z", "+00:00")).timestamp())
-    return conn.get("region"), (now - max(stamps)) if stamps else None
 
 
 IOT_METRICS = (

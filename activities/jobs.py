@@ -15,14 +15,15 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from botocore.exceptions import BotoCoreError, ClientError
+from botocore.exceptions import ClientError
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from activities.context import Deployments, Keepalive
 from core import logs
 from core.aws import all_items, fetch_page, group_member_pages
-from core.errors import is_already_exists, is_not_found, to_application_error
+from core.device_report import DeviceReport
+from core.errors import aws_activity, failing_as, is_already_exists, is_not_found
 
 TERMINAL_EXECUTION = {"SUCCEEDED", "FAILED", "REJECTED", "TIMED_OUT", "REMOVED", "CANCELED"}
 log = logs.get("activities.jobs")
@@ -165,57 +166,6 @@ class DeleteGroupsInput:
     groups: list[str]
 
 
-@dataclass(frozen=True)
-class DeviceReport:
-    """A device's own report of where it is connected (device contract: `reported.connectivity`)."""
-
-    region: str | None = None
-    epoch: int = -1
-    since: Any = None
-    reported_at: float = 0.0  # AWS's newest metadata timestamp of the report: when the device last spoke
-
-    @classmethod
-    def parse(cls, payload: bytes | str) -> DeviceReport:
-        """The report in a shadow document; an unreadable one is counted and confirms nothing."""
-        from core.metrics import BAD_INPUT  # here: this method is all of jobs.py that bad input owns
-
-        try:
-            doc = json.loads(payload)
-            conn = doc.get("state", {}).get("reported", {}).get("connectivity") or {}
-            meta = doc.get("metadata", {}).get("reported", {}).get("connectivity") or {}
-            if conn.get("region") is None:
-                return cls()  # no report yet: nothing wrong
-            region, epoch, reported_at = conn["region"], int(conn.get("epoch", -1)), _newest(meta)
-            # 1e11 s is the year 5138; the comparisons also refuse inf and NaN
-            sane = (
-                isinstance(region, str) and bool(region) and -1 <= epoch < 2**63 and 0 <= reported_at < 1e11
-            )
-        except (ValueError, TypeError, AttributeError, OverflowError, RecursionError):  # e.g. epoch 1e400
-            sane = False
-        if not sane:
-            BAD_INPUT.labels(source="device_report", reason="unreadable").inc()
-            return cls()
-        return cls(region, epoch, conn.get("since"), reported_at)
-
-    def confirms(self, region: str, epoch: int, fresh_since: float | None = None) -> bool:
-        """In `region` under at least `epoch`, or (emergency) heard from there since `fresh_since`.
-
-        Devices that fail over on their own before the flip keep their older epoch: in an
-        emergency what proves them served is a live report from the target.
-        """
-        if self.region != region:
-            return False
-        return self.epoch >= epoch or (fresh_since is not None and self.reported_at >= fresh_since)
-
-
-def _newest(meta: Any) -> float:
-    if isinstance(meta, dict):
-        if isinstance(meta.get("timestamp"), int | float):
-            return float(meta["timestamp"])
-        return max((_newest(v) for v in meta.values()), default=0.0)
-    return 0.0
-
-
 class JobActivities:
     def __init__(self, deployments: Deployments, max_workers: int = 16):
         self.deployments = deployments
@@ -244,29 +194,25 @@ class JobActivities:
             raise
 
     @activity.defn
+    @aws_activity(lambda inp: (f"counting {inp.group}", inp.region))
     def count_group(self, inp: CountGroupInput) -> int:
         """How many devices a cutover scope holds (members of the group and its children)."""
         iot = self.deployments.aws(inp.deployment).iot(inp.region)
         count = 0
-        try:
-            for names in group_member_pages(iot, inp.group, 250):
-                count += len(names)
-                activity.heartbeat(count)
-            return count
-        except (ClientError, BotoCoreError) as e:
-            raise to_application_error(e, f"counting {inp.group}", inp.region) from e
+        for names in group_member_pages(iot, inp.group, 250):
+            count += len(names)
+            activity.heartbeat(count)
+        return count
 
     @activity.defn
+    @aws_activity(lambda inp: (f"filling wave group {inp.into_group}", inp.into_region))
     def fill_group(self, inp: FillGroupInput) -> FilledGroup:
         """Add the next `size` members of a group (from the cursor) to a wave group, resumably."""
-        try:
-            resume = activity.info().heartbeat_details
-            cursor, added = (Cursor(**resume[0]), resume[1]) if resume else (inp.cursor, 0)
-            already = resume[2] if len(resume) > 2 else 0
-            with Keepalive(*resume) as beat:
-                return self._fill(inp, cursor, added, already, beat)
-        except (ClientError, BotoCoreError) as e:
-            raise to_application_error(e, f"filling wave group {inp.into_group}", inp.into_region) from e
+        resume = activity.info().heartbeat_details
+        cursor, added = (Cursor(**resume[0]), resume[1]) if resume else (inp.cursor, 0)
+        already = resume[2] if len(resume) > 2 else 0
+        with Keepalive(*resume) as beat:
+            return self._fill(inp, cursor, added, already, beat)
 
     def _fill(
         self, inp: FillGroupInput, cursor: Cursor, added: int, already: int, beat: Keepalive
@@ -333,6 +279,7 @@ class JobActivities:
             )
 
     @activity.defn
+    @aws_activity(lambda inp: (f"creating job {inp.job_id}", inp.region))
     def create_wave_job(self, inp: WaveJobInput) -> JobRef:
         """Create the wave's migrate-region job; an existing job with this ID is this wave's (idempotent)."""
         iot = self.deployments.aws(inp.deployment).iot(inp.region)
@@ -361,18 +308,16 @@ class JobActivities:
         except ClientError as e:
             if is_already_exists(e):
                 return self._existing_job(iot, inp)
-            raise to_application_error(e, f"creating job {inp.job_id}", inp.region) from e
-        except BotoCoreError as e:
-            raise to_application_error(e, f"creating job {inp.job_id}", inp.region) from e
+            raise
 
     def _existing_job(self, iot: Any, inp: WaveJobInput) -> JobRef:
         """A job with this ID is this wave's (a retry) only if its document names our cutover and
         epoch; anyone else's would leave the wave's devices unmoved while we wait for them."""
-        try:
+        with failing_as(f"reading existing job {inp.job_id}", inp.region):
             job = iot.describe_job(jobId=inp.job_id)["job"]
-            doc = json.loads(iot.get_job_document(jobId=inp.job_id).get("document") or "{}")
-        except (ClientError, BotoCoreError) as e:
-            raise to_application_error(e, f"reading existing job {inp.job_id}", inp.region) from e
+            document = iot.get_job_document(jobId=inp.job_id).get("document") or "{}"
+        try:
+            doc = json.loads(document)
         except ValueError:
             doc = {}
         ours = {k: inp.document.get(k) for k in ("cutoverId", "epoch", "targetRegion")}
@@ -393,10 +338,8 @@ class JobActivities:
         iot = self.deployments.aws(inp.deployment).iot(inp.region)
         deadline = time.monotonic() + inp.timeout_seconds
         while True:
-            try:
+            with failing_as(f"reading job {inp.job_id}", inp.region):
                 job = iot.describe_job(jobId=inp.job_id)["job"]
-            except (ClientError, BotoCoreError) as e:
-                raise to_application_error(e, f"reading job {inp.job_id}", inp.region) from e
             details = job.get("jobProcessDetails", {})
             counts = {
                 k.removeprefix("numberOf").removesuffix("Things"): v
@@ -427,6 +370,7 @@ class JobActivities:
         return out[:limit]
 
     @activity.defn
+    @aws_activity(lambda inp: (f"verifying devices of {inp.list_group}", inp.target))
     def verify_devices(self, inp: VerifyInput) -> VerifyOutcome:
         """Count the group's devices whose shadow in the target says they are there under the epoch
         (and, with `cutover.verify_connected`, whom fleet indexing sees connected there now).
@@ -436,46 +380,44 @@ class JobActivities:
         """
         aws = self.deployments.aws(inp.deployment)
         deadline = time.monotonic() + inp.timeout_seconds
-        try:
-            while True:
-                total, pending = 0, []
-                for names in group_member_pages(aws.iot(inp.list_region), inp.list_group):
+        while True:
+            total, pending = 0, []
+            for names in group_member_pages(aws.iot(inp.list_region), inp.list_group):
+                with ThreadPoolExecutor(self.max_workers) as pool:
+                    conns = list(pool.map(lambda t: self._report(inp.deployment, inp.target, t), names))
+                total += len(names)
+                reported = [
+                    t
+                    for t, c in zip(names, conns, strict=True)
+                    if c.confirms(inp.target, inp.epoch, inp.fresh_since)
+                ]
+                if reported and self.deployments.config(inp.deployment).cutover.verify_connected:
+                    offline = disconnected(aws.iot(inp.target), reported)
+                    reported = [t for t in reported if t not in offline]
+                here = set(reported)
+                pending += [t for t in names if t not in here]
+                activity.heartbeat({"checked": total, "pending": len(pending)})
+            last = not pending or time.monotonic() > deadline
+            if last:
+                arn = None
+                if pending and inp.stragglers_group:
+                    arn = self._ensure_group(inp.deployment, inp.list_region, inp.stragglers_group)
+                    iot = aws.iot(inp.list_region)
                     with ThreadPoolExecutor(self.max_workers) as pool:
-                        conns = list(pool.map(lambda t: self._report(inp.deployment, inp.target, t), names))
-                    total += len(names)
-                    reported = [
-                        t
-                        for t, c in zip(names, conns, strict=True)
-                        if c.confirms(inp.target, inp.epoch, inp.fresh_since)
-                    ]
-                    if reported and self.deployments.config(inp.deployment).cutover.verify_connected:
-                        offline = disconnected(aws.iot(inp.target), reported)
-                        reported = [t for t in reported if t not in offline]
-                    here = set(reported)
-                    pending += [t for t in names if t not in here]
-                    activity.heartbeat({"checked": total, "pending": len(pending)})
-                last = not pending or time.monotonic() > deadline
-                if last:
-                    arn = None
-                    if pending and inp.stragglers_group:
-                        arn = self._ensure_group(inp.deployment, inp.list_region, inp.stragglers_group)
-                        iot = aws.iot(inp.list_region)
-                        with ThreadPoolExecutor(self.max_workers) as pool:
-                            list(
-                                pool.map(
-                                    lambda t, iot=iot: iot.add_thing_to_thing_group(
-                                        thingGroupName=inp.stragglers_group, thingName=t
-                                    ),
-                                    pending,
-                                )
+                        list(
+                            pool.map(
+                                lambda t, iot=iot: iot.add_thing_to_thing_group(
+                                    thingGroupName=inp.stragglers_group, thingName=t
+                                ),
+                                pending,
                             )
-                    confirmed = total - len(pending)
-                    return VerifyOutcome(total, confirmed, len(pending), sorted(pending)[:20], arn)
-                time.sleep(inp.poll_seconds)
-        except (ClientError, BotoCoreError) as e:
-            raise to_application_error(e, f"verifying devices of {inp.list_group}", inp.target) from e
+                        )
+                confirmed = total - len(pending)
+                return VerifyOutcome(total, confirmed, len(pending), sorted(pending)[:20], arn)
+            time.sleep(inp.poll_seconds)
 
     @activity.defn
+    @aws_activity(lambda inp: (f"canceling job {inp.job_id}", inp.region))
     def cancel_job(self, inp: CancelJobInput) -> str:
         """Cancel a wave's job (with `force`, in-progress executions too); a missing or finished job is fine."""
         iot = self.deployments.aws(inp.deployment).iot(inp.region)
@@ -488,9 +430,7 @@ class JobActivities:
                 "ConflictException",
             ):
                 return "not-running"
-            raise to_application_error(e, f"canceling job {inp.job_id}", inp.region) from e
-        except BotoCoreError as e:
-            raise to_application_error(e, f"canceling job {inp.job_id}", inp.region) from e
+            raise
 
     @activity.defn
     def delete_wave_groups(self, inp: DeleteGroupsInput) -> int:
@@ -498,12 +438,13 @@ class JobActivities:
         iot = self.deployments.aws(inp.deployment).iot(inp.region)
         deleted = 0
         for name in inp.groups:
-            try:
-                iot.delete_thing_group(thingGroupName=name)
-                deleted += 1
-            except ClientError as e:
-                if not is_not_found(e):
-                    raise to_application_error(e, f"deleting group {name}", inp.region) from e
+            with failing_as(f"deleting group {name}", inp.region):
+                try:
+                    iot.delete_thing_group(thingGroupName=name)
+                    deleted += 1
+                except ClientError as e:
+                    if not is_not_found(e):
+                        raise
         return deleted
 
 

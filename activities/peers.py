@@ -102,7 +102,10 @@ class PeerActivities:
                 progress = progress or CutoverProgress(
                     inp.cutover_id, inp.deployment, "planned", "", "", "", 0
                 )
-                progress.result, progress.error = "failed", f"the cutover workflow ended {desc.status.name}"
+                progress.result, progress.error = (
+                    "failed",
+                    f"the cutover workflow ended {desc.status.name if desc.status else 'UNKNOWN'}",
+                )
                 return progress
             await asyncio.sleep(inp.poll_seconds)
 

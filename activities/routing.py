@@ -31,7 +31,7 @@ from activities.fencing import FLIPS, FlipResult, flip_regions, unreachable
 from core import logs
 from core.bootstrap_records import from_item, to_item
 from core.config import DeploymentConfig
-from core.errors import error_code, is_not_found, to_application_error
+from core.errors import error_code, failing_as, is_not_found, to_application_error
 from core.metrics import BAD_INPUT
 
 _APPLICATION = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
@@ -142,16 +142,17 @@ class RoutingActivities:
         cfg = self.deployments.config(inp.deployment)
         _check_region(cfg, inp.region, "read_routing")
         ddb = self.deployments.aws(cfg.name).dynamodb(inp.region)
-        try:
-            item = ddb.get_item(
-                TableName=cfg.routing_table,
-                Key=to_item({"applicationId": inp.application}),
-                ConsistentRead=True,
-            ).get("Item")
-        except (ClientError, BotoCoreError) as e:
-            if is_not_found(e):
-                return None
-            raise to_application_error(e, f"reading routing of {inp.application!r}", inp.region) from e
+        with failing_as(f"reading routing of {inp.application!r}", inp.region):
+            try:
+                item = ddb.get_item(
+                    TableName=cfg.routing_table,
+                    Key=to_item({"applicationId": inp.application}),
+                    ConsistentRead=True,
+                ).get("Item")
+            except ClientError as e:
+                if is_not_found(e):
+                    return None
+                raise
         if item is None:
             return None
         v = from_item(item)
@@ -193,10 +194,8 @@ class RoutingActivities:
         doing = f"flipping {record} to {inp.region} at epoch {inp.epoch}"
         details = activity.info().heartbeat_details
         with Keepalive(*details[:1]) as beat:
-            try:
+            with failing_as(f"{doing}: reading the device endpoint", inp.region):
                 target = aws.device_endpoint(inp.region)
-            except (ClientError, BotoCoreError) as e:
-                raise to_application_error(e, f"{doing}: reading the device endpoint", inp.region) from e
             result = DnsFlipResult(epoch=inp.epoch, record=record, target=target, changed=bool(details))
             result.change_id = str(details[0]) if details else ""
             missed: list[str] = []

@@ -13,39 +13,43 @@ from __future__ import annotations
 
 import copy
 import json
-import random
 import time
-from collections.abc import Callable, Iterator
-from concurrent import futures
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from botocore.exceptions import BotoCoreError, ClientError
+from botocore.exceptions import ClientError
 from prometheus_client import Counter, Gauge, Histogram
 from pydantic import TypeAdapter
 from temporalio import activity
 
 from activities.context import Deployments
-from activities.recovery_point import DeviceLoss, RecoveryPoint, RecoveryTally, lost_writes
-from activities.shadow_merge import ShadowMerge, merge_shadow
+from activities.recovery_point import DeviceLoss, RecoveryPoint, RecoveryTally
+from activities.shadow_merge import merge_shadow
+from activities.shadow_reads import (
+    ShadowPacer,
+    device_loss,
+    get_shadow,
+    label,
+    list_scope_page,
+    named_shadows,
+    run_page,
+    thing_differences,
+)
 from core import logs
-from core.aws import AwsClients, fetch_page
+from core.aws import AwsClients
 from core.errors import (
     ACCESS_CODES,
     error_code,
     is_conflict,
     is_not_found,
     is_retryable,
-    is_throttle,
-    to_application_error,
 )
 
 SAMPLE = 20  # failures and stale leaves kept by name; the counts are exact
-CONFLICT_TRIES = 5
-THROTTLE_TRIES = 5  # re-read the target this often when a device writes during the sync
+CONFLICT_TRIES = 5  # re-read the target this often when a device writes during the sync
 LIST_PAGE = 100  # things per AWS list call
-PER_THING_RPS = 20.0  # AWS IoT's shadow requests per second per thing (overridable: quotas ShadowPerThing)
 
 SYNCED = Counter(
     "iotfailover_shadows_synced_total",
@@ -165,10 +169,6 @@ class RecoveryPointInput:
     concurrency: int = 8
 
 
-def _label(thing: str, shadow: str | None) -> str:
-    return thing if shadow is None else f"{thing}#{shadow}"
-
-
 def _heartbeat(details: Any) -> None:
     if activity.in_activity():
         activity.heartbeat(details)
@@ -179,33 +179,6 @@ def _resumed(kind: type) -> Any:
     if not activity.in_activity() or not activity.info().heartbeat_details:
         return None
     return TypeAdapter(kind).validate_python(activity.info().heartbeat_details[0])
-
-
-class _Pacer:
-    """One thing's shadow requests: under AWS's per-thing rate, and patient with throttling.
-
-    The rate limiter has already halved the region's rate when a throttle comes back; a throttled
-    call is then retried here with growing, jittered pauses before it may stop the page.
-    """
-
-    def __init__(self, aws: AwsClients):
-        self._gap = 1.0 / aws.cfg.quotas.per_api.get("ShadowPerThing", PER_THING_RPS)
-        self._last: dict[str, float] = {}
-
-    def call(self, region: str, method: Callable[..., Any], **kwargs: Any) -> Any:
-        attempt = 0
-        while True:
-            wait = self._last.get(region, 0.0) + self._gap - time.monotonic()
-            if wait > 0:
-                time.sleep(wait)
-            self._last[region] = time.monotonic()
-            try:
-                return method(**kwargs)
-            except ClientError as e:
-                attempt += 1
-                if not is_throttle(e) or attempt >= THROTTLE_TRIES:
-                    raise
-            time.sleep(min(8.0, 0.25 * 2**attempt) * (1 + random.random()))
 
 
 class ShadowActivities:
@@ -245,7 +218,7 @@ class ShadowActivities:
             progress.tally.add(result)
             _heartbeat(progress)
 
-        _run_page(
+        run_page(
             inp.things,
             set(progress.done),
             inp.concurrency,
@@ -259,7 +232,7 @@ class ShadowActivities:
     def _sync_thing(self, aws: AwsClients, labels: tuple[str, str, str], thing: str) -> ShadowSyncResult:
         source = labels[1]
         result = ShadowSyncResult(things_scanned=1)
-        pace = _Pacer(aws)
+        pace = ShadowPacer(aws)
         try:
             names: list[str | None] = [None, *named_shadows(aws, source, thing, pace)]
         except ClientError as e:
@@ -278,7 +251,7 @@ class ShadowActivities:
         labels: tuple[str, str, str],
         thing: str,
         name: str | None,
-        pace: _Pacer,
+        pace: ShadowPacer,
         result: ShadowSyncResult,
     ) -> None:
         source, target = labels[1], labels[2]
@@ -315,7 +288,7 @@ class ShadowActivities:
             result.stale_leaves += len(merge.stale)
             STALE.labels(*labels).inc(len(merge.stale))
             room = SAMPLE - len(result.stale_sample)
-            result.stale_sample += [f"{_label(thing, name)}:{s.path}" for s in merge.stale[:room]]
+            result.stale_sample += [f"{label(thing, name)}:{s.path}" for s in merge.stale[:room]]
             now = time.time()
             for s in merge.stale:
                 if s.source_timestamp:
@@ -325,7 +298,7 @@ class ShadowActivities:
         SYNCED.labels(*labels, "failed").inc()
         if len(result.failures) < SAMPLE:
             result.failures.append(
-                f"{_label(thing, name)}: version conflict {CONFLICT_TRIES} times in a row "
+                f"{label(thing, name)}: version conflict {CONFLICT_TRIES} times in a row "
                 "(a device keeps writing it); the next sync retries"
             )
 
@@ -340,7 +313,7 @@ class ShadowActivities:
             report = ShadowParityReport(**vars(committed.report))
 
             def one(thing: str) -> list[str]:
-                return self._thing_differences(aws, inp.source, inp.target, thing)
+                return thing_differences(aws, inp.source, inp.target, thing)
 
             def done(_: int, differences: list[str], report: ShadowParityReport = report) -> None:
                 report.things_checked += 1
@@ -349,25 +322,12 @@ class ShadowActivities:
                     report.sample = (report.sample + differences)[:SAMPLE]
 
             beat = lambda c=committed: _heartbeat(c)  # noqa: E731 (only whole pages are committed)
-            _run_page(things, set(), inp.concurrency, one, done, beat, f"comparing shadows with {inp.target}")
+            run_page(things, set(), inp.concurrency, one, done, beat, f"comparing shadows with {inp.target}")
             committed = _ParityProgress(report, next_token)
             _heartbeat(committed)
             if not next_token:
                 report.ok = report.differing == 0
                 return report
-
-    def _thing_differences(self, aws: AwsClients, source: str, target: str, thing: str) -> list[str]:
-        try:
-            return [
-                f"{_label(thing, name)}: {len(merge.stale)} stale leaves "
-                f"({merge.stale[0].path if merge.stale else '?'} ...)"
-                for name, merge in _compared_shadows(aws, source, target, thing)
-                if merge.payload is not None
-            ]
-        except ClientError as e:
-            if is_retryable(e) or error_code(e) in ACCESS_CODES:
-                raise
-            return [f"{thing}: cannot compare: {error_code(e)}"]
 
     # ---- recovery point ------------------------------------------------------------------
     @activity.defn
@@ -384,11 +344,15 @@ class ShadowActivities:
             tally = copy.deepcopy(committed.tally)
 
             def one(thing: str, as_of: float = tally.as_of) -> DeviceLoss:
-                return self._device_loss(aws, inp.source, inp.target, thing, as_of)
+                return device_loss(aws, inp.source, inp.target, thing, as_of)
 
             beat = lambda c=committed: _heartbeat(c)  # noqa: E731 (only whole pages are committed)
             doing = f"measuring the recovery point against {inp.target}"
-            _run_page(things, set(), inp.concurrency, one, lambda _, loss, t=tally: t.add(loss), beat, doing)
+
+            def add(_: int, loss: DeviceLoss, t: RecoveryTally = tally) -> None:
+                t.add(loss)
+
+            run_page(things, set(), inp.concurrency, one, add, beat, doing)
             committed = _RecoveryProgress(tally, next_token)
             _heartbeat(committed)
             if not next_token:
@@ -414,39 +378,6 @@ class ShadowActivities:
             max_seconds=point.max_seconds,
         )
         return point
-
-    def _device_loss(self, aws: AwsClients, source: str, target: str, thing: str, as_of: float) -> DeviceLoss:
-        loss = DeviceLoss()
-        try:
-            for name, merge in _compared_shadows(aws, source, target, thing):
-                lost = lost_writes(merge.stale, as_of)
-                if not lost:
-                    continue
-                oldest = min(s.source_timestamp for s in lost)
-                loss.oldest = oldest if loss.oldest is None else min(loss.oldest, oldest)
-                loss.leaves += len(lost)
-                loss.detail = (
-                    loss.detail or f"{_label(thing, name)}: {len(lost)} leaves lost ({lost[0].path} ...)"
-                )
-            return loss
-        except ClientError as e:
-            if is_retryable(e) or error_code(e) in ACCESS_CODES:
-                raise
-            return DeviceLoss(detail=f"{thing}: cannot compare: {error_code(e)}", unreadable=True)
-
-
-def _compared_shadows(
-    aws: AwsClients, source: str, target: str, thing: str
-) -> Iterator[tuple[str | None, ShadowMerge]]:
-    """Each shadow of a thing in the source (classic, then named), merged into its copy in the target."""
-    pace = _Pacer(aws)
-    for name in [None, *named_shadows(aws, source, thing, pace)]:
-        yield (
-            name,
-            merge_shadow(
-                get_shadow(aws, source, thing, name, pace), get_shadow(aws, target, thing, name, pace)
-            ),
-        )
 
 
 @dataclass
@@ -482,96 +413,7 @@ def _fail(
     result.failed += 1
     SYNCED.labels(*labels, "failed").inc()
     if len(result.failures) < SAMPLE:
-        result.failures.append(f"{_label(thing, name)}: {reason}")
-
-
-def _run_page(
-    things: list[str],
-    skip: set[int],
-    concurrency: int,
-    work: Callable[[str], Any],
-    done: Callable[[int, Any], None],
-    beat: Callable[[], None],
-    doing: str,
-) -> None:
-    """Run `work` over the page's things with bounded concurrency, calling `done` as each finishes.
-
-    The first retryable or access error stops the page: nothing new starts, running things finish
-    (and are recorded), then the error is raised as an ApplicationError saying whether to retry.
-    Waiting wakes up every few seconds to heartbeat, which is also how cancellation arrives.
-    """
-    pool = futures.ThreadPoolExecutor(max_workers=max(1, concurrency), thread_name_prefix="shadow")
-    error: BaseException | None = None
-    try:
-        pending = {pool.submit(work, t): i for i, t in enumerate(things) if i not in skip}
-        while pending:
-            finished, _ = futures.wait(pending, timeout=5, return_when=futures.FIRST_COMPLETED)
-            if not finished:
-                beat()
-            for f in finished:
-                index = pending.pop(f)
-                if f.exception() is not None:
-                    error = error or f.exception()
-                    for other in pending:
-                        other.cancel()
-                    continue
-                done(index, f.result())
-            if error is not None:
-                pending = {f: i for f, i in pending.items() if not f.cancelled()}
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)
-    if error is not None:
-        if isinstance(error, ClientError | BotoCoreError):
-            raise to_application_error(error, doing, "") from error
-        raise error
-
-
-def list_scope_page(
-    aws: AwsClients, region: str, thing_group: str | None, token: str | None, page_size: int
-) -> tuple[list[str], str | None]:
-    """One page of thing names: a thing group's (with its subgroups) or every thing in the region."""
-    iot = aws.iot(region)
-    try:
-        if thing_group:
-            return fetch_page(
-                iot,
-                "list_things_in_thing_group",
-                "things",
-                token,
-                page_size,
-                thingGroupName=thing_group,
-                recursive=True,
-            )
-        things, token = fetch_page(iot, "list_things", "things", token, page_size)
-    except ClientError as e:
-        raise to_application_error(e, f"listing things of {thing_group or 'the fleet'}", region) from e
-    return [t["thingName"] for t in things], token
-
-
-def named_shadows(aws: AwsClients, region: str, thing: str, pace: _Pacer) -> list[str]:
-    names: list[str] = []
-    token: str | None = None
-    while True:
-        kwargs = {"nextToken": token} if token else {}
-        resp = pace.call(
-            region, aws.iot_data(region).list_named_shadows_for_thing, thingName=thing, pageSize=100, **kwargs
-        )
-        names += resp.get("results", [])
-        token = resp.get("nextToken")
-        if not token:
-            return sorted(set(names))
-
-
-def get_shadow(aws: AwsClients, region: str, thing: str, name: str | None, pace: _Pacer) -> dict | None:
-    """A shadow document, or None when the thing has no such shadow in `region`."""
-    try:
-        kwargs = {"shadowName": name} if name else {}
-        resp = pace.call(region, aws.iot_data(region).get_thing_shadow, thingName=thing, **kwargs)
-    except ClientError as e:
-        if is_not_found(e):
-            return None
-        raise
-    return json.loads(resp["payload"].read())
+        result.failures.append(f"{label(thing, name)}: {reason}")
 
 
 def activities(deployments: Deployments) -> list[Callable]:

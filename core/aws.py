@@ -2,7 +2,8 @@
 
 Every activity, the bootstrap service, the simulator and the starter get their boto3 clients here:
 per region, assuming the region's role when one is configured (cross-account), with botocore's
-adaptive retries, a connection pool sized for the worker's concurrency, the project's rate limiter
+standard retries of one call (its `adaptive` mode would be a second client-side rate limiter), a
+connection pool sized for the worker's concurrency, the project's rate limiter (the one limiter)
 and metrics hooked into every request, and the endpoint overridden for the local emulators. The
 same code talks to AWS when the config names no endpoint override.
 """
@@ -19,10 +20,11 @@ import botocore.session
 from botocore.client import BaseClient
 from botocore.config import Config
 from botocore.credentials import DeferredRefreshableCredentials
+from botocore.paginate import TokenDecoder, TokenEncoder
 
 from core import metrics
 from core.config import DeploymentConfig, RegionConfig
-from core.errors import THROTTLING_CODES, error_code, is_throttle
+from core.errors import error_code, is_throttle, is_throttle_answer
 from core.ratelimit import RateLimiter
 
 SERVICES = ("iot", "iot-data", "iot-jobs-data", "dynamodb", "sqs", "route53", "sts")
@@ -39,7 +41,7 @@ class AwsClients:
         max_pool_connections: int = 32,
         max_attempts: int = 3,
         read_timeout: float = 15,
-        retry_mode: str = "adaptive",
+        retry_mode: str = "standard",
     ):
         self.cfg = cfg
         self.limiter = RateLimiter(cfg.quotas.per_api, cfg.quotas.default_rps)
@@ -151,7 +153,7 @@ def _instrument(client: BaseClient, region: str, limiter: RateLimiter) -> None:
         else:
             status = response[0].status_code
             code = (response[1] or {}).get("Error", {}).get("Code", "")
-            if status == 429 or code in THROTTLING_CODES:
+            if is_throttle_answer(status, code):
                 limiter.throttled(region, api)
                 outcome = "throttled"
             else:
@@ -170,44 +172,61 @@ def fetch_page(
     page_size: int = 100,
     **kwargs: Any,
 ) -> tuple[list[Any], str | None]:
-    """One page of an AWS IoT list call; the returned token resumes after it (None at the end).
+    """Up to `page_size` items of a paged list call; the returned token resumes after them (None at
+    the end). boto3's paginator does the paging, whether the call pages by `nextToken` or `marker`.
 
     Activities heartbeat the token between pages so that a retried activity resumes where the
     failed attempt stopped instead of starting the fleet over.
     """
-    args = dict(kwargs, maxResults=page_size)
-    if token:
-        args["nextToken"] = token
-    resp = getattr(client, method)(**args)
-    return resp.get(items_key, []), resp.get("nextToken") or None
+    if not client.can_paginate(method):  # search_index: the one paged call boto3 has no paginator for
+        args = dict(kwargs, maxResults=page_size, **({"nextToken": token} if token else {}))
+        resp = getattr(client, method)(**args)
+        return resp.get(items_key, []), resp.get("nextToken") or None
+    paginator = client.get_paginator(method)
+    config = {"MaxItems": page_size, "PageSize": page_size, "StartingToken": _starting(paginator, token)}
+    result = paginator.paginate(**kwargs, PaginationConfig=config).build_full_result()
+    return result.get(items_key, []), result.get("NextToken") or None
+
+
+def _starting(paginator: Any, token: str | None) -> str | None:
+    """The paginator's own resume token for `token`; a raw AWS token (heartbeated or kept in a
+    workflow by a worker from before the paginators) is wrapped as the paginator's."""
+    if not token:
+        return None
+    key = paginator._pagination_cfg["input_token"]  # botocore has no public accessor for it
+    try:
+        decoded = TokenDecoder().decode(token)
+    except (ValueError, TypeError):
+        decoded = None
+    if isinstance(decoded, dict) and key in decoded:
+        return token
+    return TokenEncoder().encode({key: token})
 
 
 def all_items(client: Any, method: str, items_key: str, page_size: int = 100, **kwargs: Any) -> Iterator[Any]:
     """Every item of a paged list call, fetched page by page (never the whole fleet at once)."""
-    token: str | None = None
-    while True:
-        items, token = fetch_page(client, method, items_key, token, page_size, **kwargs)
-        yield from items
-        if not token:
-            return
+    for page in pages(client, method, items_key, page_size, **kwargs):
+        yield from page
+
+
+def pages(
+    client: Any, method: str, items_key: str, page_size: int = 100, **kwargs: Any
+) -> Iterator[list[Any]]:
+    """The items of a paged list call, a page at a time."""
+    if not client.can_paginate(method):
+        token: str | None = None
+        while True:
+            items, token = fetch_page(client, method, items_key, token, page_size, **kwargs)
+            yield items
+            if not token:
+                return
+    for page in client.get_paginator(method).paginate(**kwargs, PaginationConfig={"PageSize": page_size}):
+        yield page.get(items_key, [])
 
 
 def group_member_pages(iot: Any, group: str, page_size: int = 100) -> Iterator[list[str]]:
     """The things of a thing group and of its children, a page at a time (cutover scopes nest)."""
-    token: str | None = None
-    while True:
-        names, token = fetch_page(
-            iot,
-            "list_things_in_thing_group",
-            "things",
-            token,
-            page_size,
-            thingGroupName=group,
-            recursive=True,
-        )
-        yield names
-        if not token:
-            return
+    return pages(iot, "list_things_in_thing_group", "things", page_size, thingGroupName=group, recursive=True)
 
 
 __all__ = [
@@ -216,6 +235,7 @@ __all__ = [
     "all_items",
     "fetch_page",
     "group_member_pages",
+    "pages",
     "error_code",
     "is_throttle",
 ]

@@ -64,32 +64,32 @@ class RegionConfig(_Strict):
 
     name: str = ""
     role: Literal["primary", "standby", "peer"]
-    role_arn: str | None = Field(None, pattern=r"^arn:aws[a-z-]*:iam::\d{12}:role/.+$")
+    role_arn: str | None = Field(default=None, pattern=r"^arn:aws[a-z-]*:iam::\d{12}:role/.+$")
     # A shared secret of the role's trust policy (NoEcho in the template): never serialized, so a
     # config sent to a workflow keeps it out of history; workers use their own copy from the file.
-    external_id: str | None = Field(None, min_length=2, max_length=1224, exclude=True, repr=False)
-    endpoint_url: str | None = Field(None, pattern=r"^https?://")
-    bootstrap_url: str | None = Field(None, pattern=r"^https?://")
+    external_id: str | None = Field(default=None, min_length=2, max_length=1224, exclude=True, repr=False)
+    endpoint_url: str | None = Field(default=None, pattern=r"^https?://")
+    bootstrap_url: str | None = Field(default=None, pattern=r"^https?://")
     iot_endpoint: str | None = None  # the device endpoint; discovered with DescribeEndpoint when unset
 
 
 class FleetConfig(_Strict):
     thing_group: str = Field(min_length=1, max_length=128)
-    policy_name: str = Field("fleet-device-policy", min_length=1)
+    policy_name: str = Field(default="fleet-device-policy", min_length=1)
     thing_type: str | None = None
-    application: str = Field("app", pattern=r"^[A-Za-z0-9_-]+$")
+    application: str = Field(default="app", pattern=r"^[A-Za-z0-9_-]+$")
 
 
 class HealthPolicy(_Strict):
-    interval_seconds: float = Field(10, gt=0, le=3600)
-    probe_timeout_seconds: float = Field(5, gt=0, le=300)
-    unhealthy_after: int = Field(3, ge=1, le=1000)
-    healthy_after: int = Field(3, ge=1, le=1000)
-    degraded_latency_ms: float = Field(800, gt=0, le=300_000)
+    interval_seconds: float = Field(default=10, gt=0, le=3600)
+    probe_timeout_seconds: float = Field(default=5, gt=0, le=300)
+    unhealthy_after: int = Field(default=3, ge=1, le=1000)
+    healthy_after: int = Field(default=3, ge=1, le=1000)
+    degraded_latency_ms: float = Field(default=800, gt=0, le=300_000)
     canary_thing: str = "iotfailover-canary"
-    heartbeat_sample: int = Field(50, ge=0, le=10_000)
-    heartbeat_fresh_seconds: float = Field(120, gt=0, le=_MAX_SECONDS)
-    min_fresh_share: float = Field(0.5, ge=0, le=1)
+    heartbeat_sample: int = Field(default=50, ge=0, le=10_000)
+    heartbeat_fresh_seconds: float = Field(default=120, gt=0, le=_MAX_SECONDS)
+    min_fresh_share: float = Field(default=0.5, ge=0, le=1)
 
 
 class BlockedWindow(_Strict):
@@ -101,20 +101,20 @@ class BlockedWindow(_Strict):
 
 class CutoverPolicy(_Strict):
     approval: Literal["none", "canary", "every-wave"] = "none"
-    canary_size: int = Field(5, ge=1)
-    wave_growth: float = Field(4, ge=1, le=1000)
-    max_wave_size: int = Field(5000, ge=1, le=10_000_000)
-    rollout_per_minute: int = Field(1000, ge=1, le=1000)
-    abort_failure_percent: float = Field(20, gt=0, le=100)
-    wave_success_percent: float = Field(95, gt=0, le=100)
-    in_progress_timeout_minutes: int = Field(10, ge=1, le=10080)
-    verify_timeout_seconds: float = Field(300, gt=0, le=_MAX_SECONDS)
-    verify_poll_seconds: float = Field(5, gt=0, le=3600)
+    canary_size: int = Field(default=5, ge=1)
+    wave_growth: float = Field(default=4, ge=1, le=1000)
+    max_wave_size: int = Field(default=5000, ge=1, le=10_000_000)
+    rollout_per_minute: int = Field(default=1000, ge=1, le=1000)
+    abort_failure_percent: float = Field(default=20, gt=0, le=100)
+    wave_success_percent: float = Field(default=95, gt=0, le=100)
+    in_progress_timeout_minutes: int = Field(default=10, ge=1, le=10080)
+    verify_timeout_seconds: float = Field(default=300, gt=0, le=_MAX_SECONDS)
+    verify_poll_seconds: float = Field(default=5, gt=0, le=3600)
     # also require fleet indexing to see a confirmed device connected in the target now: catches devices
     # that report there, then are dropped (a policy that refuses their publishes). Needs connectivity
     # indexing (thingConnectivityIndexingMode=STATUS) in every region; leave off for devices that sleep.
     verify_connected: bool = False
-    cooldown_minutes: float = Field(10, ge=0, le=_MAX_MINUTES)
+    cooldown_minutes: float = Field(default=10, ge=0, le=_MAX_MINUTES)
 
     @model_validator(mode="after")
     def _consistent(self) -> CutoverPolicy:
@@ -136,14 +136,14 @@ class CutoverPolicy(_Strict):
 class FailoverPolicy(_Strict):
     automatic: bool = True
     standby_order: list[str] = []
-    min_interval_minutes: float = Field(30, ge=0, le=_MAX_MINUTES)
-    max_per_day: int = Field(2, ge=0, le=1000)
+    min_interval_minutes: float = Field(default=30, ge=0, le=_MAX_MINUTES)
+    max_per_day: int = Field(default=2, ge=0, le=1000)
     blocked_windows: list[BlockedWindow] = []
-    failback_offer_after_minutes: float = Field(10, ge=0, le=_MAX_MINUTES)
+    failback_offer_after_minutes: float = Field(default=10, ge=0, le=_MAX_MINUTES)
 
 
 class ReplicationPolicy(_Strict):
-    reconcile_interval_minutes: float = Field(15, gt=0, le=_MAX_MINUTES)
+    reconcile_interval_minutes: float = Field(default=15, gt=0, le=_MAX_MINUTES)
     allow_register_without_ca: bool = False
     events_queue: str = "iotfailover-registry-events"
     ledger_table: str = "iotfailover-replication-ledger"  # what the replicator created, per region

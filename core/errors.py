@@ -7,13 +7,17 @@ limits become non-retryable ApplicationErrors whose message says what to fix.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import functools
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from botocore import exceptions as boto
 
 if TYPE_CHECKING:  # imported where used: the bootstrap Lambda classifies errors without temporalio
     from temporalio.exceptions import ApplicationError
 
+F = TypeVar("F", bound=Callable[..., Any])
 THROTTLING_CODES = {
     "Throttling",
     "ThrottlingException",
@@ -98,8 +102,13 @@ def http_status(exc: BaseException) -> int:
     return 0
 
 
+def is_throttle_answer(status: int, code: str) -> bool:
+    """Whether an AWS answer (HTTP status, error code) is a throttle: the one definition."""
+    return status == 429 or code in THROTTLING_CODES
+
+
 def is_throttle(exc: BaseException) -> bool:
-    return error_code(exc) in THROTTLING_CODES or http_status(exc) == 429
+    return is_throttle_answer(http_status(exc), error_code(exc))
 
 
 def is_already_exists(exc: BaseException) -> bool:
@@ -154,3 +163,29 @@ def to_application_error(exc: BaseException, doing: str, region: str = "") -> Ap
         type=code or "AwsError",
         non_retryable=True,
     )
+
+
+@contextmanager
+def failing_as(doing: str, region: str = "") -> Iterator[None]:
+    """AWS failures inside become ApplicationErrors that say whether a retry can help."""
+    try:
+        yield
+    except (boto.ClientError, boto.BotoCoreError) as e:
+        raise to_application_error(e, doing, region) from e
+
+
+def aws_activity(describe: Callable[[Any], tuple[str, str]]) -> Callable[[F], F]:
+    """Decorator of an activity (below `@activity.defn`): an AWS failure that leaves it is raised as
+    `to_application_error(e, doing, region)`, `(doing, region)` being `describe(its input)`."""
+
+    def wrap(fn: F) -> F:
+        @functools.wraps(fn)
+        def run(*args: Any) -> Any:
+            try:
+                return fn(*args)
+            except (boto.ClientError, boto.BotoCoreError) as e:
+                raise to_application_error(e, *describe(args[-1])) from e
+
+        return cast(F, run)
+
+    return wrap

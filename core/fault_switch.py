@@ -51,10 +51,6 @@ def get_fault(endpoint_url: str) -> dict:
     return _control(endpoint_url, "/_emulator/health")["fault"]
 
 
-def emulator_health(endpoint_url: str, timeout: float = 2) -> dict:
-    return _control(endpoint_url, "/_emulator/health", timeout=timeout)
-
-
 def reset_emulator(endpoint_url: str) -> None:
     """Forget every resource in the emulator (tests call this between cases)."""
     _control(endpoint_url, "/_emulator/reset", {})

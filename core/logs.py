@@ -7,6 +7,7 @@ import os
 import sys
 
 import structlog
+from structlog.typing import Processor
 
 _configured = False
 
@@ -21,7 +22,7 @@ def configure(json: bool | None = None, level: str | None = None) -> None:
         json = os.environ.get("IOTFAILOVER_LOG_FORMAT", "") == "json" or not sys.stderr.isatty()
     lvl = getattr(logging, (level or os.environ.get("IOTFAILOVER_LOG_LEVEL", "INFO")).upper(), logging.INFO)
     renderer = structlog.processors.JSONRenderer() if json else structlog.dev.ConsoleRenderer(colors=False)
-    shared = [
+    shared: list[Processor] = [
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),

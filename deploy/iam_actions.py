@@ -31,7 +31,7 @@ import botocore.session
 from botocore import xform_name
 
 ROOT = Path(__file__).resolve().parent.parent
-SCANNED = ("activities", "bootstrap", "cli", "core", "workflows")
+SCANNED = ("activities", "bootstrap", "cli", "core", "replication", "workflows")
 
 # AwsClients methods and the boto3 service each returns.
 CLIENT_METHODS = {
@@ -74,7 +74,7 @@ OVERRIDES = {
 # Actions the authorization reference lists with a resource type but that are granted on "*" in
 # practice (CloudWatch metric reads are not scoped to a resource).
 ACCOUNT_WIDE = {"cloudwatch:GetMetricData", "cloudwatch:GetMetricStatistics", "cloudwatch:ListMetrics"}
-# Pagers taking the method as a string (fetch_marker_page/marker_items: activities/certificates.py).
+# Pagers taking the method as a string (core/aws.py; marker_items: the older name of all_items).
 PAGER_FUNCTIONS = {"fetch_page", "all_items", "fetch_marker_page", "marker_items"}
 # boto3 conveniences whose requests are another operation's.
 ALIASES = {("dynamodb", "batch_writer"): "batch_write_item"}

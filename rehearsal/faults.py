@@ -10,14 +10,13 @@ from __future__ import annotations
 import threading
 from dataclasses import asdict
 
-from core.fault_switch import MODES, Fault, FaultMode, emulator_health, get_fault, reset_emulator, set_fault
+from core.fault_switch import MODES, Fault, FaultMode, get_fault, reset_emulator, set_fault
 
 __all__ = [
     "MODES",
     "Fault",
     "FaultMode",
     "FaultSwitch",
-    "emulator_health",
     "get_fault",
     "reset_emulator",
     "set_fault",

@@ -148,7 +148,7 @@ class Execution:
         return None if deadline is None else max(0, int(deadline - now()))
 
     def to_get_dict(self) -> dict[str, Any]:
-        """The control plane's JobExecution."""
+        """The control plane's JobExecution (moto's DescribeJobExecution response calls it)."""
         return {
             "jobId": self.job_id,
             "status": self.status,

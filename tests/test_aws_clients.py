@@ -106,6 +106,15 @@ def test_paging_walks_every_item(config: DeploymentConfig) -> None:
     assert len(page) == 10 and token
     names = [t["thingName"] for t in all_items(aws.iot("us-east-1"), "list_things", "things", page_size=10)]
     assert sorted(names) == [f"t{i:02d}" for i in range(25)]
+    rest, end = fetch_page(aws.iot("us-east-1"), "list_things", "things", token, page_size=20)
+    assert (
+        len(rest) == 15
+        and end is None
+        and not {t["thingName"] for t in page} & {t["thingName"] for t in rest}
+    )
+    # a raw AWS token, as a worker from before the paginators heartbeated it, resumes too
+    raw = aws.iot("us-east-1").list_things(maxResults=10)["nextToken"]
+    assert fetch_page(aws.iot("us-east-1"), "list_things", "things", raw, page_size=20)[0] == rest
 
 
 def test_throttles_are_counted_and_slow_the_limiter(config: DeploymentConfig) -> None:

@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from activities.jobs import DeviceReport
+from core.device_report import DeviceReport
 from workflows.cutover_steps import JOB_ID_MAX, bootstrap_order, job_id, wave_sizes
 
 
@@ -67,3 +67,16 @@ def test_job_ids_fit_aws_limits_and_stay_distinct_for_long_deployment_names() ->
             assert jid.endswith(f"-123456-{wave}")
     assert job_id(a, 7, "0") != job_id(b, 7, "0")
     assert job_id(a, 7, "0") == job_id(a, 7, "0")  # deterministic: a retry finds its job
+
+
+def test_report_times_are_seconds_milliseconds_or_iso() -> None:
+    from core.device_report import seconds
+
+    assert seconds(1_700_000_000) == 1_700_000_000.0
+    assert seconds(1_700_000_000_500) == 1_700_000_000.5  # milliseconds
+    assert seconds("2023-11-14T22:13:20Z") == 1_700_000_000.0
+    assert seconds("soon") is None and seconds(None) is None and seconds(True) is None
+    report = DeviceReport(region="r", epoch=1, since=1_700_000_000_000, reported_at=1_700_000_100.0)
+    assert report.since_seconds == 1_700_000_000.0 and report.last_heard == 1_700_000_100.0
+    assert DeviceReport(region="r", since="2023-11-14T22:13:20Z").last_heard == 1_700_000_000.0
+    assert DeviceReport().last_heard is None

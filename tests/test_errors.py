@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -137,3 +138,35 @@ def test_the_rate_limiter_slows_down_on_every_throttle_code_and_only_on_those(
     assert e.value.response["Error"]["Code"] == code
     slowed = aws.limiter.rate("us-east-1", "ListThings") < before
     assert (slowed, _calls("throttled") > throttled_before) == (throttle, throttle)
+
+
+@dataclass
+class _ActInput:
+    region: str
+    code: str
+
+
+def test_an_aws_activity_raises_its_failures_classified_and_named_after_its_input() -> None:
+    from botocore.exceptions import ClientError
+    from temporalio import activity
+    from temporalio.exceptions import ApplicationError
+
+    from core.errors import aws_activity, failing_as
+
+    class Acts:
+        @activity.defn
+        @aws_activity(lambda inp: (f"doing {inp.code}", inp.region))
+        def act(self, inp: _ActInput) -> str:
+            if inp.code == "ok":
+                return "done"
+            raise ClientError({"Error": {"Code": inp.code, "Message": "m"}}, "ListThings")
+
+    acts = Acts()
+    assert acts.act(_ActInput("r1", "ok")) == "done"
+    assert activity._Definition.from_callable(acts.act).name == "act"  # registered under its own name
+    with pytest.raises(ApplicationError) as e:
+        acts.act(_ActInput("r1", "ThrottlingException"))
+    assert not e.value.non_retryable and "doing ThrottlingException in r1 failed, will retry" in str(e.value)
+    with pytest.raises(ApplicationError) as e, failing_as("reading", "r2"):
+        raise ClientError({"Error": {"Code": "AccessDeniedException", "Message": "m"}}, "GetItem")
+    assert e.value.non_retryable and "reading in r2 failed" in str(e.value)

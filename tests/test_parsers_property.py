@@ -22,10 +22,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from prometheus_client import REGISTRY
 
-from activities.jobs import DeviceReport
-from activities.registry_events import OPERATIONS, EventError, parse_event
 from core.certs import CertificateError, device_identity
 from core.config import ConfigError, parse_config
+from core.device_report import DeviceReport
+from replication.events import OPERATIONS, EventError, parse_event
 
 # cryptography warns of a CN over 64 characters, building or reading one: hostile CNs are the point
 pytestmark = pytest.mark.filterwarnings("ignore:Attribute's length must be:UserWarning")

@@ -17,9 +17,9 @@ from prometheus_client import REGISTRY
 from temporalio.exceptions import ApplicationError
 
 from activities.registry import DrainInput, DrainResult, RegistryActivities
-from activities.registry_dead_letters import DeadLetterQueues, dead_letter_queue
 from core.config import DeploymentConfig
 from rehearsal import faults, pki
+from replication.dead_letters import DeadLetterQueues, dead_letter_queue
 from tests import replication_fleet
 from tests.replication_fleet import POLICY, denied
 

@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from activities.registry_events import EventError, parse_event
-from activities.registry_records import (
+from replication.events import EventError, parse_event
+from replication.records import (
     KindDiff,
     ThingGroupRecord,
     ThingRecord,

@@ -12,7 +12,6 @@ import pytest
 from prometheus_client import REGISTRY
 
 from activities.context import Deployments
-from activities.ledger import Ledger
 from activities.registry import (
     DrainInput,
     ParityInput,
@@ -24,6 +23,7 @@ from activities.registry import (
 )
 from core.config import DeploymentConfig
 from rehearsal import pki
+from replication.ledger import Ledger
 from tests import replication_fleet
 from tests.conftest import make_config
 from tests.replication_fleet import FAST, POLICY, provision

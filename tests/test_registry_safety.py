@@ -14,7 +14,6 @@ import pytest
 from prometheus_client import REGISTRY
 from temporalio.exceptions import ApplicationError
 
-from activities.ledger import Ledger
 from activities.registry import (
     DrainInput,
     ReconcileInput,
@@ -22,10 +21,11 @@ from activities.registry import (
     reconcile_pair,
     registry_parity,
 )
-from activities.registry_reconcile import Reconciler
-from activities.registry_sync import Replicator
 from core.config import DeploymentConfig
 from rehearsal import pki
+from replication.ledger import Ledger
+from replication.reconcile import Reconciler
+from replication.sync import Replicator
 from tests import replication_fleet
 from tests.replication_fleet import POLICY, denied
 

@@ -15,7 +15,6 @@ from temporalio.client import WorkflowHandle
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import UnsandboxedWorkflowRunner, Worker
 
-from activities.certificates import marker_items
 from activities.context import Deployments
 from activities.registry import registry_parity
 from core.aws import AwsClients, all_items
@@ -146,7 +145,7 @@ async def test_worker_killed_mid_reconcile_resumes_without_duplicates_or_losses(
     assert report.ok, report.render()
     things = [t["thingName"] for t in all_items(aws.iot(W), "list_things", "things")]
     assert sorted(things) == sorted(set(things)) and len(things) == n
-    certs = [c["certificateId"] for c in marker_items(aws.iot(W), "list_certificates", "certificates")]
+    certs = [c["certificateId"] for c in all_items(aws.iot(W), "list_certificates", "certificates")]
     assert len(certs) == len(set(certs)) == n
     for t in things[:10]:
         assert len(aws.iot(W).list_thing_principals(thingName=t)["principals"]) == 1

@@ -254,13 +254,13 @@ def test_recovery_point_is_the_span_of_the_writes_the_standby_lacked(
 def test_pacer_keeps_one_thing_under_its_rate_and_waits_out_throttles(cfg: DeploymentConfig) -> None:
     from botocore.exceptions import ClientError
 
-    from activities.shadows import _Pacer
+    from activities.shadow_reads import ShadowPacer
     from core.aws import AwsClients
 
     slow = cfg.model_copy(
         update={"quotas": cfg.quotas.model_copy(update={"per_api": {"ShadowPerThing": 10}})}
     )
-    pacer, calls = _Pacer(AwsClients(slow)), []
+    pacer, calls = ShadowPacer(AwsClients(slow)), []
     started = time.monotonic()
     for _ in range(4):
         pacer.call(SOURCE, lambda: calls.append(time.monotonic()))

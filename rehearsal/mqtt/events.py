@@ -3,7 +3,7 @@
 Each event goes to the broker's subscribers and, when its topic is one the region template routes
 (`SELECT *, topic() AS topic FROM '$aws/events/certificates/registered/+'` and the registry events),
 to the region's events queue when that queue exists: the message body is the event's JSON with the
-topic added, exactly what activities/registry_events.py parses.
+topic added, exactly what replication/events.py parses.
 """
 
 from __future__ import annotations

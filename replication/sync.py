@@ -1,24 +1,28 @@
 """Converging one target region to one source region, resource by resource.
 
-A `Replicator` reads comparable records (registry_records) from both regions, diffs them and, when
+A `Replicator` reads comparable records (replication.records) from both regions, diffs them and, when
 `apply` is set, creates, updates and deletes in the target in dependency order. With `apply` unset
 it only counts differences: the parity checker and the reconciler are the same code. Every write is
-idempotent ("already exists" is success) and every delete obeys registry_records.may_delete.
+idempotent ("already exists" is success) and every delete obeys records.may_delete.
 """
 
 from __future__ import annotations
 
 import threading
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 from botocore.exceptions import ClientError
 
-from activities import certificates as certs
-from activities.ledger import Ledger
-from activities.registry_records import (
-    MARKER_ATTRIBUTE,
+from core import logs
+from core.aws import AwsClients
+from core.errors import ACCESS_CODES, error_code, is_already_exists, is_not_found, is_retryable
+from replication import certificates as certs
+from replication.ledger import Ledger
+from replication.readers import RegistryReader
+from replication.records import (
     CertificateRecord,
     ItemFailed,
     KindDiff,
@@ -26,21 +30,17 @@ from activities.registry_records import (
     ThingGroupRecord,
     ThingRecord,
     ThingTypeRecord,
-    canonical_json,
     diff,
     marker,
     parents_first,
     target_status,
 )
-from core import logs
-from core.aws import AwsClients, all_items
-from core.errors import ACCESS_CODES, error_code, is_already_exists, is_not_found, is_retryable
 
 log = logs.get("replication")
 APPLIED_HOOK = Callable[[str, str, str], None]  # (target region, kind, operation)
 
 
-class Replicator:
+class Replicator(RegistryReader):
     def __init__(
         self,
         aws: AwsClients,
@@ -95,88 +95,7 @@ class Replicator:
                 self.failures.append(f"{kind} {name}: {why[:200]}")
         log.warning("replication item failed", kind=kind, name=name, target=self.target, reason=why[:300])
 
-    def iot(self, region: str) -> Any:
-        return self.aws.iot(region)
-
-    # ---------------------------------------------------------------- readers
-    def read_types(self, region: str) -> dict[str, ThingTypeRecord]:
-        return {
-            t["thingTypeName"]: _type_record(t)
-            for t in all_items(self.iot(region), "list_thing_types", "thingTypes", page_size=100)
-        }
-
-    def read_type(self, region: str, name: str) -> ThingTypeRecord | None:
-        return _or_none(lambda: _type_record(self.iot(region).describe_thing_type(thingTypeName=name)))
-
-    def read_group(self, region: str, name: str) -> ThingGroupRecord | None:
-        def read() -> ThingGroupRecord:
-            g = self.iot(region).describe_thing_group(thingGroupName=name)
-            props = g.get("thingGroupProperties") or {}
-            attrs = (props.get("attributePayload") or {}).get("attributes") or {}
-            return ThingGroupRecord(
-                name=name,
-                parent=(g.get("thingGroupMetadata") or {}).get("parentGroupName"),
-                description=props.get("thingGroupDescription") or "",
-                attributes=tuple(sorted(attrs.items())),
-            )
-
-        return _or_none(read)
-
-    def read_groups(self, region: str) -> dict[str, ThingGroupRecord]:
-        names = [
-            g["groupName"]
-            for g in all_items(self.iot(region), "list_thing_groups", "thingGroups", page_size=250)
-        ]
-        found = {n: self.read_group(region, n) for n in names}
-        return {n: r for n, r in found.items() if r is not None}
-
-    def read_policy(self, region: str, name: str) -> PolicyRecord | None:
-        return _or_none(
-            lambda: PolicyRecord(
-                name, canonical_json(self.iot(region).get_policy(policyName=name)["policyDocument"])
-            )
-        )
-
-    def read_policies(self, region: str) -> dict[str, PolicyRecord]:
-        names = [p["policyName"] for p in certs.marker_items(self.iot(region), "list_policies", "policies")]
-        found = {n: self.read_policy(region, n) for n in names}
-        return {n: r for n, r in found.items() if r is not None}
-
-    def thing_record(
-        self, region: str, listed: Mapping[str, Any], groups: Iterable[str] | None = None
-    ) -> ThingRecord:
-        """A thing's record from its ListThings/DescribeThing entry, plus groups and certificates."""
-        name = listed["thingName"]
-        attrs = dict(listed.get("attributes") or {})
-        legacy = attrs.get(MARKER_ATTRIBUTE) == self.marker  # another value is the customer's data
-        replicated_by = attrs.pop(MARKER_ATTRIBUTE) if legacy else None
-        if groups is None:
-            groups = [
-                g["groupName"]
-                for g in all_items(
-                    self.iot(region), "list_thing_groups_for_thing", "thingGroups", thingName=name
-                )
-            ]
-        principals = self.iot(region).list_thing_principals(thingName=name).get("principals", [])
-        return ThingRecord(
-            name=name,
-            thing_type=listed.get("thingTypeName") or None,
-            attributes=tuple(sorted(attrs.items())),
-            groups=tuple(sorted(groups)),
-            certificates=tuple(sorted(p.rsplit("/", 1)[-1] for p in principals if ":cert/" in p)),
-            replicated_by=replicated_by,
-        )
-
-    def read_thing(self, region: str, name: str) -> ThingRecord | None:
-        desc = _or_none(lambda: self.iot(region).describe_thing(thingName=name))
-        return self.thing_record(region, desc) if desc else None
-
     # ---------------------------------------------------------------- catalog kinds
-    def read_catalog(self, region: str, kind: str) -> dict[str, Any]:
-        return {"thing_type": self.read_types, "thing_group": self.read_groups, "policy": self.read_policies}[
-            kind
-        ](region)
-
     def converge_catalog(self, kind: str) -> None:
         """Diff a whole small kind (types, groups, policies) and apply its creates and updates.
 
@@ -190,9 +109,9 @@ class Replicator:
         order = parents_first(source) if kind == "thing_group" else sorted(source)
         for name in order:
             if name in create:
-                self.guarded(kind, name, lambda n=name: self.create(kind, source[n]))
+                self.guarded(kind, name, partial(self.create, kind, source[name]))
             elif name in update:
-                self.guarded(kind, name, lambda n=name: self.update(kind, source[n], target[n]))
+                self.guarded(kind, name, partial(self.update, kind, source[name], target[name]))
 
     def prune_catalog(self, kind: str) -> None:
         source, target = self.source_catalog(kind), self.read_catalog(self.target, kind)
@@ -201,7 +120,7 @@ class Replicator:
         if kind == "thing_group":  # children before parents
             delete = [n for n in reversed(parents_first(target)) if n in delete]
         for name in delete:
-            self.guarded(kind, name, lambda n=name: self._prune_one(kind, n))
+            self.guarded(kind, name, partial(self._prune_one, kind, name))
         for name in ours - set(target) - set(source):  # records of resources already gone
             self.ledger.forget(self.target, kind, name)
 
@@ -246,16 +165,6 @@ class Replicator:
                 self.guarded(kind, name, lambda: self.delete(kind, name))
         return "gone" if src is None else "synced"
 
-    def read(self, region: str, kind: str, name: str) -> Any:
-        readers = {
-            "thing_type": self.read_type,
-            "thing_group": self.read_group,
-            "policy": self.read_policy,
-            "certificate": lambda r, n: certs.read_certificate(self.aws, r, n),
-            "thing": self.read_thing,
-        }
-        return readers[kind](region, name)
-
     def is_ours(self, kind: str, name: str, target_record: Any) -> bool:
         if getattr(target_record, "replicated_by", None):
             return True  # a thing replicated before the ledger recorded things
@@ -272,16 +181,17 @@ class Replicator:
 
     # ---------------------------------------------------------------- writes
     def create(self, kind: str, rec: Any) -> None:
-        name = getattr(rec, "name", None) or getattr(rec, "certificate_id", "")
+        name = str(getattr(rec, "name", None) or getattr(rec, "certificate_id", ""))
         recorded_before = self.ledger.record(self.target, kind, name, self.source)  # first: see ledger.py
+        creators: dict[str, Callable[[Any], None]] = {
+            "thing_type": self._create_type,
+            "thing_group": self._create_group,
+            "policy": self._create_policy,
+            "certificate": self._create_certificate,
+            "thing": self._create_thing,
+        }
         try:
-            {
-                "thing_type": self._create_type,
-                "thing_group": self._create_group,
-                "policy": self._create_policy,
-                "certificate": self._create_certificate,
-                "thing": self._create_thing,
-            }[kind](rec)
+            creators[kind](rec)
         except ClientError as e:
             if not is_already_exists(e):
                 raise
@@ -298,13 +208,14 @@ class Replicator:
         self.done(kind, "create")
 
     def update(self, kind: str, src: Any, tgt: Any) -> None:
-        {
+        updaters: dict[str, Callable[[Any, Any], None]] = {
             "thing_type": self._update_type,
             "thing_group": self._update_group,
             "policy": self._update_policy,
             "certificate": self._update_certificate,
             "thing": self._update_thing,
-        }[kind](src, tgt)
+        }
+        updaters[kind](src, tgt)
         self.done(kind, "update")
 
     def delete(self, kind: str, name: str) -> None:
@@ -503,22 +414,3 @@ class Replicator:
         for p in iot.list_thing_principals(thingName=name).get("principals", []):
             iot.detach_thing_principal(thingName=name, principal=p)
         iot.delete_thing(thingName=name)
-
-
-def _type_record(t: Mapping[str, Any]) -> ThingTypeRecord:
-    props = t.get("thingTypeProperties") or {}
-    return ThingTypeRecord(
-        name=t["thingTypeName"],
-        deprecated=bool((t.get("thingTypeMetadata") or {}).get("deprecated")),
-        description=props.get("thingTypeDescription") or "",
-        searchable=tuple(props.get("searchableAttributes") or ()),
-    )
-
-
-def _or_none(fn: Callable[[], Any]) -> Any:
-    try:
-        return fn()
-    except ClientError as e:
-        if is_not_found(e):
-            return None
-        raise

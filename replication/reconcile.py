@@ -12,18 +12,20 @@ and nothing is deleted.
 from __future__ import annotations
 
 import json
-import time
 from collections import Counter
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from botocore.exceptions import BotoCoreError, ClientError
+from botocore.exceptions import ClientError
 
-from activities import certificates as certs
-from activities.registry_events import EventError
-from activities.registry_records import (
+from core.aws import all_items, fetch_page
+from core.errors import is_not_found
+from core.retry import patiently
+from replication import certificates as certs
+from replication.events import EventError
+from replication.records import (
     MARKER_ATTRIBUTE,
     CertificateRecord,
     ClaimRecord,
@@ -33,11 +35,8 @@ from activities.registry_records import (
     diff,
     may_delete,
 )
-from activities.registry_sync import Replicator
-from core.aws import all_items, fetch_page
-from core.errors import is_not_found, is_retryable
+from replication.sync import Replicator
 
-ITEM_TRIES = 5
 PHASES = ("catalog", "certificates", "things", "prune", "claims")
 CATALOG = ("thing_type", "thing_group", "policy")
 CLAIM_MARK = "replicatedFrom"
@@ -75,12 +74,19 @@ class Reconciler:
             return self.base
         first = PHASES.index(self.base.phase)
         token = self.base.token
+        steps: dict[str, Callable[[str | None], None]] = {
+            "catalog": self._catalog,
+            "certificates": self._certificates,
+            "things": self._things,
+            "prune": self._prune,
+            "claims": self._claims,
+        }
         with ThreadPoolExecutor(max_workers=max(1, self.concurrency), thread_name_prefix="reconcile") as pool:
             self._pool = pool
             for phase in PHASES[first:]:
                 if self.scope and phase in ("certificates", "prune", "claims"):
                     continue  # a scope's certificates and claims go with its things; scopes never delete
-                getattr(self, f"_{phase}")(token)
+                steps[phase](token)
                 token = None
                 self._save(PHASES[PHASES.index(phase) + 1] if phase != PHASES[-1] else "done", None)
         return self.progress("done", None)
@@ -94,13 +100,18 @@ class Reconciler:
         self.checkpoint(self.progress(phase, token))
 
     def _each(self, items: Iterable[Any], fn: Callable[[Any], None]) -> None:
-        """Apply `fn` to a page of items on a bounded pool; the first retryable error propagates."""
+        """Apply `fn` to a page of items on a bounded pool; the first retryable error propagates.
+
+        Each item is tried again on throttling or a 5xx (core.retry) before it fails the page: one
+        sporadic throttle among a page's thousands of calls would otherwise replay the whole page.
+        Every item re-reads the target, so a retry converges, never repeats.
+        """
         items = list(items)
         if len(items) <= 1 or self._pool is None:
             for i in items:
-                _patiently(fn, i)
+                patiently(fn, i)
             return
-        for f in [self._pool.submit(_patiently, fn, i) for i in items]:
+        for f in [self._pool.submit(patiently, fn, i) for i in items]:
             f.result()
 
     # ------------------------------------------------------------------ phases
@@ -112,9 +123,7 @@ class Reconciler:
         src = self.rep.iot(self.rep.source)
         mine = self.rep.ledger.names(self.rep.source, "certificate")
         while True:
-            page, token = certs.fetch_marker_page(
-                src, "list_certificates", "certificates", token, self.page_size
-            )
+            page, token = fetch_page(src, "list_certificates", "certificates", token, self.page_size)
             page = [c for c in page if c["certificateId"] not in mine]
             pending = [c for c in page if c["status"] == "PENDING_ACTIVATION"]
             self._each(pending, self._finish_jitr)
@@ -211,7 +220,8 @@ class Reconciler:
 
     def _memberships(self, region: str) -> dict[str, list[str]]:
         """thing -> static groups, one paged listing per group (not one call per thing)."""
-        iot, found = self.rep.iot(region), {}
+        iot = self.rep.iot(region)
+        found: dict[str, list[str]] = {}
         for g in all_items(iot, "list_thing_groups", "thingGroups", page_size=250):
             for thing in all_items(
                 iot, "list_things_in_thing_group", "things", 250, thingGroupName=g["groupName"]
@@ -248,7 +258,7 @@ class Reconciler:
             self._save("things", f"{index}|{inner or ''}" if index < len(scope) else None)
 
     def _prune(self, _token: str | None) -> None:
-        """Deletions, reverse dependency order, each one only per registry_records.may_delete."""
+        """Deletions, reverse dependency order, each one only per records.may_delete."""
         rep = self.rep
         recorded = rep.ledger.names(rep.target, "thing")
         src_things = {t["thingName"] for t in all_items(rep.iot(rep.source), "list_things", "things", 250)}
@@ -261,8 +271,7 @@ class Reconciler:
         }  # fmt: skip
         self._delete("thing", self._gone("thing", sorted((recorded | legacy) - src_things), recorded))
         src_certs = {
-            c["certificateId"]
-            for c in certs.marker_items(rep.iot(rep.source), "list_certificates", "certificates")
+            c["certificateId"] for c in all_items(rep.iot(rep.source), "list_certificates", "certificates")
         }
         recorded = rep.ledger.names(rep.target, "certificate")
         self._delete("certificate", self._gone("certificate", sorted(recorded - src_certs), recorded))
@@ -335,35 +344,12 @@ class Reconciler:
             rep.done("claim", "create" if create else "update")
 
 
-def _patiently(fn: Callable[[Any], None], item: Any, tries: int = ITEM_TRIES) -> None:
-    """Retry one item on throttling or a 5xx (after botocore's own retries) before failing the page.
-
-    Without this, one sporadic throttle among the thousands of calls of a page would fail the
-    attempt and replay the page; every item re-reads the target, so a retry converges, never repeats.
-    """
-    for attempt in range(tries):
-        try:
-            return fn(item)
-        except (ClientError, BotoCoreError) as e:
-            if attempt == tries - 1 or not is_retryable(e):
-                raise
-            time.sleep(min(5.0, 0.25 * 2**attempt))
-
-
 def all_claims(ddb: Any, table: str, only_replicated: bool = False) -> list[str]:
-    names, start = [], None
-    while True:
-        args: dict[str, Any] = {"TableName": table}
-        if only_replicated:
-            args["FilterExpression"] = "attribute_exists(#m)"
-            args["ExpressionAttributeNames"] = {"#m": CLAIM_MARK}
-        if start:
-            args["ExclusiveStartKey"] = start
-        resp = ddb.scan(**args)
-        names += [i["thingName"]["S"] for i in resp.get("Items", [])]
-        start = resp.get("LastEvaluatedKey")
-        if not start:
-            return names
+    args: dict[str, Any] = {"TableName": table}
+    if only_replicated:
+        args["FilterExpression"] = "attribute_exists(#m)"
+        args["ExpressionAttributeNames"] = {"#m": CLAIM_MARK}
+    return [i["thingName"]["S"] for page in ddb.get_paginator("scan").paginate(**args) for i in page["Items"]]
 
 
 def _get_claim(ddb: Any, table: str, name: str) -> dict | None:

@@ -1,6 +1,6 @@
 """What replication compares: one comparable record per registry resource, and the deletion rule.
 
-Pure: no I/O. Readers in activities/registry.py build these records from a region; two records
+Pure: no I/O. Readers in replication/sync.py build these records from a region; two records
 being equal means the resource has converged. The deletion rule lives here so it is one function,
 tested on its own.
 """
