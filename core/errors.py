@@ -132,7 +132,10 @@ def is_retryable(exc: BaseException) -> bool:
 def _hint(exc: BaseException) -> str:
     code = error_code(exc)
     if code in ACCESS_CODES:
-        return "grant the controller's role this action (deploy/aws/controller-role.yaml)"
+        return (
+            "grant the controller's role this action (ControllerRole in deploy/aws/region.yaml; "
+            "`python -m deploy.iam_actions` lists what is missing)"
+        )
     if code in LIMIT_CODES:
         return (
             "an AWS IoT resource limit was reached (things per group, groups per thing, concurrent "
