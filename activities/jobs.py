@@ -21,7 +21,7 @@ from temporalio.exceptions import ApplicationError
 
 from activities.context import Deployments, Keepalive
 from core import logs
-from core.aws import all_items, fetch_page, group_member_pages
+from core.aws import AwsClients, all_items, fetch_page, group_member_pages
 from core.device_report import DeviceReport
 from core.errors import aws_activity, failing_as, is_already_exists, is_not_found
 
@@ -126,6 +126,13 @@ class VerifyInput:
     poll_seconds: float = 5
     stragglers_group: str | None = None  # on the last pass, put unconfirmed devices here (list_region)
     fresh_since: float | None = None  # emergency: also confirm devices heard from in the target since then
+
+
+def _confirmed_before() -> list[str]:
+    """The devices an earlier attempt of this verification confirmed (its last heartbeat)."""
+    details = activity.info().heartbeat_details if activity.in_activity() else ()
+    last = details[0] if details else None
+    return list(last.get("confirmed", [])) if isinstance(last, dict) else []
 
 
 SEARCH_NAMES = 25  # thing names per fleet-indexing query: keeps the query string short
@@ -375,28 +382,27 @@ class JobActivities:
         """Count the group's devices whose shadow in the target says they are there under the epoch
         (and, with `cutover.verify_connected`, whom fleet indexing sees connected there now).
 
-        Polls until every device is confirmed or the timeout passes; on the last pass, optionally
-        puts the unconfirmed ones into a stragglers group for one more try.
+        Polls until every device is confirmed or the timeout passes; a device confirmed once is not
+        read again (a 10,000-device wave would otherwise cost a shadow read per device per round),
+        and the heartbeat carries the confirmed ones so a retried attempt does not read them either.
+        On the last pass, optionally puts the unconfirmed ones into a stragglers group for one more try.
         """
         aws = self.deployments.aws(inp.deployment)
         deadline = time.monotonic() + inp.timeout_seconds
+        confirmed_in_order = _confirmed_before()  # the heartbeat's list: appended to, never re-sorted
+        confirmed = set(confirmed_in_order)
         while True:
             total, pending = 0, []
             for names in group_member_pages(aws.iot(inp.list_region), inp.list_group):
-                with ThreadPoolExecutor(self.max_workers) as pool:
-                    conns = list(pool.map(lambda t: self._report(inp.deployment, inp.target, t), names))
                 total += len(names)
-                reported = [
-                    t
-                    for t, c in zip(names, conns, strict=True)
-                    if c.confirms(inp.target, inp.epoch, inp.fresh_since)
-                ]
-                if reported and self.deployments.config(inp.deployment).cutover.verify_connected:
-                    offline = disconnected(aws.iot(inp.target), reported)
-                    reported = [t for t in reported if t not in offline]
-                here = set(reported)
-                pending += [t for t in names if t not in here]
-                activity.heartbeat({"checked": total, "pending": len(pending)})
+                unknown = [t for t in names if t not in confirmed]
+                for t in self._confirmations(aws, inp, unknown):
+                    confirmed.add(t)
+                    confirmed_in_order.append(t)
+                pending += [t for t in unknown if t not in confirmed]
+                activity.heartbeat(
+                    {"checked": total, "pending": len(pending), "confirmed": confirmed_in_order}
+                )
             last = not pending or time.monotonic() > deadline
             if last:
                 arn = None
@@ -412,9 +418,25 @@ class JobActivities:
                                 pending,
                             )
                         )
-                confirmed = total - len(pending)
-                return VerifyOutcome(total, confirmed, len(pending), sorted(pending)[:20], arn)
+                return VerifyOutcome(total, total - len(pending), len(pending), sorted(pending)[:20], arn)
             time.sleep(inp.poll_seconds)
+
+    def _confirmations(self, aws: AwsClients, inp: VerifyInput, things: list[str]) -> list[str]:
+        """Those of `things` whose shadow in the target confirms them (and, with verify_connected,
+        that fleet indexing sees connected there)."""
+        if not things:
+            return []
+        with ThreadPoolExecutor(self.max_workers) as pool:
+            reports = list(pool.map(lambda t: self._report(inp.deployment, inp.target, t), things))
+        here = [
+            t
+            for t, r in zip(things, reports, strict=True)
+            if r.confirms(inp.target, inp.epoch, inp.fresh_since)
+        ]
+        if here and self.deployments.config(inp.deployment).cutover.verify_connected:
+            offline = disconnected(aws.iot(inp.target), here)
+            here = [t for t in here if t not in offline]
+        return here
 
     @activity.defn
     @aws_activity(lambda inp: (f"canceling job {inp.job_id}", inp.region))
