@@ -34,13 +34,12 @@ from activities.jobs import (
     FillGroupInput,
     JobOutcome,
     JobRef,
-    VerifyInput,
-    VerifyOutcome,
     WaitJobInput,
     WaveJobInput,
 )
 from activities.registry import ReconcileResult, ReplicateScopeInput
 from activities.shadows import ShadowPageInput, ShadowSyncResult, ThingPage, ThingPageInput
+from activities.verification import VerifyInput, VerifyOutcome
 from core.config import CutoverPolicy
 from core.models import HEALTHY, UNHEALTHY, CutoverMode, CutoverProgress, OperatorAction
 from core.temporal import DATA_CONVERTER

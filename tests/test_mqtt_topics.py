@@ -12,7 +12,8 @@ import pytest
 from temporalio.testing import ActivityEnvironment
 
 from activities.context import Deployments
-from activities.jobs import JobActivities, VerifyInput
+from activities.jobs import JobActivities
+from activities.verification import VerifyInput
 from rehearsal import faults, pki
 from simulator.mqtt_transport import _Client
 from simulator.transport import TransportError

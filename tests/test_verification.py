@@ -9,7 +9,8 @@ import json
 from temporalio.testing import ActivityEnvironment
 
 from activities.context import Deployments
-from activities.jobs import JobActivities, VerifyInput
+from activities.jobs import JobActivities
+from activities.verification import VerifyInput
 from core import metrics
 from core.aws import AwsClients
 from core.config import DeploymentConfig

@@ -20,8 +20,9 @@ from temporalio.common import RetryPolicy
 
 with workflow.unsafe.imports_passed_through():
     from activities.bootstrap import BootstrapActivities, FlipBootstrapInput
-    from activities.jobs import CancelJobInput, JobActivities, VerifyInput, WaitJobInput, WaveJobInput
+    from activities.jobs import CancelJobInput, JobActivities, WaitJobInput, WaveJobInput
     from activities.routing import FlipDnsInput, FlipRoutingInput, RoutingActivities
+    from activities.verification import VerifyInput
     from core.models import UNHEALTHY, CutoverProgress, OperatorAction, WaveReport
     from workflows.cutover_render import details
     from workflows.cutover_steps import CutoverInput, bootstrap_order, job_document, job_id

@@ -12,7 +12,8 @@ from temporalio import workflow
 from workflows.cutover_actions import HEARTBEAT, CutoverActions, RegionLost
 
 with workflow.unsafe.imports_passed_through():
-    from activities.jobs import Cursor, DeleteGroupsInput, FillGroupInput, JobActivities, VerifyInput
+    from activities.jobs import Cursor, DeleteGroupsInput, FillGroupInput, JobActivities
+    from activities.verification import VerifyInput
     from core.models import WaveReport
     from workflows.cutover_steps import CutoverInput, wave_sizes
 
