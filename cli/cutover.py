@@ -6,15 +6,19 @@ import argparse
 import asyncio
 import getpass
 
+from botocore.exceptions import BotoCoreError, ClientError
 from temporalio.client import WorkflowUpdateFailedError
 from temporalio.service import RPCError
 
 from cli import CliError, Exit
 from cli.common import client_for, config_of, run_async, ui_link
 from cli.deployment import print_progress
+from core.aws import AwsClients, group_member_pages
+from core.config import DeploymentConfig
 from core.models import CutoverRequest, OperatorAction
 from core.workflow_ids import deployment_id
 from workflows.cutover import CutoverWorkflow
+from workflows.cutover_plan import plan
 from workflows.deployment import DeploymentWorkflow
 
 
@@ -30,6 +34,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--approval", choices=["none", "canary", "every-wave"], help="override the approval policy"
     )
     c.add_argument("--wait", action="store_true", help="follow progress until the cutover ends")
+    c.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="count the scope and print the waves and their time at the configured quotas; start nothing",
+    )
     c.set_defaults(handler=run_async(cmd_cutover))
     for action, text in [
         ("approve", "let a cutover waiting for approval go on"),
@@ -46,6 +55,12 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 async def cmd_cutover(args: argparse.Namespace) -> int:
     cfg = config_of(args, need_ca=False)  # the worker, not this command, reads the CA
+    if args.target not in cfg.regions:
+        raise CliError(
+            f"unknown region {args.target!r}; this deployment has {', '.join(cfg.regions)}", Exit.USAGE
+        )
+    if args.dry_run:
+        return print_plan(cfg, args.target, args.scope or cfg.fleet.thing_group)
     client = await client_for(cfg)
     req = CutoverRequest(
         target=args.target,
@@ -90,6 +105,21 @@ async def follow(client, cutover_id: str, every: float = 3) -> int:
         if p and p.result:
             return 0 if p.result.startswith("succeeded") else 1
         await asyncio.sleep(every)
+
+
+def print_plan(cfg: DeploymentConfig, target: str, scope: str) -> int:
+    """The plan the cutover will show before its first wave, from a count of the scope now."""
+    source = next(r for r in cfg.region_names if r != target)
+    try:
+        devices = sum(len(page) for page in group_member_pages(AwsClients(cfg).iot(source), scope))
+    except (ClientError, BotoCoreError) as e:
+        raise CliError(f"cannot count {scope} in {source}: {e}", Exit.UNREACHABLE) from None
+    p = plan(devices, cfg.cutover, cfg.quotas)
+    print(f"cutover of {scope} to {target} (counted in {source}): {p.brief()}")
+    for i, (size, seconds) in enumerate(zip(p.waves, p.wave_seconds, strict=True)):
+        print(f"  {'canary' if i == 0 else f'wave {i}':<8} {size:>8,} devices  {seconds / 60:6.1f} min")
+    print("  plus approvals and stragglers; nothing was started")
+    return Exit.OK
 
 
 async def cmd_control(args: argparse.Namespace) -> int:

@@ -150,9 +150,13 @@ class ReplicationPolicy(_Strict):
 
 
 class Quotas(_Strict):
-    """Requests per second per API, below the account's AWS IoT quotas."""
+    """Requests per second per API, below the account's AWS IoT quotas, and the account's device
+    connect rate (which the controller does not spend, but a migration's waves are bound by)."""
 
     default_rps: Rate = 20
+    # AWS IoT Core's "Connect requests per second per account": 3,000 in the large regions, 500 in
+    # others (Service Quotas, "Connect requests per second"); the lower figure unless you know yours.
+    connects_per_second: Rate = 500
     per_api: dict[str, Rate] = {
         "CreateThing": 100,
         "UpdateThing": 100,
@@ -164,6 +168,7 @@ class Quotas(_Strict):
         "AttachPolicy": 15,
         "AttachThingPrincipal": 100,
         "CreateJob": 10,
+        "AddThingToThingGroup": 100,
         "GetThingShadow": 400,
         "UpdateThingShadow": 400,
     }

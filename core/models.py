@@ -66,6 +66,27 @@ class WaveReport:
 
 
 @dataclass
+class CutoverPlan:
+    """How long a cutover's waves should take at the configured quotas (workflows/cutover_plan.py),
+    shown before the first wave and measured against as they run."""
+
+    devices: int
+    waves: list[int] = field(default_factory=list)  # planned wave sizes
+    wave_seconds: list[float] = field(default_factory=list)  # each wave's planned duration
+    bound_by: str = ""  # what bounds the waves most: the jobs' rollout, device connects, ...
+
+    @property
+    def seconds(self) -> float:
+        return sum(self.wave_seconds)
+
+    def brief(self) -> str:
+        """e.g. "8 waves for 10,000 devices, about 14 min, bound by the jobs' rollout (1,000/min)"."""
+        return f"{len(self.waves)} waves for {self.devices:,} devices, about {self.seconds / 60:.0f} min" + (
+            f", bound by {self.bound_by}" if self.bound_by else ""
+        )
+
+
+@dataclass
 class CutoverProgress:
     """What `progress` answers and what a finished cutover returns."""
 
@@ -98,6 +119,7 @@ class CutoverProgress:
     primary_after: str | None = None  # None: recorded by a version that did not say
     epoch_after: int = 0  # 0: the answer was not changed
     takeover: str = ""  # a planned cutover that continued as an emergency one, and why
+    plan: CutoverPlan | None = None  # the waves' plan at the quotas, once the scope is counted
     handed_over: bool = False  # ended before any flip because a region failed: nothing changed
 
     @property

@@ -44,6 +44,7 @@ from core.config import CutoverPolicy
 from core.models import HEALTHY, UNHEALTHY, CutoverMode, CutoverProgress, OperatorAction
 from core.temporal import DATA_CONVERTER
 from workflows.cutover import CutoverWorkflow
+from workflows.cutover_render import details
 from workflows.cutover_steps import CutoverInput
 from workflows.shadow_sync import ShadowSyncInput, ShadowSyncWorkflow
 
@@ -400,6 +401,25 @@ async def test_a_region_lost_while_the_rollback_moves_devices_back_is_recorded_a
     assert any(r.startswith("move devices back: not done during rollback") for r in p.reconcile_later)
     assert any(r.startswith("remove wave groups: not done") for r in p.reconcile_later), p.reconcile_later
     assert not fleet.named("create_wave_job")[1:]  # the canary's job only: no wave back was started
+
+
+async def test_the_plan_shows_before_the_first_wave_and_is_measured_against(
+    temporal_env: WorkflowEnvironment, task_queue: str
+) -> None:
+    client, fleet = temporal_env.client, Fleet(hold={"fill_group"})
+    inp = cutover_input()
+    async with worker(client, task_queue, fleet):
+        handle = await start(client, task_queue, inp)
+        await fleet.reached("fill_group")  # the canary's group: no wave has run yet
+        before = await handle.query(CutoverWorkflow.progress)
+        fleet.released.set()
+        p = await finished(handle)
+    assert before.plan is not None and before.plan.waves == [len(DEVICES)]
+    assert not any(w.job_id for w in before.waves)  # the canary is being filled: no job yet
+    assert any(e.endswith(f"plan: {before.plan.brief()}") for e in before.events), before.events
+    assert p.result == "succeeded" and p.plan == before.plan
+    shown = details(p, paused=False)  # what the UI's current details say
+    assert "plan: 1 waves for 2 devices" in shown and "min against" in shown, shown
 
 
 def test_waves_recorded_before_kind_existed_read_as_their_kind() -> None:

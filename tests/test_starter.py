@@ -74,3 +74,20 @@ def test_steering_a_cutover_needs_no_ca_file(tmp_path: Path, capsys: pytest.Capt
     )
     for argv in (["approve", "cutover-fleet-3"], ["cutover", "--to", "us-west-2"]):
         assert starter.main([*argv, "--config", str(path)]) == Exit.UNREACHABLE, capsys.readouterr().err
+
+
+def test_a_dry_run_counts_the_scope_and_prints_the_plan(config, capsys: pytest.CaptureFixture[str]) -> None:
+    """`cutover --dry-run` needs neither Temporal nor the CA: a count of the scope and the quotas."""
+    from core.aws import AwsClients
+    from tests.toml_files import deployment_data
+
+    iot = AwsClients(config).iot("us-east-1")
+    iot.create_thing_group(thingGroupName=config.fleet.thing_group)
+    for i in range(12):
+        iot.create_thing(thingName=f"d-{i}")
+        iot.add_thing_to_thing_group(thingGroupName=config.fleet.thing_group, thingName=f"d-{i}")
+    path = write_toml(Path(config.ca_certificate).parent / "deployment.toml", deployment_data(config))
+    assert starter.main(["cutover", "--to", "us-west-2", "--dry-run", "--config", str(path)]) == Exit.OK
+    out = capsys.readouterr().out
+    assert "waves for 12 devices" in out and "counted in us-east-1" in out and "nothing was started" in out
+    assert out.count(" devices  ") == 2  # the canary of 5, then the other 7

@@ -39,6 +39,7 @@ with workflow.unsafe.imports_passed_through():
     from activities.registry import RegistryActivities, ReplicateScopeInput
     from core.models import CutoverProgress, CutoverResultKind, OperatorAction
     from core.temporal import SA_PHASE
+    from workflows.cutover_plan import plan
     from workflows.cutover_steps import CutoverInput
     from workflows.versions import ABORT_CANCELS_SHADOW_SYNC, CANCEL_STOPS_THE_STEP
 
@@ -314,3 +315,5 @@ class CutoverWorkflow(CutoverRollback, CutoverWaves):
             needs=[inp.source],
             heartbeat=60,
         )
+        self.p.plan = plan(self.p.devices_total, inp.policy, inp.quotas)
+        self._note(f"plan: {self.p.plan.brief()}")

@@ -25,6 +25,14 @@ def details(p: CutoverProgress, paused: bool) -> str:
         lines.append(f"waiting for: {p.waiting_for}")
     if p.devices_total:
         lines.append(f"devices: {p.confirmed}/{p.devices_total} confirmed in {p.target}, {p.failed} failed")
+    if p.plan and p.plan.waves:
+        lines.append(f"plan: {p.plan.brief()}")
+        ran = [w for w in p.waves if w.kind == "wave" and w.seconds]
+        if ran:
+            planned = sum(p.plan.wave_seconds[: len(ran)])
+            lines.append(
+                f"waves so far: {sum(w.seconds for w in ran) / 60:.1f} min against {planned / 60:.1f} planned"
+            )
     for w in p.waves[-WAVES_SHOWN:]:
         lines.append(f"- {wave_name(w)}: {w.confirmed}/{w.size} confirmed, job {w.job_status or 'running'}")
     if p.result:

@@ -6,7 +6,7 @@ import zlib
 from dataclasses import dataclass, field
 from typing import Any
 
-from core.config import CutoverPolicy
+from core.config import CutoverPolicy, Quotas
 from core.models import CutoverMode
 
 
@@ -32,6 +32,7 @@ class CutoverInput:
     automatic: bool = False
     health: dict[str, str] = field(default_factory=dict)
     known_devices: int = 0  # the scope's size as last counted in its home (an emergency cannot count)
+    quotas: Quotas = field(default_factory=Quotas)  # what the plan's wave times are computed from
 
 
 def wave_sizes(total: int, canary: int, growth: float, cap: int) -> list[int]:
