@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Literal
+from typing import Final, Literal
 
 CutoverMode = Literal["planned", "emergency"]
 CutoverResultKind = Literal["succeeded", "succeeded-with-stragglers", "aborted", "failed"]
@@ -94,7 +94,10 @@ class CutoverProgress:
 
 # A region's health as the monitors report it; Unknown only before a monitor's first verdict.
 HealthState = Literal["Healthy", "Degraded", "Unhealthy"]
-HEALTHY, DEGRADED, UNHEALTHY, UNKNOWN = "Healthy", "Degraded", "Unhealthy", "Unknown"
+HEALTHY: Final = "Healthy"  # Final: typed as its literal, so it is a HealthState
+DEGRADED: Final = "Degraded"
+UNHEALTHY: Final = "Unhealthy"
+UNKNOWN: Final = "Unknown"
 SETTLED_STATES: tuple[HealthState, ...] = (HEALTHY, DEGRADED, UNHEALTHY)
 
 # The health probes whose figure is milliseconds (the others report a share): one list, so the scoring
