@@ -20,18 +20,18 @@ import contextlib
 import dataclasses
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Literal
+from typing import Any, Literal
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
-from temporalio.exceptions import ActivityError
+from temporalio.exceptions import ActivityError, is_cancelled_exception
 from temporalio.exceptions import TimeoutError as ActivityTimeout
 
 with workflow.unsafe.imports_passed_through():
     from activities.drill import (
         AbortCutoverInput,
         ArrivalInput,
-        ArrivalStats,
+        DrillActivities,
         FaultInput,
         ReportInput,
         SampleInput,
@@ -40,12 +40,12 @@ with workflow.unsafe.imports_passed_through():
         WaitHealthInput,
         held_wave,
     )
-    from activities.jobs import DeleteGroupsInput
-    from activities.recovery_point import RecoveryPoint
-    from activities.shadows import RecoveryPointInput
-    from core.models import CutoverProgress, CutoverRequest, CutoverStarted, OperatorAction
+    from activities.jobs import DeleteGroupsInput, JobActivities
+    from activities.recovery_point import RecoveryPoint  # (its module, for the result's field types)
+    from activities.shadows import RecoveryPointInput, ShadowActivities, ShadowParityInput
+    from core.models import HEALTHY, CutoverProgress, CutoverRequest, CutoverStarted, OperatorAction
     from workflows.drill_report import DrillCriteria, DrillReport, evaluate, render_markdown
-    from workflows.versions import DRILL_BOUNDED
+    from workflows.versions import DRILL_BOUNDED, DRILL_CANCELS
 
 RETRY = RetryPolicy(
     maximum_interval=timedelta(seconds=20),
@@ -75,7 +75,7 @@ class DrillInput:
 @workflow.defn(name="DrillWorkflow")
 class DrillWorkflow:
     def __init__(self) -> None:
-        self.r: DrillReport | None = None
+        self._report: DrillReport | None = None  # None until the deployment's snapshot is read
         self._abort: OperatorAction | None = None
         self._cutover: str | None = None
         self._epoch_before = 0
@@ -88,15 +88,20 @@ class DrillWorkflow:
 
     @workflow.query(description="The drill's report so far.")
     def report(self) -> DrillReport | None:
-        return self.r
+        return self._report
+
+    @property
+    def r(self) -> DrillReport:
+        assert self._report is not None, "the report exists from the drill's first step"
+        return self._report
 
     @workflow.run
     async def run(self, inp: DrillInput) -> DrillReport:
         inp.drill_id = inp.drill_id or workflow.info().workflow_id  # scheduled runs get their own IDs
-        snap = await self._act("deployment_snapshot", inp.deployment, dict, 30)
+        snap = await self._snapshot(inp)
         source = snap["active_region"]
         target = next((r for r, v in snap["health"].items() if r != source), None)
-        self.r = DrillReport(
+        self._report = DrillReport(
             drill_id=inp.drill_id,
             deployment=inp.deployment,
             kind=inp.kind,
@@ -118,13 +123,22 @@ class DrillWorkflow:
             self._phase("moving")
             t0 = self._t0 = workflow.now()
             if inp.kind == "outage":
-                await self._act("set_region_fault", FaultInput(inp.deployment, source, "outage"), str, 30)
+                await workflow.execute_activity_method(
+                    DrillActivities.set_region_fault,
+                    FaultInput(deployment=inp.deployment, region=source, mode="outage"),
+                    **_options(30),
+                )
                 fault_on = True
                 if self._bounded():
                     moved_by = await self._follow_failover(inp, t0)
                 else:
                     moved_by = await self._wait_cutover(
-                        WaitCutoverInput(inp.deployment, None, epoch_before, inp.timeout_seconds)
+                        WaitCutoverInput(
+                            deployment=inp.deployment,
+                            cutover_id=None,
+                            after_epoch=epoch_before,
+                            timeout_seconds=inp.timeout_seconds,
+                        )
                     )
             else:
                 started = await self._request(
@@ -142,16 +156,22 @@ class DrillWorkflow:
                 if self._bounded():
                     moved_by = await self._follow(inp, started.cutover_id, t0)
                 else:
-                    moved_by = await self._wait_cutover(WaitCutoverInput(inp.deployment, started.cutover_id))
+                    moved_by = await self._wait_cutover(
+                        WaitCutoverInput(deployment=inp.deployment, cutover_id=started.cutover_id)
+                    )
             moved = moved_by.result not in ("aborted", "failed")
             self._record_cutover(moved_by, t0)
-            arrivals = await self._act(
-                "arrival_times",
+            arrivals = await workflow.execute_activity_method(
+                DrillActivities.arrival_times,
                 ArrivalInput(
-                    inp.deployment, self.r.target, moved_by.scope, self.r.target, moved_by.epoch, t0
+                    deployment=inp.deployment,
+                    list_region=self.r.target,
+                    group=moved_by.scope,
+                    target=self.r.target,
+                    min_epoch=moved_by.epoch,
+                    t0=t0,
                 ),
-                ArrivalStats,
-                600,
+                **_options(600),
             )
             self.r.devices, self.r.moved = arrivals.devices, arrivals.confirmed
             self.r.recovery_95_seconds, self.r.recovery_100_seconds = (
@@ -166,6 +186,8 @@ class DrillWorkflow:
         except DrillStopped as e:
             self.r.reasons.append(str(e))
         except Exception as e:  # noqa: BLE001 - a drill reports its failure instead of losing the fleet
+            if _cancels_the_drill(e):
+                raise  # restored below, then the drill ends cancelled
             self.r.reasons.append(f"drill interrupted: {_message(e)}")
         finally:
             await self._restore(inp, scope_of(self.r, inp), fault_on, moved)
@@ -180,8 +202,10 @@ class DrillWorkflow:
             return None
         if inp.percent:
             group = f"{inp.drill_id}-scope"
-            count = await self._act(
-                "sample_scope", SampleInput(inp.deployment, source, inp.percent, group), int, 600
+            count = await workflow.execute_activity_method(
+                DrillActivities.sample_scope,
+                SampleInput(deployment=inp.deployment, region=source, percent=inp.percent, group=group),
+                **_options(600),
             )
             self.r.scope = f"{group} ({inp.percent:g}% = {count} devices)"
             return group
@@ -192,33 +216,48 @@ class DrillWorkflow:
         self._phase("restoring")
         try:
             if self._cutover and self._abort is not None and not self._bounded():
-                await self._act("abort_cutover", self._cutover, str, 30)
-                await self._wait_cutover(WaitCutoverInput(inp.deployment, self._cutover))
-            if fault_on:
-                await self._act(
-                    "set_region_fault", FaultInput(inp.deployment, self.r.source, "clear"), str, 60
+                await workflow.execute_activity_method(
+                    DrillActivities.abort_cutover,
+                    AbortCutoverInput(cutover_id=self._cutover),
+                    **_options(30),
                 )
-                await self._act(
-                    "wait_region_state",
-                    WaitHealthInput(inp.deployment, self.r.source, "Healthy", inp.timeout_seconds),
-                    str,
-                    inp.timeout_seconds + 60,
-                    total=inp.timeout_seconds + 120 if self._bounded() else None,
+                await self._wait_cutover(
+                    WaitCutoverInput(deployment=inp.deployment, cutover_id=self._cutover)
+                )
+            if fault_on:
+                await workflow.execute_activity_method(
+                    DrillActivities.set_region_fault,
+                    FaultInput(deployment=inp.deployment, region=self.r.source, mode="clear"),
+                    **_options(60),
+                )
+                await workflow.execute_activity_method(
+                    DrillActivities.wait_region_state,
+                    WaitHealthInput(
+                        deployment=inp.deployment,
+                        region=self.r.source,
+                        state=HEALTHY,
+                        timeout_seconds=inp.timeout_seconds,
+                    ),
+                    **_options(
+                        inp.timeout_seconds + 60,
+                        total=inp.timeout_seconds + 120 if self._bounded() else None,
+                    ),
                 )
                 if not self._bounded():  # (measured before the outage now: see _recovery_point)
-                    parity = await self._act(
-                        "check_shadow_parity",
-                        {"deployment": inp.deployment, "source": self.r.source, "target": self.r.target},
-                        dict,
-                        600,
+                    parity = await workflow.execute_activity_method(
+                        ShadowActivities.check_shadow_parity,
+                        ShadowParityInput(
+                            deployment=inp.deployment, source=self.r.source, target=self.r.target
+                        ),
+                        **_options(600),
                     )
-                    self.r.recovery_point_devices = int(parity.get("differing", 0))
-            snap = await self._act("deployment_snapshot", inp.deployment, dict, 30)
+                    self.r.recovery_point_devices = parity.differing
+            snap = await self._snapshot(inp)
             flight = snap.get("in_flight")  # still running: a late failover, a slow rollback
             if flight and flight["epoch"] > self._epoch_before and self._bounded():
                 t0 = self._t0 or workflow.now()
                 self._record_cutover(await self._follow(inp, flight["cutover_id"], t0, abortable=False), t0)
-                snap = await self._act("deployment_snapshot", inp.deployment, dict, 30)
+                snap = await self._snapshot(inp)
             home = (
                 (snap.get("homes") or {}).get(scope, snap["active_region"])
                 if scope
@@ -241,13 +280,17 @@ class DrillWorkflow:
                 if self._bounded():  # the fail back is the restore: the drill's abort does not stop it
                     back = await self._follow(inp, started.cutover_id, t0, abortable=False)
                 else:
-                    back = await self._wait_cutover(WaitCutoverInput(inp.deployment, started.cutover_id))
+                    back = await self._wait_cutover(
+                        WaitCutoverInput(deployment=inp.deployment, cutover_id=started.cutover_id)
+                    )
                 self.r.failback_seconds = (workflow.now() - t0).total_seconds()
                 self.r.moved_back = back.confirmed
                 self._record_cutover(back, t0)
             elif moved:
                 self.r.reasons.append("the fleet was already back in the source before fail back")
         except Exception as e:  # noqa: BLE001
+            if _cancels_the_drill(e):
+                raise
             self.r.reasons.append(f"restore incomplete, act by hand: {_message(e)}")
             self.r.restored = False
 
@@ -258,11 +301,15 @@ class DrillWorkflow:
         workflow.metric_meter().create_counter("iotfailover_drills_total", "Drills by kind and outcome").add(
             1, {"deployment": inp.deployment, "kind": inp.kind, "result": "pass" if self.r.passed else "fail"}
         )
-        self.r.report_paths = await self._act(
-            "write_drill_report",
-            ReportInput(inp.deployment, inp.drill_id, _plain(self.r), render_markdown(self.r)),
-            list[str],
-            60,
+        self.r.report_paths = await workflow.execute_activity_method(
+            DrillActivities.write_drill_report,
+            ReportInput(
+                deployment=inp.deployment,
+                drill_id=inp.drill_id,
+                report=_plain(self.r),
+                markdown=render_markdown(self.r),
+            ),
+            **_options(60),
         )
         return self.r
 
@@ -275,12 +322,16 @@ class DrillWorkflow:
             return
         self._phase("measuring the recovery point")
         try:
-            rp = await self._act(
-                "measure_recovery_point",
-                RecoveryPointInput(inp.deployment, self.r.source, self.r.target, scope, workflow.now()),
-                RecoveryPoint,
-                inp.timeout_seconds,
-                total=inp.timeout_seconds,
+            rp: RecoveryPoint = await workflow.execute_activity_method(
+                ShadowActivities.measure_recovery_point,
+                RecoveryPointInput(
+                    deployment=inp.deployment,
+                    source=self.r.source,
+                    target=self.r.target,
+                    thing_group=scope,
+                    as_of=workflow.now(),
+                ),
+                **_options(inp.timeout_seconds, total=inp.timeout_seconds),
             )
         except ActivityError as e:
             self.r.reasons.append(f"recovery point not measured: {_message(e)}")
@@ -302,7 +353,11 @@ class DrillWorkflow:
         first = await self._wait(
             inp,
             WaitCutoverInput(
-                inp.deployment, None, self._epoch_before, inp.timeout_seconds, started_only=True
+                deployment=inp.deployment,
+                cutover_id=None,
+                after_epoch=self._epoch_before,
+                timeout_seconds=inp.timeout_seconds,
+                started_only=True,
             ),
             "the automatic failover to start",
             abortable=True,
@@ -318,7 +373,7 @@ class DrillWorkflow:
         try:
             p = await self._wait(
                 inp,
-                WaitCutoverInput(inp.deployment, cutover_id, stop_at_hold=True),
+                WaitCutoverInput(deployment=inp.deployment, cutover_id=cutover_id, stop_at_hold=True),
                 f"{cutover_id}",
                 abortable,
             )
@@ -339,11 +394,15 @@ class DrillWorkflow:
     async def _stop(self, inp: DrillInput, cutover_id: str, reason: str, t0: datetime) -> None:
         """Abort a cutover of the drill, then wait for its rollback to end (bounded, not abortable)."""
         self._phase(f"stopping {cutover_id}")
-        await self._act("abort_cutover", AbortCutoverInput(cutover_id, f"{inp.drill_id}: {reason}"), str, 30)
+        await workflow.execute_activity_method(
+            DrillActivities.abort_cutover,
+            AbortCutoverInput(cutover_id=cutover_id, reason=f"{inp.drill_id}: {reason}"),
+            **_options(30),
+        )
         try:
             p = await self._wait(
                 inp,
-                WaitCutoverInput(inp.deployment, cutover_id),
+                WaitCutoverInput(deployment=inp.deployment, cutover_id=cutover_id),
                 f"{cutover_id} to roll back",
                 abortable=False,
             )
@@ -358,10 +417,9 @@ class DrillWorkflow:
     ) -> CutoverProgress:
         """wait_cutover within the drill's timeout, raced with the drill's abort when `abortable`."""
         task = asyncio.ensure_future(
-            workflow.execute_activity(
-                "wait_cutover",
+            workflow.execute_activity_method(
+                DrillActivities.wait_cutover,
                 w,
-                result_type=CutoverProgress,
                 schedule_to_close_timeout=timedelta(seconds=inp.timeout_seconds),
                 heartbeat_timeout=timedelta(seconds=30),
                 retry_policy=RETRY,
@@ -372,8 +430,9 @@ class DrillWorkflow:
             await workflow.wait_condition(lambda: task.done() or self._abort is not None)
             if not task.done():
                 task.cancel()
-                with contextlib.suppress(asyncio.CancelledError, ActivityError):
-                    await task
+                # its end, not its error: a cancel of the drill itself still raises here (TRY_CANCEL
+                # resolves the activity in this workflow task, so no recorded history parts ways)
+                await workflow.wait([task])
                 raise DrillStopped(f"the drill was aborted while waiting for {what}")
         try:
             return await task
@@ -389,8 +448,10 @@ class DrillWorkflow:
         (in every region: registry replication copies groups)."""
         for region in self._regions:
             try:
-                await self._act(
-                    "delete_wave_groups", DeleteGroupsInput(inp.deployment, region, [group]), int, 60
+                await workflow.execute_activity_method(
+                    JobActivities.delete_wave_groups,
+                    DeleteGroupsInput(deployment=inp.deployment, region=region, groups=[group]),
+                    **_options(60),
                 )
             except ActivityError as e:
                 self.r.reasons.append(f"drill group {group} not deleted in {region}: {_message(e)}")
@@ -409,16 +470,25 @@ class DrillWorkflow:
 
     # ---- helpers ----
 
+    async def _snapshot(self, inp: DrillInput) -> dict[str, Any]:
+        """The deployment's state as its query answers it (plain JSON)."""
+        return await workflow.execute_activity_method(
+            DrillActivities.deployment_snapshot, inp.deployment, **_options(30)
+        )
+
     async def _request(self, inp: DrillInput, req: CutoverRequest) -> CutoverStarted:
-        started = await self._act("request_cutover", SteerInput(inp.deployment, req), CutoverStarted, 60)
+        started = await workflow.execute_activity_method(
+            DrillActivities.request_cutover,
+            SteerInput(deployment=inp.deployment, request=req),
+            **_options(60),
+        )
         self._cutover = started.cutover_id
         return started
 
     async def _wait_cutover(self, w: WaitCutoverInput) -> CutoverProgress:
-        result = await workflow.execute_activity(
-            "wait_cutover",
+        result = await workflow.execute_activity_method(
+            DrillActivities.wait_cutover,
             w,
-            result_type=CutoverProgress,
             start_to_close_timeout=timedelta(hours=2),
             heartbeat_timeout=timedelta(seconds=30),
             retry_policy=RETRY,
@@ -444,17 +514,6 @@ class DrillWorkflow:
         for phase, seconds in p.phase_seconds.items():
             self.r.phase_seconds[f"{p.cutover_id}:{phase}"] = seconds
 
-    async def _act(self, name: str, arg, result_type, seconds: float, total: float | None = None):
-        return await workflow.execute_activity(
-            name,
-            arg,
-            result_type=result_type,
-            start_to_close_timeout=timedelta(seconds=seconds),
-            schedule_to_close_timeout=timedelta(seconds=total) if total else None,
-            heartbeat_timeout=timedelta(seconds=60) if seconds > 120 else None,
-            retry_policy=RETRY,
-        )
-
     def _phase(self, phase: str) -> None:
         self.r.phase = phase
         lines = [
@@ -463,6 +522,22 @@ class DrillWorkflow:
         ]
         lines += [f"- {c}" for c in self.r.cutovers]
         workflow.set_current_details("\n".join(lines))
+
+
+def _options(seconds: float, total: float | None = None) -> dict[str, Any]:
+    """Timeouts and retries of one of the drill's activities: those that run long heartbeat."""
+    return {
+        "start_to_close_timeout": timedelta(seconds=seconds),
+        "schedule_to_close_timeout": timedelta(seconds=total) if total else None,
+        "heartbeat_timeout": timedelta(seconds=60) if seconds > 120 else None,
+        "retry_policy": RETRY,
+    }
+
+
+def _cancels_the_drill(e: BaseException) -> bool:
+    """The drill itself was cancelled (its own waits it cancels are never raised): it restores,
+    then ends cancelled (before DRILL_CANCELS: it reported "drill interrupted" and completed)."""
+    return is_cancelled_exception(e) and workflow.patched(DRILL_CANCELS)
 
 
 def scope_of(report: DrillReport, inp: DrillInput) -> str | None:
