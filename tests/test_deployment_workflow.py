@@ -21,7 +21,7 @@ from core.config import DeploymentConfig
 from core.models import CutoverRequest, CutoverStarted, RegionHealthChange
 from tests.conftest import make_config
 from worker import build_worker
-from workflows.deployment import DeploymentInput, DeploymentState
+from workflows.deployment import DeploymentInput, DeploymentState, DeploymentWorkflow
 
 
 @pytest.fixture
@@ -55,8 +55,9 @@ async def _refused(handle: WorkflowHandle, req: CutoverRequest) -> str:
     return e.value.cause.message
 
 
-async def _health(handle: WorkflowHandle, region: str, state: str) -> None:
-    await handle.signal("region_health", RegionHealthChange(region, state, at=datetime.now(UTC)))
+async def _health(handle: WorkflowHandle, region: str, state: str, since: datetime | None = None) -> None:
+    change = RegionHealthChange(region=region, state=state, at=since or datetime.now(UTC))
+    await handle.signal(DeploymentWorkflow.region_health, change)
 
 
 async def _wait(handle: WorkflowHandle, check, what: str) -> DeploymentState:
@@ -155,16 +156,19 @@ async def test_unhealthy_active_region_fails_over_automatically_and_never_back(
         assert refusal.rule and refusal.reason
         assert len(s.history) == 1
 
-        # home healthy again: offered as a person's failback, never taken automatically
-        await _health(handle, "us-east-1", "Healthy")
-        await _health(handle, "us-west-2", "Healthy")
+        # home healthy again (for an hour): never failed back automatically, offered to a person
+        await _health(handle, "us-east-1", "Healthy", since=datetime.now(UTC) - timedelta(hours=1))
         s = await _wait(
             handle,
-            lambda st: any(d.rule == "no_automatic_failback" for d in st.decisions) or len(st.history) == 1,
-            "health",
+            lambda st: any(d.rule == "no_automatic_failback" for d in st.decisions),
+            "the automatic failback refused",
         )
+        assert s.failback_offer and "cutover --to us-east-1 --reason failback" in s.failback_offer
+        await _health(handle, "us-west-2", "Healthy")
+        s = await _wait(handle, lambda st: st.health["us-west-2"].state == "Healthy", "health")
+        assert s.failback_offer and "us-east-1 healthy for 60m" in s.failback_offer  # still offered
         await asyncio.sleep(1)
-        assert len((await handle.query("state", result_type=DeploymentState)).history) == 1
+        assert len((await handle.query(DeploymentWorkflow.state)).history) == 1
         await handle.terminate()
 
 
