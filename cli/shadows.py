@@ -57,7 +57,12 @@ async def cmd_sync(args: argparse.Namespace) -> int:
     cfg, group = _resolve(args)
     mode = "periodic" if args.periodic else "one-shot"
     inp = ShadowSyncInput(
-        cfg.name, args.source, args.target, group, mode=mode, interval_seconds=args.interval
+        deployment=cfg.name,
+        source=args.source,
+        target=args.target,
+        thing_group=group,
+        mode=mode,
+        interval_seconds=args.interval,
     )
     workflow_id = shadow_sync_id(cfg.name, args.source, args.target, group or "all")
     client = await client_for(cfg)
