@@ -15,17 +15,13 @@ unless DrillInput.approval says otherwise. Before anything moves it measures the
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import dataclasses
-from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any, Literal
+from typing import Any
 
 from temporalio import workflow
-from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError, is_cancelled_exception
-from temporalio.exceptions import TimeoutError as ActivityTimeout
 
 with workflow.unsafe.imports_passed_through():
     from activities.drill import (
@@ -35,45 +31,31 @@ with workflow.unsafe.imports_passed_through():
         FaultInput,
         ReportInput,
         SampleInput,
-        SteerInput,
         WaitCutoverInput,
         WaitHealthInput,
-        held_wave,
     )
     from activities.jobs import DeleteGroupsInput, JobActivities
     from activities.recovery_point import RecoveryPoint  # (its module, for the result's field types)
     from activities.shadows import RecoveryPointInput, ShadowActivities, ShadowParityInput
-    from core.models import HEALTHY, CutoverProgress, CutoverRequest, CutoverStarted, OperatorAction
-    from workflows.drill_report import DrillCriteria, DrillReport, evaluate, render_markdown
-    from workflows.versions import DRILL_BOUNDED, DRILL_CANCELS
+    from core.models import HEALTHY, CutoverRequest, OperatorAction
+    from workflows.drill_report import DrillReport, evaluate, render_markdown
+    from workflows.versions import DRILL_CANCELS
 
-RETRY = RetryPolicy(
-    maximum_interval=timedelta(seconds=20),
-    maximum_attempts=20,
-    non_retryable_error_types=["CutoverRefused", "NoFaultSwitch", "NoCutover", "HealthTimeout"],
+# not passed through: imported into the sandbox with the activity types their calls decode
+from workflows.drill_cutovers import (
+    Approval,
+    DrillCutovers,
+    DrillInput,
+    DrillStopped,
+    message,
+    options,
 )
-Approval = Literal["none", "canary", "every-wave"]
 
-
-class DrillStopped(Exception):
-    """The drill stops what it started; the message is the report's reason."""
-
-
-@dataclass
-class DrillInput:
-    deployment: str
-    drill_id: str
-    kind: Literal["planned", "outage"] = "planned"
-    scope: str | None = None  # a thing group; None with percent None: the whole fleet
-    percent: float | None = None  # sample this share of the fleet into a drill group
-    hold_seconds: float = 30
-    criteria: DrillCriteria = field(default_factory=DrillCriteria)
-    timeout_seconds: float = 900  # the longest one wait takes: a cutover to start or end, health
-    approval: Approval | None = "none"  # the drill's cutovers; None: the deployment's policy
+__all__ = ["DrillInput", "DrillWorkflow", "scope_of"]
 
 
 @workflow.defn(name="DrillWorkflow")
-class DrillWorkflow:
+class DrillWorkflow(DrillCutovers):
     def __init__(self) -> None:
         self._report: DrillReport | None = None  # None until the deployment's snapshot is read
         self._abort: OperatorAction | None = None
@@ -88,11 +70,6 @@ class DrillWorkflow:
 
     @workflow.query(description="The drill's report so far.")
     def report(self) -> DrillReport | None:
-        return self._report
-
-    @property
-    def r(self) -> DrillReport:
-        assert self._report is not None, "the report exists from the drill's first step"
         return self._report
 
     @workflow.run
@@ -126,7 +103,7 @@ class DrillWorkflow:
                 await workflow.execute_activity_method(
                     DrillActivities.set_region_fault,
                     FaultInput(deployment=inp.deployment, region=source, mode="outage"),
-                    **_options(30),
+                    **options(30),
                 )
                 fault_on = True
                 if self._bounded():
@@ -171,7 +148,7 @@ class DrillWorkflow:
                     min_epoch=moved_by.epoch,
                     t0=t0,
                 ),
-                **_options(600),
+                **options(600),
             )
             self.r.devices, self.r.moved = arrivals.devices, arrivals.confirmed
             self.r.recovery_95_seconds, self.r.recovery_100_seconds = (
@@ -188,7 +165,7 @@ class DrillWorkflow:
         except Exception as e:  # noqa: BLE001 - a drill reports its failure instead of losing the fleet
             if _cancels_the_drill(e):
                 raise  # restored below, then the drill ends cancelled
-            self.r.reasons.append(f"drill interrupted: {_message(e)}")
+            self.r.reasons.append(f"drill interrupted: {message(e)}")
         finally:
             await self._restore(inp, scope_of(self.r, inp), fault_on, moved)
             if inp.percent and inp.kind != "outage" and self._bounded():
@@ -205,7 +182,7 @@ class DrillWorkflow:
             count = await workflow.execute_activity_method(
                 DrillActivities.sample_scope,
                 SampleInput(deployment=inp.deployment, region=source, percent=inp.percent, group=group),
-                **_options(600),
+                **options(600),
             )
             self.r.scope = f"{group} ({inp.percent:g}% = {count} devices)"
             return group
@@ -219,7 +196,7 @@ class DrillWorkflow:
                 await workflow.execute_activity_method(
                     DrillActivities.abort_cutover,
                     AbortCutoverInput(cutover_id=self._cutover),
-                    **_options(30),
+                    **options(30),
                 )
                 await self._wait_cutover(
                     WaitCutoverInput(deployment=inp.deployment, cutover_id=self._cutover)
@@ -228,7 +205,7 @@ class DrillWorkflow:
                 await workflow.execute_activity_method(
                     DrillActivities.set_region_fault,
                     FaultInput(deployment=inp.deployment, region=self.r.source, mode="clear"),
-                    **_options(60),
+                    **options(60),
                 )
                 await workflow.execute_activity_method(
                     DrillActivities.wait_region_state,
@@ -238,7 +215,7 @@ class DrillWorkflow:
                         state=HEALTHY,
                         timeout_seconds=inp.timeout_seconds,
                     ),
-                    **_options(
+                    **options(
                         inp.timeout_seconds + 60,
                         total=inp.timeout_seconds + 120 if self._bounded() else None,
                     ),
@@ -249,7 +226,7 @@ class DrillWorkflow:
                         ShadowParityInput(
                             deployment=inp.deployment, source=self.r.source, target=self.r.target
                         ),
-                        **_options(600),
+                        **options(600),
                     )
                     self.r.recovery_point_devices = parity.differing
             snap = await self._snapshot(inp)
@@ -291,7 +268,7 @@ class DrillWorkflow:
         except Exception as e:  # noqa: BLE001
             if _cancels_the_drill(e):
                 raise
-            self.r.reasons.append(f"restore incomplete, act by hand: {_message(e)}")
+            self.r.reasons.append(f"restore incomplete, act by hand: {message(e)}")
             self.r.restored = False
 
     async def _finish(self, inp: DrillInput) -> DrillReport:
@@ -309,7 +286,7 @@ class DrillWorkflow:
                 report=_plain(self.r),
                 markdown=render_markdown(self.r),
             ),
-            **_options(60),
+            **options(60),
         )
         return self.r
 
@@ -331,10 +308,10 @@ class DrillWorkflow:
                     thing_group=scope,
                     as_of=workflow.now(),
                 ),
-                **_options(inp.timeout_seconds, total=inp.timeout_seconds),
+                **options(inp.timeout_seconds, total=inp.timeout_seconds),
             )
         except ActivityError as e:
-            self.r.reasons.append(f"recovery point not measured: {_message(e)}")
+            self.r.reasons.append(f"recovery point not measured: {message(e)}")
             return
         r = self.r
         r.recovery_point_at, r.recovery_point_checked, r.recovery_point_devices = (
@@ -348,101 +325,6 @@ class DrillWorkflow:
             rp.max_seconds,
         )
 
-    async def _follow_failover(self, inp: DrillInput, t0: datetime) -> CutoverProgress:
-        """The deployment's own failover after the fault: wait (bounded) for it to start, then follow it."""
-        first = await self._wait(
-            inp,
-            WaitCutoverInput(
-                deployment=inp.deployment,
-                cutover_id=None,
-                after_epoch=self._epoch_before,
-                timeout_seconds=inp.timeout_seconds,
-                started_only=True,
-            ),
-            "the automatic failover to start",
-            abortable=True,
-        )
-        return first if first.result else await self._follow(inp, first.cutover_id, t0)
-
-    async def _follow(
-        self, inp: DrillInput, cutover_id: str, t0: datetime, abortable: bool = True
-    ) -> CutoverProgress:
-        """Wait for one of the drill's cutovers to end. A hold on a failed wave (no one to approve
-        it), the drill's timeout or, when `abortable`, the drill's abort stops it at once."""
-        self._cutover = cutover_id
-        try:
-            p = await self._wait(
-                inp,
-                WaitCutoverInput(deployment=inp.deployment, cutover_id=cutover_id, stop_at_hold=True),
-                f"{cutover_id}",
-                abortable,
-            )
-            stop = None
-            if not p.result:
-                stop = (
-                    f"{cutover_id} held: {held_wave(p)}; an unattended drill does not approve a "
-                    "failed wave: the drill aborted it"
-                )
-        except DrillStopped as e:
-            stop = str(e)
-        if stop:
-            await self._stop(inp, cutover_id, stop, t0)
-            raise DrillStopped(stop)
-        self._cutover = None
-        return p
-
-    async def _stop(self, inp: DrillInput, cutover_id: str, reason: str, t0: datetime) -> None:
-        """Abort a cutover of the drill, then wait for its rollback to end (bounded, not abortable)."""
-        self._phase(f"stopping {cutover_id}")
-        await workflow.execute_activity_method(
-            DrillActivities.abort_cutover,
-            AbortCutoverInput(cutover_id=cutover_id, reason=f"{inp.drill_id}: {reason}"),
-            **_options(30),
-        )
-        try:
-            p = await self._wait(
-                inp,
-                WaitCutoverInput(deployment=inp.deployment, cutover_id=cutover_id),
-                f"{cutover_id} to roll back",
-                abortable=False,
-            )
-        except DrillStopped as e:
-            self.r.reasons.append(f"{e}; see {cutover_id} in the Temporal UI")
-            return
-        self._cutover = None
-        self._record_cutover(p, t0)
-
-    async def _wait(
-        self, inp: DrillInput, w: WaitCutoverInput, what: str, abortable: bool
-    ) -> CutoverProgress:
-        """wait_cutover within the drill's timeout, raced with the drill's abort when `abortable`."""
-        task = asyncio.ensure_future(
-            workflow.execute_activity_method(
-                DrillActivities.wait_cutover,
-                w,
-                schedule_to_close_timeout=timedelta(seconds=inp.timeout_seconds),
-                heartbeat_timeout=timedelta(seconds=30),
-                retry_policy=RETRY,
-                summary=f"wait for {what}",
-            )
-        )
-        if abortable:
-            await workflow.wait_condition(lambda: task.done() or self._abort is not None)
-            if not task.done():
-                task.cancel()
-                # its end, not its error: a cancel of the drill itself still raises here (TRY_CANCEL
-                # resolves the activity in this workflow task, so no recorded history parts ways)
-                await workflow.wait([task])
-                raise DrillStopped(f"the drill was aborted while waiting for {what}")
-        try:
-            return await task
-        except ActivityError as e:
-            if isinstance(e.cause, ActivityTimeout):
-                raise DrillStopped(
-                    f"waited {inp.timeout_seconds:.0f}s for {what} (the drill's timeout_seconds)"
-                ) from None
-            raise
-
     async def _remove_scope_group(self, inp: DrillInput, group: str) -> None:
         """A thing may belong to at most 10 static groups: the sampled scope goes when the drill ends
         (in every region: registry replication copies groups)."""
@@ -451,10 +333,10 @@ class DrillWorkflow:
                 await workflow.execute_activity_method(
                     JobActivities.delete_wave_groups,
                     DeleteGroupsInput(deployment=inp.deployment, region=region, groups=[group]),
-                    **_options(60),
+                    **options(60),
                 )
             except ActivityError as e:
-                self.r.reasons.append(f"drill group {group} not deleted in {region}: {_message(e)}")
+                self.r.reasons.append(f"drill group {group} not deleted in {region}: {message(e)}")
 
     def _checkpoint(self) -> None:
         if self._abort is not None:
@@ -464,74 +346,13 @@ class DrillWorkflow:
         """A drill rehearses the automation: its cutovers ask no one, unless its input says otherwise."""
         return inp.approval if self._bounded() else None
 
-    def _bounded(self) -> bool:
-        """DRILL_BOUNDED, asked where the old and the new drill part ways (the first answer holds)."""
-        return workflow.patched(DRILL_BOUNDED)
-
     # ---- helpers ----
 
     async def _snapshot(self, inp: DrillInput) -> dict[str, Any]:
         """The deployment's state as its query answers it (plain JSON)."""
         return await workflow.execute_activity_method(
-            DrillActivities.deployment_snapshot, inp.deployment, **_options(30)
+            DrillActivities.deployment_snapshot, inp.deployment, **options(30)
         )
-
-    async def _request(self, inp: DrillInput, req: CutoverRequest) -> CutoverStarted:
-        started = await workflow.execute_activity_method(
-            DrillActivities.request_cutover,
-            SteerInput(deployment=inp.deployment, request=req),
-            **_options(60),
-        )
-        self._cutover = started.cutover_id
-        return started
-
-    async def _wait_cutover(self, w: WaitCutoverInput) -> CutoverProgress:
-        result = await workflow.execute_activity_method(
-            DrillActivities.wait_cutover,
-            w,
-            start_to_close_timeout=timedelta(hours=2),
-            heartbeat_timeout=timedelta(seconds=30),
-            retry_policy=RETRY,
-        )
-        self._cutover = None
-        return result
-
-    def _record_cutover(self, p: CutoverProgress, t0: datetime) -> None:
-        if p.target == self.r.target and not self.r.devices:  # arrival_times counts them when it runs
-            self.r.devices = p.devices_total
-        self.r.cutovers.append(
-            f"{p.cutover_id}: {p.mode} {p.source} → {p.target}: {p.result} "
-            f"({p.confirmed}/{p.devices_total} confirmed)"
-        )
-        if p.mode == "emergency" and p.started_at and self.r.detection_seconds is None:
-            self.r.detection_seconds = (p.started_at - t0).total_seconds()
-        if p.target == self.r.target:  # the way out; the fail back's sync runs the other way
-            self.r.stale_shadow_leaves += p.stale_shadow_leaves
-        self.r.stragglers = sorted(set(self.r.stragglers) | set(p.stragglers))[:50]
-        self.r.jobs += [
-            f"{p.cutover_id} {w.job_id}: {w.job_status}, {w.confirmed}/{w.size} confirmed" for w in p.waves
-        ]
-        for phase, seconds in p.phase_seconds.items():
-            self.r.phase_seconds[f"{p.cutover_id}:{phase}"] = seconds
-
-    def _phase(self, phase: str) -> None:
-        self.r.phase = phase
-        lines = [
-            f"**{self.r.kind} drill {self.r.drill_id}**: {self.r.source} → {self.r.target}, scope {self.r.scope}",
-            f"phase: {phase}",
-        ]
-        lines += [f"- {c}" for c in self.r.cutovers]
-        workflow.set_current_details("\n".join(lines))
-
-
-def _options(seconds: float, total: float | None = None) -> dict[str, Any]:
-    """Timeouts and retries of one of the drill's activities: those that run long heartbeat."""
-    return {
-        "start_to_close_timeout": timedelta(seconds=seconds),
-        "schedule_to_close_timeout": timedelta(seconds=total) if total else None,
-        "heartbeat_timeout": timedelta(seconds=60) if seconds > 120 else None,
-        "retry_policy": RETRY,
-    }
 
 
 def _cancels_the_drill(e: BaseException) -> bool:
@@ -544,11 +365,6 @@ def scope_of(report: DrillReport, inp: DrillInput) -> str | None:
     if inp.kind == "outage":
         return None
     return report.scope.split(" ", 1)[0] if inp.percent else inp.scope
-
-
-def _message(e: BaseException) -> str:
-    cause = getattr(e, "cause", None)
-    return str(getattr(cause, "message", None) or e)
 
 
 def _plain(r: DrillReport) -> dict:
