@@ -14,7 +14,8 @@ from cli import CliError
 from cli.common import client_for, config_of, run_async, ui_link
 from core.config import DeploymentConfig
 from core.temporal import SA_DEPLOYMENT, SA_MODE, SA_PHASE, SA_SOURCE, SA_TARGET
-from workflows.shadow_sync import ShadowSyncInput, ShadowSyncWorkflow, shadow_sync_id
+from core.workflow_ids import shadow_sync_id
+from workflows.shadow_sync import ShadowSyncInput, ShadowSyncWorkflow
 
 DIFFER_EXIT = 3  # parity: shadows differ (1 is an error)
 

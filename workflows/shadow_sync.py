@@ -33,7 +33,6 @@ __all__ = [
     "ShadowSyncProgress",
     "ShadowSyncResult",
     "ShadowSyncWorkflow",
-    "shadow_sync_id",
 ]
 
 # programming errors that no retry fixes: fail the workflow instead of retrying forever
@@ -85,11 +84,6 @@ class ShadowSyncProgress:
     children_done: int
     children_running: int
     last_round: ShadowSyncResult | None
-
-
-def shadow_sync_id(deployment: str, source: str, target: str, scope: str | None = None) -> str:
-    """The workflow ID operators see: shadows-<deployment>-<source>-to-<target>[-<scope>]."""
-    return f"shadows-{deployment}-{source}-to-{target}" + (f"-{scope}" if scope else "")
 
 
 class _Window:
