@@ -94,7 +94,7 @@ class CutoverProgress:
 
 # A region's health as the monitors report it; Unknown only before a monitor's first verdict.
 HealthState = Literal["Healthy", "Degraded", "Unhealthy"]
-HEALTHY: Final = "Healthy"  # Final: typed as its literal, so it is a HealthState
+HEALTHY: Final = "Healthy"
 DEGRADED: Final = "Degraded"
 UNHEALTHY: Final = "Unhealthy"
 UNKNOWN: Final = "Unknown"
