@@ -17,6 +17,7 @@ from cli.drill import run_drill
 from cli.local import print_urls
 from core.aws import AwsClients
 from core.config import DeploymentConfig
+from core.models import HEALTHY
 from core.workflow_ids import deployment_id
 from rehearsal.stack import Stack
 from simulator.fleet import read_status
@@ -90,7 +91,7 @@ async def _all_healthy(client, cfg: DeploymentConfig) -> bool:
         s = await deployment_state(client, cfg)
     except CliError:
         return False
-    return all(v.state == "Healthy" for v in s.health.values())
+    return all(v.state == HEALTHY for v in s.health.values())
 
 
 async def _replicated(client, cfg: DeploymentConfig) -> bool:

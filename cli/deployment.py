@@ -8,12 +8,14 @@ from temporalio.client import Client, WorkflowHandle
 from temporalio.common import WorkflowIDConflictPolicy
 from temporalio.service import RPCError
 
-from cli import CliError
+from cli import CliError, replicate
 from cli.common import client_for, config_of, run_async, ui_link
 from core.config import DeploymentConfig
 from core.models import CutoverProgress
 from core.workflow_ids import deployment_id, health_id
-from workflows.deployment import DeploymentInput, DeploymentState
+from workflows.cutover import CutoverWorkflow
+from workflows.deployment import DeploymentInput, DeploymentState, DeploymentWorkflow
+from workflows.health import RegionHealthWorkflow
 from workflows.health_types import RegionHealthInput
 
 
@@ -31,14 +33,14 @@ def register(sub: argparse._SubParsersAction) -> None:
 async def start_deployment(client: Client, cfg: DeploymentConfig) -> WorkflowHandle:
     """Start DeploymentWorkflow, or hand the running one the current config."""
     handle = await client.start_workflow(
-        "DeploymentWorkflow",
-        DeploymentInput(cfg),
+        DeploymentWorkflow.run,
+        DeploymentInput(config=cfg),
         id=deployment_id(cfg.name),
         task_queue=cfg.temporal.task_queue,
         id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
         static_summary=f"deployment {cfg.name}: {cfg.mode}, regions {', '.join(cfg.regions)}",
     )
-    await handle.execute_update("reload_config", cfg, result_type=str)
+    await handle.execute_update(DeploymentWorkflow.reload_config, cfg)
     for extra in _companions(cfg):
         await extra(client, cfg)
     return handle
@@ -46,16 +48,19 @@ async def start_deployment(client: Client, cfg: DeploymentConfig) -> WorkflowHan
 
 def _companions(cfg: DeploymentConfig) -> list:
     """The long-running workflows that serve a deployment besides its entity (health, replication)."""
-    from cli import replicate
-
     return [start_health_monitors, replicate.start]
 
 
 async def start_health_monitors(client: Client, cfg: DeploymentConfig) -> None:
     for region in cfg.regions:
         await client.start_workflow(
-            "RegionHealthWorkflow",
-            RegionHealthInput(cfg.name, region, cfg.health, deployment_id(cfg.name)),
+            RegionHealthWorkflow.run,
+            RegionHealthInput(
+                deployment=cfg.name,
+                region=region,
+                policy=cfg.health,
+                deployment_workflow_id=deployment_id(cfg.name),
+            ),
             id=health_id(cfg.name, region),
             task_queue=cfg.temporal.task_queue,
             id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
@@ -74,9 +79,7 @@ async def cmd_start(args: argparse.Namespace) -> int:
 
 async def deployment_state(client: Client, cfg: DeploymentConfig) -> DeploymentState:
     try:
-        state = await client.get_workflow_handle(deployment_id(cfg.name)).query(
-            "state", result_type=DeploymentState
-        )
+        state = await client.get_workflow_handle(deployment_id(cfg.name)).query(DeploymentWorkflow.state)
     except RPCError as e:
         raise CliError(
             f"deployment {cfg.name} is not running ({e.message}); "
@@ -127,9 +130,7 @@ async def cmd_status(args: argparse.Namespace) -> int:
         print(f"registry copy {v.source} → {v.target}: {state} ({v.fleet_devices} fleet devices)")
     if s.in_flight:
         print("cutover in flight:" + (f" {s.in_flight.note}" if s.in_flight.note else ""))
-        p = await client.get_workflow_handle(s.in_flight.cutover_id).query(
-            "progress", result_type=CutoverProgress
-        )
+        p = await client.get_workflow_handle(s.in_flight.cutover_id).query(CutoverWorkflow.progress)
         if p:
             print_progress(p)
         print(f"  {ui_link(cfg, s.in_flight.cutover_id)}")

@@ -20,7 +20,7 @@ from cli import CliError
 from cli.common import client_for, config_of, run_async, ui_link
 from core.config import DeploymentConfig
 from core.workflow_ids import drill_prefix
-from workflows.drill import DrillInput
+from workflows.drill import DrillInput, DrillWorkflow
 from workflows.drill_report import DrillCriteria, DrillReport, render_markdown
 
 
@@ -81,7 +81,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 async def next_drill_id(client: Client, cfg: DeploymentConfig) -> str:
     prefix = drill_prefix(cfg.name)
     highest = 0
-    async for wf in client.list_workflows("WorkflowType = 'DrillWorkflow'"):
+    async for wf in client.list_workflows(f"WorkflowType = '{DrillWorkflow.__name__}'"):
         tail = wf.id.removeprefix(prefix)
         if wf.id.startswith(prefix) and tail.isdigit():
             highest = max(highest, int(tail))
@@ -102,8 +102,8 @@ def drill_input(cfg: DeploymentConfig, drill_id: str, args: argparse.Namespace) 
         percent=args.percent,
         hold_seconds=getattr(args, "hold", timedelta(seconds=30)).total_seconds(),
         criteria=DrillCriteria(
-            getattr(args, "min_confirmed", 95.0),
-            getattr(args, "max_recovery", timedelta(minutes=10)).total_seconds(),
+            min_confirmed_percent=getattr(args, "min_confirmed", 95.0),
+            max_recovery_seconds=getattr(args, "max_recovery", timedelta(minutes=10)).total_seconds(),
         ),
         timeout_seconds=timeout.total_seconds()
         if timeout
@@ -115,12 +115,11 @@ def drill_input(cfg: DeploymentConfig, drill_id: str, args: argparse.Namespace) 
 async def run_drill(client: Client, cfg: DeploymentConfig, args: argparse.Namespace) -> DrillReport | None:
     drill_id = await next_drill_id(client, cfg)
     handle = await client.start_workflow(
-        "DrillWorkflow",
+        DrillWorkflow.run,
         drill_input(cfg, drill_id, args),
         id=drill_id,
         task_queue=cfg.temporal.task_queue,
         static_summary=f"{args.kind} drill of {cfg.name}",
-        result_type=DrillReport,
     )
     print(f"{drill_id}: {args.kind} drill started")
     print(f"  {ui_link(cfg, drill_id)}", flush=True)
@@ -128,7 +127,7 @@ async def run_drill(client: Client, cfg: DeploymentConfig, args: argparse.Namesp
         return None
     last = None
     while True:
-        report = await handle.query("report", result_type=DrillReport)
+        report = await handle.query(DrillWorkflow.report)
         if report and report.phase != last:
             print(f"  [{report.phase}]" + "".join(f"\n    {c}" for c in report.cutovers[-1:]), flush=True)
             last = report.phase
@@ -159,7 +158,7 @@ async def cmd_schedule(args: argparse.Namespace) -> int:
             schedule_id,
             Schedule(
                 action=ScheduleActionStartWorkflow(
-                    "DrillWorkflow",
+                    DrillWorkflow.run,
                     inp,
                     id=f"{drill_prefix(cfg.name)}scheduled",
                     task_queue=cfg.temporal.task_queue,

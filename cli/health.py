@@ -12,6 +12,7 @@ from cli import CliError
 from cli.common import client_for, config_of, run_async, ui_link
 from core.config import DeploymentConfig
 from core.workflow_ids import health_id
+from workflows.health import RegionHealthWorkflow
 from workflows.health_types import RegionHealthView
 
 
@@ -54,7 +55,7 @@ async def _query(client: Client, wf_id: str) -> RegionHealthView:
         desc = await handle.describe()
         if desc.status != WorkflowExecutionStatus.RUNNING:
             raise _NotRunning(f"is {desc.status.name.lower() if desc.status else 'not running'}")
-        return await handle.query("state", result_type=RegionHealthView, rpc_timeout=timedelta(seconds=10))
+        return await handle.query(RegionHealthWorkflow.state, rpc_timeout=timedelta(seconds=10))
     except RPCError as e:
         if e.status == RPCStatusCode.NOT_FOUND:
             raise _NotRunning("is not running (the DeploymentWorkflow starts one per region)") from None

@@ -14,7 +14,8 @@ from cli import CliError
 from cli.common import client_for, config_of, run_async, ui_link
 from core.config import DeploymentConfig
 from core.temporal import SA_DEPLOYMENT, SA_MODE, SA_PHASE, SA_SOURCE, SA_TARGET
-from workflows.shadow_sync import ShadowSyncInput, ShadowSyncWorkflow, shadow_sync_id
+from core.workflow_ids import shadow_sync_id
+from workflows.shadow_sync import ShadowSyncInput, ShadowSyncWorkflow
 
 DIFFER_EXIT = 3  # parity: shadows differ (1 is an error)
 
@@ -57,7 +58,12 @@ async def cmd_sync(args: argparse.Namespace) -> int:
     cfg, group = _resolve(args)
     mode = "periodic" if args.periodic else "one-shot"
     inp = ShadowSyncInput(
-        cfg.name, args.source, args.target, group, mode=mode, interval_seconds=args.interval
+        deployment=cfg.name,
+        source=args.source,
+        target=args.target,
+        thing_group=group,
+        mode=mode,
+        interval_seconds=args.interval,
     )
     workflow_id = shadow_sync_id(cfg.name, args.source, args.target, group or "all")
     client = await client_for(cfg)

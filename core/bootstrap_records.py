@@ -19,6 +19,7 @@ from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
 
 DEFAULT_SCOPE = "default"
 GROUP_PREFIX = "group:"
+ROUTING_PREFIX = "routing:"  # a routing table fence among the bootstrap ones (`routing:<application>`)
 _GROUP_NAME = re.compile(r"^[a-zA-Z0-9:_-]{1,128}$")
 _SER, _DES = TypeSerializer(), TypeDeserializer()
 

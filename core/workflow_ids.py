@@ -24,3 +24,8 @@ def cutover_id(deployment: str, epoch: int) -> str:
 def drill_prefix(deployment: str) -> str:
     """Drills are numbered: `drill-<deployment>-<n>`, plus the scheduled ones."""
     return f"drill-{deployment}-"
+
+
+def shadow_sync_id(deployment: str, source: str, target: str, scope: str | None = None) -> str:
+    """A shadow sync started by an operator: shadows-<deployment>-<source>-to-<target>[-<scope>]."""
+    return f"shadows-{deployment}-{source}-to-{target}" + (f"-{scope}" if scope else "")

@@ -18,10 +18,10 @@ from temporalio.testing import WorkflowEnvironment
 from activities.context import Deployments
 from core.aws import AwsClients
 from core.config import DeploymentConfig
-from core.models import CutoverRequest, CutoverStarted, RegionHealthChange
+from core.models import CutoverRequest, RegionHealthChange
 from tests.conftest import make_config
 from worker import build_worker
-from workflows.deployment import DeploymentInput, DeploymentState
+from workflows.deployment import DeploymentInput, DeploymentState, DeploymentWorkflow
 
 
 @pytest.fixture
@@ -42,7 +42,7 @@ def cfg(emulators: dict[str, str], local_ca, tmp_path: Path) -> DeploymentConfig
 
 async def _state(handle: WorkflowHandle) -> DeploymentState:
     for _ in range(200):
-        s = await handle.query("state", result_type=DeploymentState)
+        s = await handle.query(DeploymentWorkflow.state)
         if s and s.initialized:
             return s
         await asyncio.sleep(0.2)
@@ -51,17 +51,18 @@ async def _state(handle: WorkflowHandle) -> DeploymentState:
 
 async def _refused(handle: WorkflowHandle, req: CutoverRequest) -> str:
     with pytest.raises(WorkflowUpdateFailedError) as e:
-        await handle.execute_update("request_cutover", req, result_type=CutoverStarted)
+        await handle.execute_update(DeploymentWorkflow.request_cutover, req)
     return e.value.cause.message
 
 
-async def _health(handle: WorkflowHandle, region: str, state: str) -> None:
-    await handle.signal("region_health", RegionHealthChange(region, state, at=datetime.now(UTC)))
+async def _health(handle: WorkflowHandle, region: str, state: str, since: datetime | None = None) -> None:
+    change = RegionHealthChange(region=region, state=state, at=since or datetime.now(UTC))
+    await handle.signal(DeploymentWorkflow.region_health, change)
 
 
 async def _wait(handle: WorkflowHandle, check, what: str) -> DeploymentState:
     for _ in range(300):
-        s = await handle.query("state", result_type=DeploymentState)
+        s = await handle.query(DeploymentWorkflow.state)
         if check(s):
             return s
         await asyncio.sleep(0.2)
@@ -70,8 +71,8 @@ async def _wait(handle: WorkflowHandle, check, what: str) -> DeploymentState:
 
 async def _start(client: Client, cfg: DeploymentConfig, task_queue: str) -> WorkflowHandle:
     return await client.start_workflow(
-        "DeploymentWorkflow",
-        DeploymentInput(cfg),
+        DeploymentWorkflow.run,
+        DeploymentInput(config=cfg),
         id=f"deployment-{cfg.name}-{uuid.uuid4().hex[:6]}",
         task_queue=task_queue,
     )
@@ -94,15 +95,14 @@ async def test_validators_refuse_bad_requests_before_anything_is_recorded(
         assert "force needs a reason" in await _refused(
             handle, CutoverRequest(target="us-west-2", force=True, requested_by="")
         )
-        after = await handle.query("state", result_type=DeploymentState)
+        after = await handle.query(DeploymentWorkflow.state)
         assert after.epoch == 1 and after.in_flight is None and not after.history  # nothing recorded
 
         await _health(handle, "us-west-2", "Healthy")
         await _wait(handle, lambda st: st.health["us-west-2"].state == "Healthy", "health")
         started = await handle.execute_update(
-            "request_cutover",
+            DeploymentWorkflow.request_cutover,
             CutoverRequest(target="us-west-2", mode="emergency", reason="test"),
-            result_type=CutoverStarted,
         )
         assert started.cutover_id == f"cutover-{cfg.name}-2" and started.epoch == 2
         assert "is running" in await _refused(handle, CutoverRequest(target="us-west-2"))
@@ -113,7 +113,7 @@ async def test_validators_refuse_bad_requests_before_anything_is_recorded(
         await _health(handle, "us-east-1", "Healthy")
         assert "cooldown" in await _refused(handle, CutoverRequest(target="us-east-1"))
         forced = await handle.execute_update(
-            "request_cutover",
+            DeploymentWorkflow.request_cutover,
             CutoverRequest(
                 target="us-east-1",
                 mode="emergency",
@@ -121,7 +121,6 @@ async def test_validators_refuse_bad_requests_before_anything_is_recorded(
                 reason="failback after test",
                 requested_by="tester",
             ),
-            result_type=CutoverStarted,
         )
         assert forced.epoch == 4
         final = await _wait(handle, lambda st: len(st.history) == 2, "the forced cutover")
@@ -140,7 +139,7 @@ async def test_unhealthy_active_region_fails_over_automatically_and_never_back(
         await _health(handle, "us-west-2", "Healthy")
         await _health(handle, "us-east-1", "Degraded")  # degraded triggers nothing
         await asyncio.sleep(1)
-        assert not (await handle.query("state", result_type=DeploymentState)).history
+        assert not (await handle.query(DeploymentWorkflow.state)).history
 
         await _health(handle, "us-east-1", "Unhealthy")
         s = await _wait(handle, lambda st: st.history, "the automatic failover")
@@ -155,16 +154,19 @@ async def test_unhealthy_active_region_fails_over_automatically_and_never_back(
         assert refusal.rule and refusal.reason
         assert len(s.history) == 1
 
-        # home healthy again: offered as a person's failback, never taken automatically
-        await _health(handle, "us-east-1", "Healthy")
-        await _health(handle, "us-west-2", "Healthy")
+        # home healthy again (for an hour): never failed back automatically, offered to a person
+        await _health(handle, "us-east-1", "Healthy", since=datetime.now(UTC) - timedelta(hours=1))
         s = await _wait(
             handle,
-            lambda st: any(d.rule == "no_automatic_failback" for d in st.decisions) or len(st.history) == 1,
-            "health",
+            lambda st: any(d.rule == "no_automatic_failback" for d in st.decisions),
+            "the automatic failback refused",
         )
+        assert s.failback_offer and "cutover --to us-east-1 --reason failback" in s.failback_offer
+        await _health(handle, "us-west-2", "Healthy")
+        s = await _wait(handle, lambda st: st.health["us-west-2"].state == "Healthy", "health")
+        assert s.failback_offer and "us-east-1 healthy for 60m" in s.failback_offer  # still offered
         await asyncio.sleep(1)
-        assert len((await handle.query("state", result_type=DeploymentState)).history) == 1
+        assert len((await handle.query(DeploymentWorkflow.state)).history) == 1
         await handle.terminate()
 
 
@@ -179,5 +181,5 @@ async def test_deployment_lives_through_idle_hours(
         await time_skipping_env.sleep(timedelta(hours=3))
         desc = await handle.describe()
         assert desc.status == WorkflowExecutionStatus.RUNNING
-        assert (await handle.query("state", result_type=DeploymentState)).active_region == "us-east-1"
+        assert (await handle.query(DeploymentWorkflow.state)).active_region == "us-east-1"
         await handle.terminate()

@@ -22,10 +22,10 @@ from activities.health import (
     ProbeResult,
     iot_metric_sums,
     judge_iot_metrics,
-    score_region,
 )
 from core.aws import AwsClients
 from core.config import DeploymentConfig, HealthPolicy
+from core.health_scoring import score_region
 from rehearsal import faults, pki
 from tests.conftest import make_config
 

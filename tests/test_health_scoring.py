@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from activities.health import ProbeResult, score_region
 from core.config import HealthPolicy
+from core.health_scoring import ProbeResult, score_region
 from workflows.health import settle
 
 POLICY = HealthPolicy(degraded_latency_ms=100, min_fresh_share=0.5)

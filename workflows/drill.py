@@ -15,67 +15,49 @@ unless DrillInput.approval says otherwise. Before anything moves it measures the
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import dataclasses
-from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Literal
+from typing import Any
 
 from temporalio import workflow
-from temporalio.common import RetryPolicy
-from temporalio.exceptions import ActivityError
-from temporalio.exceptions import TimeoutError as ActivityTimeout
+from temporalio.exceptions import ActivityError, is_cancelled_exception
 
 with workflow.unsafe.imports_passed_through():
     from activities.drill import (
         AbortCutoverInput,
         ArrivalInput,
-        ArrivalStats,
+        DrillActivities,
         FaultInput,
         ReportInput,
         SampleInput,
-        SteerInput,
         WaitCutoverInput,
         WaitHealthInput,
-        held_wave,
     )
-    from activities.jobs import DeleteGroupsInput
-    from activities.recovery_point import RecoveryPoint
-    from activities.shadows import RecoveryPointInput
-    from core.models import CutoverProgress, CutoverRequest, CutoverStarted, OperatorAction
-    from workflows.drill_report import DrillCriteria, DrillReport, evaluate, render_markdown
-    from workflows.versions import DRILL_BOUNDED
+    from activities.jobs import DeleteGroupsInput, JobActivities
+    from activities.recovery_point import RecoveryPoint  # (its module, for the result's field types)
+    from activities.shadows import RecoveryPointInput, ShadowActivities, ShadowParityInput
+    from core.models import HEALTHY, CutoverRequest, OperatorAction
+    from workflows.drill_report import DrillReport, evaluate, render_markdown
+    from workflows.versions import DRILL_CANCELS
 
-RETRY = RetryPolicy(
-    maximum_interval=timedelta(seconds=20),
-    maximum_attempts=20,
-    non_retryable_error_types=["CutoverRefused", "NoFaultSwitch", "NoCutover", "HealthTimeout"],
+# not passed through: imported into the sandbox with the activity types their calls decode
+from workflows.drill_cutovers import (
+    Approval,
+    DrillCutovers,
+    DrillInput,
+    DrillStopped,
+    message,
+    options,
 )
-Approval = Literal["none", "canary", "every-wave"]
 
-
-class DrillStopped(Exception):
-    """The drill stops what it started; the message is the report's reason."""
-
-
-@dataclass
-class DrillInput:
-    deployment: str
-    drill_id: str
-    kind: Literal["planned", "outage"] = "planned"
-    scope: str | None = None  # a thing group; None with percent None: the whole fleet
-    percent: float | None = None  # sample this share of the fleet into a drill group
-    hold_seconds: float = 30
-    criteria: DrillCriteria = field(default_factory=DrillCriteria)
-    timeout_seconds: float = 900  # the longest one wait takes: a cutover to start or end, health
-    approval: Approval | None = "none"  # the drill's cutovers; None: the deployment's policy
+__all__ = ["DrillInput", "DrillWorkflow", "scope_of"]
 
 
 @workflow.defn(name="DrillWorkflow")
-class DrillWorkflow:
+class DrillWorkflow(DrillCutovers):
     def __init__(self) -> None:
-        self.r: DrillReport | None = None
+        self._report: DrillReport | None = None  # None until the deployment's snapshot is read
         self._abort: OperatorAction | None = None
         self._cutover: str | None = None
         self._epoch_before = 0
@@ -88,15 +70,15 @@ class DrillWorkflow:
 
     @workflow.query(description="The drill's report so far.")
     def report(self) -> DrillReport | None:
-        return self.r
+        return self._report
 
     @workflow.run
     async def run(self, inp: DrillInput) -> DrillReport:
         inp.drill_id = inp.drill_id or workflow.info().workflow_id  # scheduled runs get their own IDs
-        snap = await self._act("deployment_snapshot", inp.deployment, dict, 30)
+        snap = await self._snapshot(inp)
         source = snap["active_region"]
         target = next((r for r, v in snap["health"].items() if r != source), None)
-        self.r = DrillReport(
+        self._report = DrillReport(
             drill_id=inp.drill_id,
             deployment=inp.deployment,
             kind=inp.kind,
@@ -118,13 +100,22 @@ class DrillWorkflow:
             self._phase("moving")
             t0 = self._t0 = workflow.now()
             if inp.kind == "outage":
-                await self._act("set_region_fault", FaultInput(inp.deployment, source, "outage"), str, 30)
+                await workflow.execute_activity_method(
+                    DrillActivities.set_region_fault,
+                    FaultInput(deployment=inp.deployment, region=source, mode="outage"),
+                    **options(30),
+                )
                 fault_on = True
                 if self._bounded():
                     moved_by = await self._follow_failover(inp, t0)
                 else:
                     moved_by = await self._wait_cutover(
-                        WaitCutoverInput(inp.deployment, None, epoch_before, inp.timeout_seconds)
+                        WaitCutoverInput(
+                            deployment=inp.deployment,
+                            cutover_id=None,
+                            after_epoch=epoch_before,
+                            timeout_seconds=inp.timeout_seconds,
+                        )
                     )
             else:
                 started = await self._request(
@@ -142,16 +133,22 @@ class DrillWorkflow:
                 if self._bounded():
                     moved_by = await self._follow(inp, started.cutover_id, t0)
                 else:
-                    moved_by = await self._wait_cutover(WaitCutoverInput(inp.deployment, started.cutover_id))
+                    moved_by = await self._wait_cutover(
+                        WaitCutoverInput(deployment=inp.deployment, cutover_id=started.cutover_id)
+                    )
             moved = moved_by.result not in ("aborted", "failed")
             self._record_cutover(moved_by, t0)
-            arrivals = await self._act(
-                "arrival_times",
+            arrivals = await workflow.execute_activity_method(
+                DrillActivities.arrival_times,
                 ArrivalInput(
-                    inp.deployment, self.r.target, moved_by.scope, self.r.target, moved_by.epoch, t0
+                    deployment=inp.deployment,
+                    list_region=self.r.target,
+                    group=moved_by.scope,
+                    target=self.r.target,
+                    min_epoch=moved_by.epoch,
+                    t0=t0,
                 ),
-                ArrivalStats,
-                600,
+                **options(600),
             )
             self.r.devices, self.r.moved = arrivals.devices, arrivals.confirmed
             self.r.recovery_95_seconds, self.r.recovery_100_seconds = (
@@ -166,7 +163,9 @@ class DrillWorkflow:
         except DrillStopped as e:
             self.r.reasons.append(str(e))
         except Exception as e:  # noqa: BLE001 - a drill reports its failure instead of losing the fleet
-            self.r.reasons.append(f"drill interrupted: {_message(e)}")
+            if _cancels_the_drill(e):
+                raise  # restored below, then the drill ends cancelled
+            self.r.reasons.append(f"drill interrupted: {message(e)}")
         finally:
             await self._restore(inp, scope_of(self.r, inp), fault_on, moved)
             if inp.percent and inp.kind != "outage" and self._bounded():
@@ -180,8 +179,10 @@ class DrillWorkflow:
             return None
         if inp.percent:
             group = f"{inp.drill_id}-scope"
-            count = await self._act(
-                "sample_scope", SampleInput(inp.deployment, source, inp.percent, group), int, 600
+            count = await workflow.execute_activity_method(
+                DrillActivities.sample_scope,
+                SampleInput(deployment=inp.deployment, region=source, percent=inp.percent, group=group),
+                **options(600),
             )
             self.r.scope = f"{group} ({inp.percent:g}% = {count} devices)"
             return group
@@ -192,33 +193,48 @@ class DrillWorkflow:
         self._phase("restoring")
         try:
             if self._cutover and self._abort is not None and not self._bounded():
-                await self._act("abort_cutover", self._cutover, str, 30)
-                await self._wait_cutover(WaitCutoverInput(inp.deployment, self._cutover))
-            if fault_on:
-                await self._act(
-                    "set_region_fault", FaultInput(inp.deployment, self.r.source, "clear"), str, 60
+                await workflow.execute_activity_method(
+                    DrillActivities.abort_cutover,
+                    AbortCutoverInput(cutover_id=self._cutover),
+                    **options(30),
                 )
-                await self._act(
-                    "wait_region_state",
-                    WaitHealthInput(inp.deployment, self.r.source, "Healthy", inp.timeout_seconds),
-                    str,
-                    inp.timeout_seconds + 60,
-                    total=inp.timeout_seconds + 120 if self._bounded() else None,
+                await self._wait_cutover(
+                    WaitCutoverInput(deployment=inp.deployment, cutover_id=self._cutover)
+                )
+            if fault_on:
+                await workflow.execute_activity_method(
+                    DrillActivities.set_region_fault,
+                    FaultInput(deployment=inp.deployment, region=self.r.source, mode="clear"),
+                    **options(60),
+                )
+                await workflow.execute_activity_method(
+                    DrillActivities.wait_region_state,
+                    WaitHealthInput(
+                        deployment=inp.deployment,
+                        region=self.r.source,
+                        state=HEALTHY,
+                        timeout_seconds=inp.timeout_seconds,
+                    ),
+                    **options(
+                        inp.timeout_seconds + 60,
+                        total=inp.timeout_seconds + 120 if self._bounded() else None,
+                    ),
                 )
                 if not self._bounded():  # (measured before the outage now: see _recovery_point)
-                    parity = await self._act(
-                        "check_shadow_parity",
-                        {"deployment": inp.deployment, "source": self.r.source, "target": self.r.target},
-                        dict,
-                        600,
+                    parity = await workflow.execute_activity_method(
+                        ShadowActivities.check_shadow_parity,
+                        ShadowParityInput(
+                            deployment=inp.deployment, source=self.r.source, target=self.r.target
+                        ),
+                        **options(600),
                     )
-                    self.r.recovery_point_devices = int(parity.get("differing", 0))
-            snap = await self._act("deployment_snapshot", inp.deployment, dict, 30)
+                    self.r.recovery_point_devices = parity.differing
+            snap = await self._snapshot(inp)
             flight = snap.get("in_flight")  # still running: a late failover, a slow rollback
             if flight and flight["epoch"] > self._epoch_before and self._bounded():
                 t0 = self._t0 or workflow.now()
                 self._record_cutover(await self._follow(inp, flight["cutover_id"], t0, abortable=False), t0)
-                snap = await self._act("deployment_snapshot", inp.deployment, dict, 30)
+                snap = await self._snapshot(inp)
             home = (
                 (snap.get("homes") or {}).get(scope, snap["active_region"])
                 if scope
@@ -241,14 +257,18 @@ class DrillWorkflow:
                 if self._bounded():  # the fail back is the restore: the drill's abort does not stop it
                     back = await self._follow(inp, started.cutover_id, t0, abortable=False)
                 else:
-                    back = await self._wait_cutover(WaitCutoverInput(inp.deployment, started.cutover_id))
+                    back = await self._wait_cutover(
+                        WaitCutoverInput(deployment=inp.deployment, cutover_id=started.cutover_id)
+                    )
                 self.r.failback_seconds = (workflow.now() - t0).total_seconds()
                 self.r.moved_back = back.confirmed
                 self._record_cutover(back, t0)
             elif moved:
                 self.r.reasons.append("the fleet was already back in the source before fail back")
         except Exception as e:  # noqa: BLE001
-            self.r.reasons.append(f"restore incomplete, act by hand: {_message(e)}")
+            if _cancels_the_drill(e):
+                raise
+            self.r.reasons.append(f"restore incomplete, act by hand: {message(e)}")
             self.r.restored = False
 
     async def _finish(self, inp: DrillInput) -> DrillReport:
@@ -258,11 +278,15 @@ class DrillWorkflow:
         workflow.metric_meter().create_counter("iotfailover_drills_total", "Drills by kind and outcome").add(
             1, {"deployment": inp.deployment, "kind": inp.kind, "result": "pass" if self.r.passed else "fail"}
         )
-        self.r.report_paths = await self._act(
-            "write_drill_report",
-            ReportInput(inp.deployment, inp.drill_id, _plain(self.r), render_markdown(self.r)),
-            list[str],
-            60,
+        self.r.report_paths = await workflow.execute_activity_method(
+            DrillActivities.write_drill_report,
+            ReportInput(
+                deployment=inp.deployment,
+                drill_id=inp.drill_id,
+                report=_plain(self.r),
+                markdown=render_markdown(self.r),
+            ),
+            **options(60),
         )
         return self.r
 
@@ -275,15 +299,19 @@ class DrillWorkflow:
             return
         self._phase("measuring the recovery point")
         try:
-            rp = await self._act(
-                "measure_recovery_point",
-                RecoveryPointInput(inp.deployment, self.r.source, self.r.target, scope, workflow.now()),
-                RecoveryPoint,
-                inp.timeout_seconds,
-                total=inp.timeout_seconds,
+            rp: RecoveryPoint = await workflow.execute_activity_method(
+                ShadowActivities.measure_recovery_point,
+                RecoveryPointInput(
+                    deployment=inp.deployment,
+                    source=self.r.source,
+                    target=self.r.target,
+                    thing_group=scope,
+                    as_of=workflow.now(),
+                ),
+                **options(inp.timeout_seconds, total=inp.timeout_seconds),
             )
         except ActivityError as e:
-            self.r.reasons.append(f"recovery point not measured: {_message(e)}")
+            self.r.reasons.append(f"recovery point not measured: {message(e)}")
             return
         r = self.r
         r.recovery_point_at, r.recovery_point_checked, r.recovery_point_devices = (
@@ -297,103 +325,18 @@ class DrillWorkflow:
             rp.max_seconds,
         )
 
-    async def _follow_failover(self, inp: DrillInput, t0: datetime) -> CutoverProgress:
-        """The deployment's own failover after the fault: wait (bounded) for it to start, then follow it."""
-        first = await self._wait(
-            inp,
-            WaitCutoverInput(
-                inp.deployment, None, self._epoch_before, inp.timeout_seconds, started_only=True
-            ),
-            "the automatic failover to start",
-            abortable=True,
-        )
-        return first if first.result else await self._follow(inp, first.cutover_id, t0)
-
-    async def _follow(
-        self, inp: DrillInput, cutover_id: str, t0: datetime, abortable: bool = True
-    ) -> CutoverProgress:
-        """Wait for one of the drill's cutovers to end. A hold on a failed wave (no one to approve
-        it), the drill's timeout or, when `abortable`, the drill's abort stops it at once."""
-        self._cutover = cutover_id
-        try:
-            p = await self._wait(
-                inp,
-                WaitCutoverInput(inp.deployment, cutover_id, stop_at_hold=True),
-                f"{cutover_id}",
-                abortable,
-            )
-            stop = None
-            if not p.result:
-                stop = (
-                    f"{cutover_id} held: {held_wave(p)}; an unattended drill does not approve a "
-                    "failed wave: the drill aborted it"
-                )
-        except DrillStopped as e:
-            stop = str(e)
-        if stop:
-            await self._stop(inp, cutover_id, stop, t0)
-            raise DrillStopped(stop)
-        self._cutover = None
-        return p
-
-    async def _stop(self, inp: DrillInput, cutover_id: str, reason: str, t0: datetime) -> None:
-        """Abort a cutover of the drill, then wait for its rollback to end (bounded, not abortable)."""
-        self._phase(f"stopping {cutover_id}")
-        await self._act("abort_cutover", AbortCutoverInput(cutover_id, f"{inp.drill_id}: {reason}"), str, 30)
-        try:
-            p = await self._wait(
-                inp,
-                WaitCutoverInput(inp.deployment, cutover_id),
-                f"{cutover_id} to roll back",
-                abortable=False,
-            )
-        except DrillStopped as e:
-            self.r.reasons.append(f"{e}; see {cutover_id} in the Temporal UI")
-            return
-        self._cutover = None
-        self._record_cutover(p, t0)
-
-    async def _wait(
-        self, inp: DrillInput, w: WaitCutoverInput, what: str, abortable: bool
-    ) -> CutoverProgress:
-        """wait_cutover within the drill's timeout, raced with the drill's abort when `abortable`."""
-        task = asyncio.ensure_future(
-            workflow.execute_activity(
-                "wait_cutover",
-                w,
-                result_type=CutoverProgress,
-                schedule_to_close_timeout=timedelta(seconds=inp.timeout_seconds),
-                heartbeat_timeout=timedelta(seconds=30),
-                retry_policy=RETRY,
-                summary=f"wait for {what}",
-            )
-        )
-        if abortable:
-            await workflow.wait_condition(lambda: task.done() or self._abort is not None)
-            if not task.done():
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError, ActivityError):
-                    await task
-                raise DrillStopped(f"the drill was aborted while waiting for {what}")
-        try:
-            return await task
-        except ActivityError as e:
-            if isinstance(e.cause, ActivityTimeout):
-                raise DrillStopped(
-                    f"waited {inp.timeout_seconds:.0f}s for {what} (the drill's timeout_seconds)"
-                ) from None
-            raise
-
     async def _remove_scope_group(self, inp: DrillInput, group: str) -> None:
         """A thing may belong to at most 10 static groups: the sampled scope goes when the drill ends
         (in every region: registry replication copies groups)."""
         for region in self._regions:
             try:
-                await self._act(
-                    "delete_wave_groups", DeleteGroupsInput(inp.deployment, region, [group]), int, 60
+                await workflow.execute_activity_method(
+                    JobActivities.delete_wave_groups,
+                    DeleteGroupsInput(deployment=inp.deployment, region=region, groups=[group]),
+                    **options(60),
                 )
             except ActivityError as e:
-                self.r.reasons.append(f"drill group {group} not deleted in {region}: {_message(e)}")
+                self.r.reasons.append(f"drill group {group} not deleted in {region}: {message(e)}")
 
     def _checkpoint(self) -> None:
         if self._abort is not None:
@@ -403,77 +346,25 @@ class DrillWorkflow:
         """A drill rehearses the automation: its cutovers ask no one, unless its input says otherwise."""
         return inp.approval if self._bounded() else None
 
-    def _bounded(self) -> bool:
-        """DRILL_BOUNDED, asked where the old and the new drill part ways (the first answer holds)."""
-        return workflow.patched(DRILL_BOUNDED)
-
     # ---- helpers ----
 
-    async def _request(self, inp: DrillInput, req: CutoverRequest) -> CutoverStarted:
-        started = await self._act("request_cutover", SteerInput(inp.deployment, req), CutoverStarted, 60)
-        self._cutover = started.cutover_id
-        return started
-
-    async def _wait_cutover(self, w: WaitCutoverInput) -> CutoverProgress:
-        result = await workflow.execute_activity(
-            "wait_cutover",
-            w,
-            result_type=CutoverProgress,
-            start_to_close_timeout=timedelta(hours=2),
-            heartbeat_timeout=timedelta(seconds=30),
-            retry_policy=RETRY,
-        )
-        self._cutover = None
-        return result
-
-    def _record_cutover(self, p: CutoverProgress, t0: datetime) -> None:
-        if p.target == self.r.target and not self.r.devices:  # arrival_times counts them when it runs
-            self.r.devices = p.devices_total
-        self.r.cutovers.append(
-            f"{p.cutover_id}: {p.mode} {p.source} → {p.target}: {p.result} "
-            f"({p.confirmed}/{p.devices_total} confirmed)"
-        )
-        if p.mode == "emergency" and p.started_at and self.r.detection_seconds is None:
-            self.r.detection_seconds = (p.started_at - t0).total_seconds()
-        if p.target == self.r.target:  # the way out; the fail back's sync runs the other way
-            self.r.stale_shadow_leaves += p.stale_shadow_leaves
-        self.r.stragglers = sorted(set(self.r.stragglers) | set(p.stragglers))[:50]
-        self.r.jobs += [
-            f"{p.cutover_id} {w.job_id}: {w.job_status}, {w.confirmed}/{w.size} confirmed" for w in p.waves
-        ]
-        for phase, seconds in p.phase_seconds.items():
-            self.r.phase_seconds[f"{p.cutover_id}:{phase}"] = seconds
-
-    async def _act(self, name: str, arg, result_type, seconds: float, total: float | None = None):
-        return await workflow.execute_activity(
-            name,
-            arg,
-            result_type=result_type,
-            start_to_close_timeout=timedelta(seconds=seconds),
-            schedule_to_close_timeout=timedelta(seconds=total) if total else None,
-            heartbeat_timeout=timedelta(seconds=60) if seconds > 120 else None,
-            retry_policy=RETRY,
+    async def _snapshot(self, inp: DrillInput) -> dict[str, Any]:
+        """The deployment's state as its query answers it (plain JSON)."""
+        return await workflow.execute_activity_method(
+            DrillActivities.deployment_snapshot, inp.deployment, **options(30)
         )
 
-    def _phase(self, phase: str) -> None:
-        self.r.phase = phase
-        lines = [
-            f"**{self.r.kind} drill {self.r.drill_id}**: {self.r.source} → {self.r.target}, scope {self.r.scope}",
-            f"phase: {phase}",
-        ]
-        lines += [f"- {c}" for c in self.r.cutovers]
-        workflow.set_current_details("\n".join(lines))
+
+def _cancels_the_drill(e: BaseException) -> bool:
+    """The drill itself was cancelled (its own waits it cancels are never raised): it restores,
+    then ends cancelled (before DRILL_CANCELS: it reported "drill interrupted" and completed)."""
+    return is_cancelled_exception(e) and workflow.patched(DRILL_CANCELS)
 
 
 def scope_of(report: DrillReport, inp: DrillInput) -> str | None:
     if inp.kind == "outage":
         return None
     return report.scope.split(" ", 1)[0] if inp.percent else inp.scope
-
-
-def _message(e: BaseException) -> str:
-    cause = getattr(e, "cause", None)
-    return str(getattr(cause, "message", None) or e)
 
 
 def _plain(r: DrillReport) -> dict:

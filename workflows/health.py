@@ -1,8 +1,8 @@
 """RegionHealthWorkflow `health-<deployment>-<region>`: probe, score, hysteresis, tell the deployment.
 
 Every interval (or at once on `probe_now`) it runs the region's probes concurrently, scores them
-(activities.health.score_region) and settles the reported state with hysteresis (`settle`), then
-signals "region_health" to the DeploymentWorkflow only when the reported state changes.
+(core.health_scoring.score_region) and settles the reported state with hysteresis (`settle`), then
+signals DeploymentWorkflow.region_health only when the reported state changes.
 
 Hysteresis, so one blip never moves a fleet and a flapping region never moves it twice:
 - Unhealthy after `unhealthy_after` consecutive Unhealthy checks.
@@ -27,11 +27,20 @@ from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError, ApplicationError
 
 with workflow.unsafe.imports_passed_through():
-    from activities.health import ProbeInput, ProbeResult, score_region
-    from core.models import DEGRADED, HEALTHY, UNHEALTHY, UNKNOWN, RegionHealthChange
+    from activities.health import HealthProbes, ProbeInput
+    from core.health_scoring import ProbeResult, score_region
+    from core.models import (
+        DEGRADED,
+        HEALTHY,
+        SETTLED_STATES,
+        UNHEALTHY,
+        UNKNOWN,
+        HealthState,
+        RegionHealthChange,
+    )
     from core.temporal import SA_DEPLOYMENT
+    from workflows.deployment import DeploymentWorkflow
     from workflows.health_types import (
-        REGION_HEALTH_SIGNAL,
         HealthCheck,
         HealthHistory,
         ProbeSummary,
@@ -39,12 +48,13 @@ with workflow.unsafe.imports_passed_through():
         RegionHealthView,
     )
 
-PROBE_ACTIVITIES = (
-    "probe_control_plane",
-    "probe_data_plane",
-    "probe_bootstrap",
-    "probe_heartbeats",
-    "probe_cloudwatch",
+Probe = Callable[[HealthProbes, ProbeInput], ProbeResult]
+PROBES: tuple[Probe, ...] = (
+    HealthProbes.probe_control_plane,
+    HealthProbes.probe_data_plane,
+    HealthProbes.probe_bootstrap,
+    HealthProbes.probe_heartbeats,
+    HealthProbes.probe_cloudwatch,
 )
 STATE_GAUGE = {HEALTHY: 0, DEGRADED: 1, UNHEALTHY: 2}
 
@@ -79,6 +89,11 @@ def settle(reported: str, recent: list[str], unhealthy_after: int, healthy_after
     return reported, {HEALTHY: good, DEGRADED: not_good}.get(reported, 0)
 
 
+def _settled(state: str) -> HealthState | None:
+    """`state` as a HealthState; None for Unknown, which is never reported."""
+    return next((s for s in SETTLED_STATES if s == state), None)
+
+
 @workflow.defn
 class RegionHealthWorkflow:
     @workflow.init
@@ -106,7 +121,7 @@ class RegionHealthWorkflow:
         once everything, the signal included, is done (what `state` shows is settled)."""
         inp = self._inp
         st, policy = inp.state, inp.policy
-        results = await asyncio.gather(*(self._probe(name) for name in PROBE_ACTIVITIES))
+        results = await asyncio.gather(*(self._probe(probe) for probe in PROBES))
         assessment = score_region(list(results), policy)
         st.recent = [*st.recent, assessment.state][-(policy.unhealthy_after + policy.healthy_after) :]
         state, consecutive = settle(st.reported, st.recent, policy.unhealthy_after, policy.healthy_after)
@@ -118,7 +133,14 @@ class RegionHealthWorkflow:
             ProbeSummary(r.probe, assessment.statuses.get(r.probe, r.status), r.value, r.detail)
             for r in results
         ]
-        check = HealthCheck(now, assessment.state, state, assessment.score, assessment.reasons, probes)
+        check = HealthCheck(
+            at=now,
+            assessed=assessment.state,
+            reported=state,
+            score=assessment.score,
+            reasons=assessment.reasons,
+            probes=probes,
+        )
         if changed or st.unsent:
             await self._tell_deployment(check)
         st.checks += 1
@@ -126,33 +148,38 @@ class RegionHealthWorkflow:
         self._record_metrics(check)
         workflow.set_current_details(self._details())
 
-    async def _probe(self, activity: str) -> ProbeResult:
+    async def _probe(self, probe: Probe) -> ProbeResult:
         inp = self._inp
         policy = inp.policy
         try:
-            return await workflow.execute_activity(
-                activity,
-                ProbeInput(inp.deployment, inp.region, policy),
-                result_type=ProbeResult,
+            return await workflow.execute_activity_method(
+                probe,
+                ProbeInput(deployment=inp.deployment, region=inp.region, policy=policy),
                 start_to_close_timeout=timedelta(seconds=policy.probe_timeout_seconds),
                 retry_policy=RetryPolicy(maximum_attempts=1),
             )
         except ActivityError as e:  # a probe that timed out or broke is a failed probe, not an error
             cause = e.cause or e
-            probe = activity.removeprefix("probe_")
-            return ProbeResult(probe, "failed", None, f"{type(cause).__name__}: {cause}"[:200])
+            name = probe.__name__.removeprefix("probe_")
+            return ProbeResult(name, "failed", None, f"{type(cause).__name__}: {cause}"[:200])
 
     async def _tell_deployment(self, check: HealthCheck) -> None:
         inp = self._inp
         st = inp.state
-        if not inp.deployment_workflow_id:
+        state = _settled(st.reported)
+        if not inp.deployment_workflow_id or state is None:  # (a settled state is all it reports)
             return
         change = RegionHealthChange(
-            inp.region, st.reported, check.score, check.reasons, check.at, st.consecutive
+            region=inp.region,
+            state=state,
+            score=check.score,
+            reasons=check.reasons,
+            at=check.at,
+            consecutive=st.consecutive,
         )
         try:
             handle = workflow.get_external_workflow_handle(inp.deployment_workflow_id)
-            await handle.signal(REGION_HEALTH_SIGNAL, change)
+            await handle.signal(DeploymentWorkflow.region_health, change)
             st.unsent, st.signal_error = False, ""
         except ApplicationError as e:  # e.g. the DeploymentWorkflow is not running (yet): retry next check
             st.unsent, st.signal_error = True, str(e)[:200]
@@ -203,16 +230,16 @@ class RegionHealthWorkflow:
         inp = self._inp
         st = inp.state
         return RegionHealthView(
-            inp.deployment,
-            inp.region,
-            st.reported,
-            st.since,
-            st.consecutive,
-            st.checks,
-            st.history[-1] if st.history else None,
-            inp.deployment_workflow_id,
-            st.unsent,
-            st.signal_error,
+            deployment=inp.deployment,
+            region=inp.region,
+            state=st.reported,
+            since=st.since,
+            consecutive=st.consecutive,
+            checks=st.checks,
+            last=st.history[-1] if st.history else None,
+            deployment_workflow_id=inp.deployment_workflow_id,
+            unsent=st.unsent,
+            signal_error=st.signal_error,
         )
 
     @workflow.query(description="The most recent checks, newest last")

@@ -1,7 +1,8 @@
 """What region health monitoring shows the rest of the controller (queries, CLI, workflow input).
 
 Kept apart from workflows/health.py so that callers import plain dataclasses only, not the probes
-and their AWS dependencies. The "region_health" signal's payload is core.models.RegionHealthChange.
+and their AWS dependencies. The DeploymentWorkflow.region_health signal's payload is
+core.models.RegionHealthChange.
 """
 
 from __future__ import annotations
@@ -11,8 +12,6 @@ from datetime import datetime
 
 from core.config import HealthPolicy
 from core.models import LATENCY_PROBES, UNKNOWN
-
-REGION_HEALTH_SIGNAL = "region_health"
 
 
 @dataclass

@@ -14,7 +14,7 @@ stream falls behind (dead letters, lag over `max_lag_seconds`) or recovers.
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 
 from temporalio import workflow
@@ -27,13 +27,14 @@ with workflow.unsafe.imports_passed_through():
         DrainInput,
         DrainResult,
         ReadyInput,
-        ReadyResult,
         ReconcileInput,
         ReconcileResult,
         RegionPair,
+        RegistryActivities,
     )
-    from core.models import REPLICA_STATUS_SIGNAL, ReplicaReport
+    from core.models import ReplicaReport
     from core.temporal import SA_DEPLOYMENT, SA_PHASE
+    from workflows.deployment import DeploymentWorkflow
     from workflows.versions import REPLICA_REPORTS
 
 DEAD_LETTERS_KEPT = 20
@@ -132,9 +133,7 @@ class RegistryReplicationWorkflow:
         self._stopping = True
         await reconciling
         await workflow.wait_condition(workflow.all_handlers_finished)
-        workflow.continue_as_new(
-            ReplicationInput(**{**vars(inp), "state": self.state})  # type: ignore[arg-type]
-        )
+        workflow.continue_as_new(replace(inp, state=self.state))
 
     # ------------------------------------------------------------------ handlers
     @workflow.query(description="Lag, drift per kind, last full reconcile, dead letters")
@@ -152,10 +151,9 @@ class RegistryReplicationWorkflow:
 
     # ------------------------------------------------------------------ phases
     async def _prepare(self) -> None:
-        ready: ReadyResult = await workflow.execute_activity(
-            "ensure_replication_ready",
-            ReadyInput(self._deployment),
-            result_type=ReadyResult,
+        ready = await workflow.execute_activity_method(
+            RegistryActivities.ensure_replication_ready,
+            ReadyInput(deployment=self._deployment),
             start_to_close_timeout=timedelta(minutes=5),
             retry_policy=RetryPolicy(maximum_interval=timedelta(minutes=1)),
         )
@@ -164,10 +162,9 @@ class RegistryReplicationWorkflow:
 
     async def _drain(self) -> None:
         try:
-            res: DrainResult = await workflow.execute_activity(
-                "drain_registry_events",
-                DrainInput(self._deployment, max_seconds=self.inp.drain_seconds),
-                result_type=DrainResult,
+            res: DrainResult = await workflow.execute_activity_method(
+                RegistryActivities.drain_registry_events,
+                DrainInput(deployment=self._deployment, max_seconds=self.inp.drain_seconds),
                 start_to_close_timeout=timedelta(seconds=self.inp.drain_seconds + 120),
                 heartbeat_timeout=timedelta(seconds=30),
                 retry_policy=RetryPolicy(maximum_attempts=3, maximum_interval=timedelta(seconds=30)),
@@ -237,12 +234,15 @@ class RegistryReplicationWorkflow:
 
     async def _reconcile_pair(self, pair: RegionPair) -> ReconcileResult:
         try:
-            return await workflow.execute_activity(
-                "reconcile_registry",
+            return await workflow.execute_activity_method(
+                RegistryActivities.reconcile_registry,
                 ReconcileInput(
-                    self._deployment, pair.source, pair.target, self.inp.concurrency, self.inp.page_size
+                    deployment=self._deployment,
+                    source=pair.source,
+                    target=pair.target,
+                    concurrency=self.inp.concurrency,
+                    page_size=self.inp.page_size,
                 ),
-                result_type=ReconcileResult,
                 start_to_close_timeout=timedelta(hours=12),
                 heartbeat_timeout=timedelta(seconds=self.inp.heartbeat_timeout_seconds),
                 retry_policy=RetryPolicy(maximum_attempts=10, maximum_interval=timedelta(minutes=2)),
@@ -270,7 +270,7 @@ class RegistryReplicationWorkflow:
             handle = workflow.get_external_workflow_handle(self.inp.deployment_workflow_id)
             try:
                 for r in due:
-                    await handle.signal(REPLICA_STATUS_SIGNAL, r)
+                    await handle.signal(DeploymentWorkflow.replica_status, r)
                 s.replica_unsent, s.replica_signal_error = False, ""
             except ApplicationError as e:  # e.g. the DeploymentWorkflow is not running: all go with the next
                 s.replica_unsent, s.replica_signal_error = True, str(e)[:200]
@@ -289,7 +289,15 @@ class RegistryReplicationWorkflow:
         )
         things = result.things if result else previous.things if previous else 0
         fleet = result.fleet_devices if result else previous.fleet_devices if previous else 0
-        return ReplicaReport(pair.source, pair.target, complete, reason, things, fleet, workflow.now())
+        return ReplicaReport(
+            source=pair.source,
+            target=pair.target,
+            complete=complete,
+            reason=reason,
+            things=things,
+            fleet_devices=fleet,
+            at=workflow.now(),
+        )
 
     # ------------------------------------------------------------------ helpers
     @property

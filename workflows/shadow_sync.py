@@ -20,7 +20,12 @@ from temporalio import workflow
 from temporalio.common import RetryPolicy, SearchAttributePair, TypedSearchAttributes
 
 with workflow.unsafe.imports_passed_through():
-    from activities.shadows import ShadowPageInput, ShadowSyncResult, ThingPage, ThingPageInput
+    from activities.shadows import (
+        ShadowActivities,
+        ShadowPageInput,
+        ShadowSyncResult,
+        ThingPageInput,
+    )
     from core.temporal import SA_DEPLOYMENT, SA_MODE, SA_PHASE, SA_SOURCE, SA_TARGET
 
 __all__ = [
@@ -28,7 +33,6 @@ __all__ = [
     "ShadowSyncProgress",
     "ShadowSyncResult",
     "ShadowSyncWorkflow",
-    "shadow_sync_id",
 ]
 
 # programming errors that no retry fixes: fail the workflow instead of retrying forever
@@ -80,11 +84,6 @@ class ShadowSyncProgress:
     children_done: int
     children_running: int
     last_round: ShadowSyncResult | None
-
-
-def shadow_sync_id(deployment: str, source: str, target: str, scope: str | None = None) -> str:
-    """The workflow ID operators see: shadows-<deployment>-<source>-to-<target>[-<scope>]."""
-    return f"shadows-{deployment}-{source}-to-{target}" + (f"-{scope}" if scope else "")
 
 
 class _Window:
@@ -193,10 +192,15 @@ class ShadowSyncWorkflow:
             return chunk, st.offset < len(inp.things)
         if st.listed and not st.token:
             return [], False
-        page: ThingPage = await workflow.execute_activity(
-            "list_shadow_things",
-            ThingPageInput(inp.deployment, inp.source, inp.thing_group, st.token, inp.things_per_child),
-            result_type=ThingPage,
+        page = await workflow.execute_activity_method(
+            ShadowActivities.list_shadow_things,
+            ThingPageInput(
+                deployment=inp.deployment,
+                region=inp.source,
+                thing_group=inp.thing_group,
+                token=st.token,
+                limit=inp.things_per_child,
+            ),
             **self._activity_options(),
         )
         st.token, st.listed = page.next_token, True
@@ -212,10 +216,15 @@ class ShadowSyncWorkflow:
     async def _page(self, things: list[str]) -> None:
         inp = self._inp
         assert inp is not None
-        result: ShadowSyncResult = await workflow.execute_activity(
-            "sync_shadow_page",
-            ShadowPageInput(inp.deployment, inp.source, inp.target, things, inp.concurrency),
-            result_type=ShadowSyncResult,
+        result = await workflow.execute_activity_method(
+            ShadowActivities.sync_shadow_page,
+            ShadowPageInput(
+                deployment=inp.deployment,
+                source=inp.source,
+                target=inp.target,
+                things=things,
+                concurrency=inp.concurrency,
+            ),
             **self._activity_options(),
         )
         self._state.totals.add(result)
@@ -228,11 +237,10 @@ class ShadowSyncWorkflow:
         child_input = replace(
             inp, things=things, thing_group=None, mode="one-shot", things_per_child=len(things), resume=None
         )
-        result: ShadowSyncResult = await workflow.execute_child_workflow(
+        result = await workflow.execute_child_workflow(
             ShadowSyncWorkflow.run,
             child_input,
             id=f"{workflow.info().workflow_id}-r{self._state.round}-c{index}",
-            result_type=ShadowSyncResult,
             search_attributes=self._search_attributes("syncing"),
             static_summary=f"shadows of {len(things)} things, chunk {index} of round {self._state.round}",
         )

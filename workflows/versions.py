@@ -70,3 +70,6 @@ REPLICA_REPORTS = "replica-reports"
 # DrillInput.approval says otherwise; the recovery point is measured over the scope before anything
 # moves (before: parity of the whole region after the outage); the sampled scope group is deleted.
 DRILL_BOUNDED = "drill-bounded-waits"
+# A cancel of the drill itself that arrives while an activity runs ends the drill cancelled, after
+# it restored the fleet (before: caught as a failure, "drill interrupted", and the drill completed).
+DRILL_CANCELS = "drill-cancels"
