@@ -9,7 +9,7 @@ import urllib.request
 from urllib.parse import quote
 
 from bootstrap.service import BootstrapService
-from cli import CliError
+from cli import CliError, Exit
 from cli.common import config_of
 from core.config import DeploymentConfig
 
@@ -61,20 +61,20 @@ def cmd_show(args: argparse.Namespace) -> int:
             print("\n".join(_describe(status, body)))
     statuses = {region: a[0] for region, a in answers.items()}
     if 400 in statuses.values():
-        raise CliError(f"{args.thing!r} is not a valid thing name (1-128 of [a-zA-Z0-9:_-])", code=2)
+        raise CliError(f"{args.thing!r} is not a valid thing name (1-128 of [a-zA-Z0-9:_-])", code=Exit.USAGE)
     unknown = [r for r, s in statuses.items() if s == 404]
     if unknown and len(unknown) == len(statuses):
         raise CliError(
             f"device {args.thing!r} is unknown in every region ({', '.join(unknown)}): check the name or "
             "register the device (its certificate and thing) first",
-            code=4,
+            code=Exit.FAILED,
         )
     if unknown:
         raise CliError(
             f"device {args.thing!r} is unknown in {', '.join(unknown)}: registry replication has not "
             "caught up there, so those regions cannot serve it",
-            code=4,
+            code=Exit.FAILED,
         )
     if 200 not in statuses.values():
-        raise CliError(f"no region could answer for {args.thing!r}: {statuses}", code=3)
+        raise CliError(f"no region could answer for {args.thing!r}: {statuses}", code=Exit.UNREACHABLE)
     return 0

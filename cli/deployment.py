@@ -114,7 +114,7 @@ def print_progress(p: CutoverProgress) -> None:
 
 
 async def cmd_status(args: argparse.Namespace) -> int:
-    cfg = config_of(args)
+    cfg = config_of(args, need_ca=False)
     client = await client_for(cfg)
     s = await deployment_state(client, cfg)
     print(f"deployment {cfg.name} ({cfg.mode}): active region {s.active_region}, epoch {s.epoch}")

@@ -14,7 +14,7 @@ from temporalio.common import SearchAttributePair, TypedSearchAttributes, Workfl
 from temporalio.service import RPCError
 
 from activities.registry_dead_letters import DeadLetterQueues
-from cli import CliError
+from cli import CliError, Exit
 from cli.common import client_for, config_of, run_async, ui_link
 from core.aws import AwsClients
 from core.config import DeploymentConfig
@@ -151,7 +151,7 @@ def dead_letters(cfg: DeploymentConfig, region: str | None, limit: int, replay: 
             raise CliError(
                 f"cannot read the dead-letter queue {queues.dead_queue} in {r}: {e} "
                 "(run `replicate start` once to create the queues, or check the region's credentials)",
-                code=2,
+                code=Exit.UNREACHABLE,
             ) from None
         waiting += listing.count
         print(f"{r}: {listing.count} dead letters in {listing.queue}")

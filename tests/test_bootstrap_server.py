@@ -16,6 +16,7 @@ import pytest
 import starter
 from activities.bootstrap import BootstrapActivities, FlipBootstrapInput
 from activities.context import Deployments
+from cli import Exit
 from core.config import DeploymentConfig
 from rehearsal import faults, pki
 from rehearsal.processes import free_port, spawn_python, wait_http
@@ -116,7 +117,7 @@ def test_cli_shows_each_region_and_fails_for_unknown_devices(
     assert all(f"{r} ({url}): HTTP 200" in out for r, url in urls.items())
     assert "primary" in out and "data/test/dev-cli/" in out
 
-    assert starter.main(["--config", str(path), "bootstrap", "show", "ghost"]) == 4
+    assert starter.main(["--config", str(path), "bootstrap", "show", "ghost"]) == Exit.FAILED
     assert "unknown in every region" in capsys.readouterr().err
 
     no_services = write_config(config, tmp_path / "offline.toml")  # no bootstrap_url: the logic in process

@@ -117,6 +117,7 @@ class Cutovers(DeploymentEntity):
             automatic=req.automatic,
             health={r: v.state for r, v in s.health.items()},
             known_devices=s.scope_sizes.get(scope, 0),
+            quotas=cfg.quotas,
         )
         try:
             child = await workflow.start_child_workflow(
