@@ -1,0 +1,111 @@
+"""What the checker sees through a run: every second, each region's bootstrap answer for every device
+(read from the region's own table, and built by the bootstrap service's own logic) and whether the
+deployment entity answers `state`.
+
+A sample is plain JSON (`Sample.as_dict`), so the checker also runs over synthetic ones.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from bootstrap.service import BootstrapService, _groups_matter, scan_records
+from chaos.stack import RunStack
+from core.aws import AwsClients, all_items
+from core.errors import is_not_found
+
+READ_SECONDS = 10.0  # a region read slower than this counts as unreadable for that sample
+
+
+@dataclass
+class Sample:
+    t: float  # seconds since the fault phase started (negative before, during the warm-up)
+    phase: str  # faults | settle
+    worker_up: bool
+    tables: dict[str, dict[str, list] | None] = field(
+        default_factory=dict
+    )  # region -> thing -> [epoch, primary]
+    errors: dict[str, str] = field(default_factory=dict)  # region -> why it could not be read
+    state: dict[str, Any] | None = None  # epoch, active, in_flight; None when `state` did not answer
+    state_error: str = ""
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class Sampler:
+    def __init__(self, stack: RunStack, things: list[str]):
+        self.stack, self.things = stack, things
+        self.aws = AwsClients(stack.cfg)
+        self.services = {
+            r: BootstrapService(stack.cfg, r, cache_ttl=0, aws=self.aws) for r in stack.cfg.regions
+        }
+        self.samples: list[dict[str, Any]] = []
+        self.t0 = time.monotonic()
+        self.phase = "faults"
+        self._task: asyncio.Task | None = None
+
+    def now(self) -> float:
+        return round(time.monotonic() - self.t0, 2)
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._forever())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+
+    async def _forever(self) -> None:
+        while True:
+            begun = time.monotonic()
+            self.samples.append((await self.sample()).as_dict())
+            await asyncio.sleep(max(0.0, 1.0 - (time.monotonic() - begun)))
+
+    async def sample(self) -> Sample:
+        s = Sample(t=self.now(), phase=self.phase, worker_up=self.stack.worker_up)
+        reads = {r: asyncio.wait_for(asyncio.to_thread(self.answers, r), READ_SECONDS) for r in self.services}
+        results = await asyncio.gather(*reads.values(), self._state(), return_exceptions=True)
+        for region, got in zip(reads, results[:-1], strict=True):
+            if isinstance(got, BaseException):
+                s.tables[region], s.errors[region] = None, f"{type(got).__name__}: {got}"[:200]
+            else:
+                s.tables[region] = got
+        state = results[-1]
+        if isinstance(state, BaseException):
+            s.state_error = f"{type(state).__name__}: {state}"[:200]
+        else:
+            s.state = state
+        return s
+
+    async def _state(self) -> dict[str, Any]:
+        st = await self.stack.state()
+        if st is None:
+            raise RuntimeError("state answered None")
+        in_flight = st.in_flight.cutover_id if st.in_flight else None
+        return {"epoch": st.epoch, "active": st.active_region, "in_flight": in_flight}
+
+    def answers(self, region: str) -> dict[str, list]:
+        """What region's bootstrap service would answer each device now: [epoch, primary]."""
+        svc = self.services[region]
+        ddb = self.aws.dynamodb(region)
+        try:
+            records = scan_records(ddb, self.stack.cfg.bootstrap_table)
+        except Exception as e:
+            if not is_not_found(e):
+                raise
+            records = {}  # never flipped: the config's primary at epoch 0
+        out: dict[str, list] = {}
+        for thing in self.things:
+            groups: list[str] = []
+            if _groups_matter(records):  # only a group scope newer than the default can change it
+                iot = self.aws.iot(region)
+                found = all_items(iot, "list_thing_groups_for_thing", "thingGroups", thingName=thing)
+                groups = [g["groupName"] for g in found]
+            answer = svc.contract(thing, {}, records, groups)
+            primary = next(e["region"] for e in answer["endpoints"] if e["primary"])
+            out[thing] = [answer["epoch"], primary]
+        return out
