@@ -117,7 +117,7 @@ def state_answers(samples: list[dict[str, Any]], bounds: Bounds) -> list[Violati
         if s["worker_up"] and not was_up:
             worker_back = s["t"]
         was_up = s["worker_up"]
-        in_grace = worker_back is not None and s["t"] - worker_back <= bounds.state_grace_seconds
+        in_grace = worker_back is not None and s["t"] - worker_back < bounds.state_grace_seconds
         if s["state"] is None and s["worker_up"] and not in_grace:
             out.append(Violation("state_answers", s["t"], f"`state` not answered: {s['state_error']}"))
     return out

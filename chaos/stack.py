@@ -44,6 +44,14 @@ class Infra:
         self.urls: dict[str, str] = {}
         self._procs: list[subprocess.Popen] = []
         self.env: WorkflowEnvironment | None = None
+        self._owned = True
+
+    @classmethod
+    def existing(cls, folder: Path, urls: dict[str, str], env: WorkflowEnvironment) -> Infra:
+        """Emulators and a dev server someone else runs (the test suite's session fixtures)."""
+        infra = cls(folder)
+        infra.urls, infra.env, infra._owned = dict(urls), env, False
+        return infra
 
     async def start(self) -> None:
         for region in REGIONS:
@@ -66,7 +74,7 @@ class Infra:
             faults.set_fault(url, "clear")
 
     async def stop(self) -> None:
-        if self.env is not None:
+        if self.env is not None and self._owned:
             await self.env.shutdown()
         _kill(self._procs)
 
