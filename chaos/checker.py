@@ -7,9 +7,11 @@ arguments so the unit tests can show each check firing on a small synthetic reco
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, get_args
 
-ENDED = {"succeeded", "succeeded-with-stragglers", "aborted", "failed"}
+from core.models import CutoverResultKind
+
+ENDED = set(get_args(CutoverResultKind))  # how a cutover may end
 
 
 @dataclass

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any
+from typing import Any, Literal
 
 from chaos.schedule import Step
 from chaos.stack import RunStack
-from core.models import CutoverRequest
+from core.models import CutoverMode, CutoverRequest
 
 
 class Nemesis:
@@ -41,11 +41,13 @@ class Nemesis:
         assert s is not None
         return s.active_region, s.in_flight.cutover_id if s.in_flight else None
 
-    async def _request(self, target: str, mode: str, approval: str) -> tuple[str | None, str]:
+    async def _request(
+        self, target: str, mode: CutoverMode, approval: Literal["none", "canary", "every-wave"]
+    ) -> tuple[str | None, str]:
         if target == "other":
             active, _ = await self._active()
             target = next(r for r in self.stack.cfg.regions if r != active)
-        req = CutoverRequest(target, mode=mode, approval=approval, reason="chaos", requested_by="chaos")  # type: ignore[arg-type]
+        req = CutoverRequest(target, mode=mode, approval=approval, reason="chaos", requested_by="chaos")
         out = await self.stack.request(req)
         if out.started:
             self.started.append(out.started.cutover_id)

@@ -23,11 +23,11 @@ from activities.registry import ReadyInput, RegistryActivities, ReplicateScopeIn
 from chaos.schedule import EAST, REGIONS, WEST
 from core import workflow_ids
 from core.config import DeploymentConfig, load_config
-from core.models import CutoverRequest, CutoverStarted, RegionHealthChange
+from core.models import CutoverRequest, CutoverStarted, HealthState, RegionHealthChange
 from core.temporal import DATA_CONVERTER, SEARCH_ATTRIBUTES
 from rehearsal import faults
 from rehearsal.processes import free_port, spawn_emulator, spawn_python, tool_path, wait_http
-from simulator.config import FaultSettings, SimulatorConfig
+from simulator.config import SimulatorConfig
 from simulator.fleet import Fleet, load_manifest
 from simulator.provision import Provisioner
 from worker import build_worker
@@ -171,16 +171,18 @@ class RunStack:
             await asyncio.to_thread(wait_http, f"http://127.0.0.1:{ports[r]}/healthz", 60, p)
         self.start_worker()
         await self.start_deployment()
-        sim = SimulatorConfig(
-            protocol="mqtt",
-            keep_alive_seconds=1,
-            telemetry_interval_seconds=5,
-            job_poll_seconds=0.5,
-            retry_timings_ms=[100, 200],
-            skew_range_ms=50,
-            start_spread_seconds=0,
-            status_interval_seconds=1,
-            faults=FaultSettings(share=self.faulty / self.devices, kinds=["never-migrate"]),
+        sim = SimulatorConfig.model_validate(  # the e2e stack's fast device timings
+            {
+                "protocol": "mqtt",
+                "keep_alive_seconds": 1,
+                "telemetry_interval_seconds": 5,
+                "job_poll_seconds": 0.5,
+                "retry_timings_ms": [100, 200],
+                "skew_range_ms": 50,
+                "start_spread_seconds": 0,
+                "status_interval_seconds": 1,
+                "faults": {"share": self.faulty / self.devices, "kinds": ["never-migrate"]},
+            }
         )
         manifest = load_manifest(sim.manifest_path(self.cfg))
         self.fleet = Fleet(self.cfg, sim, manifest, status_file=self.folder / "status.json")
@@ -215,9 +217,9 @@ class RunStack:
 
         await until(ready, 60, "the deployment to initialize")
 
-    async def tell_health(self, region: str, state: str) -> None:
+    async def tell_health(self, region: str, state: HealthState) -> None:
         assert self.handle is not None
-        await self.handle.signal("region_health", RegionHealthChange(region, state, at=datetime.now(UTC)))  # type: ignore[arg-type]
+        await self.handle.signal("region_health", RegionHealthChange(region, state, at=datetime.now(UTC)))
 
     async def state(self) -> DeploymentState | None:
         assert self.handle is not None
