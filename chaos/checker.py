@@ -138,9 +138,9 @@ def valid_cutover_accepted(valid: dict[str, Any]) -> list[Violation]:
     """Once faults stop, a valid cutover (to the healthy other region) is accepted within the bound."""
     if valid.get("started"):
         return []
-    return [
-        Violation("valid_cutover_accepted", None, f"refused until the bound: {valid.get('tries', [])[-3:]}")
-    ]
+    tries = valid.get("tries", [])
+    why = f"refused until the bound: {tries[-3:]}" if tries else "never asked: the settle bound ran out first"
+    return [Violation("valid_cutover_accepted", None, why)]
 
 
 def cutovers_end(cutovers: dict[str, dict[str, Any]]) -> list[Violation]:

@@ -24,7 +24,7 @@ READ_SECONDS = 10.0  # a region read slower than this counts as unreadable for t
 class Sample:
     t: float  # seconds since the fault phase started (negative before, during the warm-up)
     phase: str  # faults | settle
-    worker_up: bool
+    worker_up: bool  # a worker ran all through the sample (a query needs one)
     tables: dict[str, dict[str, list] | None] = field(
         default_factory=dict
     )  # region -> thing -> [epoch, primary]
@@ -67,6 +67,7 @@ class Sampler:
 
     async def sample(self) -> Sample:
         s = Sample(t=self.now(), phase=self.phase, worker_up=self.stack.worker_up)
+        changes = self.stack.worker_changes
         reads = {r: asyncio.wait_for(asyncio.to_thread(self.answers, r), READ_SECONDS) for r in self.services}
         results = await asyncio.gather(*reads.values(), self._state(), return_exceptions=True)
         for region, got in zip(reads, results[:-1], strict=True):
@@ -74,6 +75,7 @@ class Sampler:
                 s.tables[region], s.errors[region] = None, f"{type(got).__name__}: {got}"[:200]
             else:
                 s.tables[region] = got
+        s.worker_up = s.worker_up and self.stack.worker_changes == changes  # up all through the sample
         state = results[-1]
         if isinstance(state, BaseException):
             s.state_error = f"{type(state).__name__}: {state}"[:200]

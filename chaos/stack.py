@@ -148,6 +148,7 @@ class RunStack:
         self.procs: list[subprocess.Popen] = []
         self.fleet: Fleet | None = None
         self.worker_up = False
+        self.worker_changes = 0  # stops and starts so far: a sample spanning one saw no steady worker
         self.handle: WorkflowHandle | None = None
 
     @property
@@ -193,11 +194,11 @@ class RunStack:
         deployments = Deployments([self.cfg], client=self.client)
         self._worker = build_worker(self.client, self.task_queue, deployments, max_activity_threads=16)
         self._worker_run = asyncio.create_task(self._worker.run())
-        self.worker_up = True
+        self.worker_up, self.worker_changes = True, self.worker_changes + 1
 
     async def stop_worker(self) -> None:
         """Like a killed worker process: in-flight activities are cancelled, nothing finishes them."""
-        self.worker_up = False
+        self.worker_up, self.worker_changes = False, self.worker_changes + 1
         await asyncio.wait_for(self._worker.shutdown(), 60)
         await self._worker_run
 
