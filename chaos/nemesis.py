@@ -83,22 +83,22 @@ class Nemesis:
         return await self._control("abort")
 
     async def _outage(self, region: str, tell_health: bool) -> str:
-        await asyncio.to_thread(self.stack.set_fault, region, "outage")
+        await self.stack.set_fault(region, "outage")
         if tell_health:  # what the region's health monitor would report after its checks
             self._told_unhealthy.add(region)
             await self.stack.tell_health(region, "Unhealthy")
         return "outage" + (", told Unhealthy" if tell_health else ", monitors silent")
 
     async def _latency(self, region: str, ms: int) -> str:
-        await asyncio.to_thread(self.stack.set_fault, region, "latency", ms)
+        await self.stack.set_fault(region, "latency", ms)
         return f"latency {ms} ms"
 
     async def _throttle(self, region: str, rate: float) -> str:
-        await asyncio.to_thread(self.stack.set_fault, region, "throttle", 0, rate)
+        await self.stack.set_fault(region, "throttle", 0, rate)
         return f"throttle {rate:.0%}"
 
     async def _recover(self, region: str, was: str) -> str:
-        await asyncio.to_thread(self.stack.set_fault, region, "clear")
+        await self.stack.set_fault(region, "clear")
         if region in self._told_unhealthy:
             self._told_unhealthy.discard(region)
             await self.stack.tell_health(region, "Healthy")
@@ -122,7 +122,7 @@ class Nemesis:
     async def clear_all(self) -> None:
         """The end of the fault phase: every switch cleared, every region Healthy, a worker running."""
         for region in self.stack.cfg.regions:
-            await asyncio.to_thread(self.stack.set_fault, region, "clear")
+            await self.stack.set_fault(region, "clear")
             await self.stack.tell_health(region, "Healthy")
         self._told_unhealthy.clear()
         await self._start_worker()

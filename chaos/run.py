@@ -55,6 +55,7 @@ async def run_once(infra: Infra, opts: RunOptions, folder: Path) -> dict[str, An
         await _wait_served(stack, sampler, settle_until)
         await sampler.stop()
         rec.samples = [*sampler.samples, (await sampler.sample()).as_dict()]
+        sampler.close()
         rec.bursts = nemesis.bursts
         await _gather_end(stack, rec, nemesis.started)
     finally:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -47,6 +48,8 @@ class Sampler:
         self.t0 = time.monotonic()
         self.phase = "faults"
         self._task: asyncio.Task | None = None
+        self._pool = ThreadPoolExecutor(max_workers=len(self.services), thread_name_prefix="chaos-sampler")
+        self._reads: dict[str, asyncio.Future] = {}
 
     def now(self) -> float:
         return round(time.monotonic() - self.t0, 2)
@@ -59,6 +62,9 @@ class Sampler:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
 
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
     async def _forever(self) -> None:
         while True:
             begun = time.monotonic()
@@ -68,7 +74,7 @@ class Sampler:
     async def sample(self) -> Sample:
         s = Sample(t=self.now(), phase=self.phase, worker_up=self.stack.worker_up)
         changes = self.stack.worker_changes
-        reads = {r: asyncio.wait_for(asyncio.to_thread(self.answers, r), READ_SECONDS) for r in self.services}
+        reads = {r: self._read(r) for r in self.services}
         results = await asyncio.gather(*reads.values(), self._state(), return_exceptions=True)
         for region, got in zip(reads, results[:-1], strict=True):
             if isinstance(got, BaseException):
@@ -82,6 +88,16 @@ class Sampler:
         else:
             s.state = state
         return s
+
+    async def _read(self, region: str) -> dict[str, list]:
+        """One region's answers, on a thread of the sampler's own; a read still running from an
+        earlier sample (a region in outage can take botocore's retries) is not started again."""
+        running = self._reads.get(region)
+        if running is not None and not running.done():
+            raise TimeoutError("the previous read has not returned")
+        loop = asyncio.get_running_loop()
+        self._reads[region] = future = loop.run_in_executor(self._pool, self.answers, region)
+        return await asyncio.wait_for(asyncio.shield(future), READ_SECONDS)
 
     async def _state(self) -> dict[str, Any]:
         st = await self.stack.state()

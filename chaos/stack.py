@@ -5,11 +5,13 @@ bootstrap services, the real worker and a simulated MQTT fleet connected in the 
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import os
 import signal
 import subprocess
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -148,6 +150,7 @@ class RunStack:
         self.procs: list[subprocess.Popen] = []
         self.fleet: Fleet | None = None
         self.worker_up = False
+        self._switch = ThreadPoolExecutor(max_workers=2, thread_name_prefix="chaos-fault-switch")
         self.worker_changes = 0  # stops and starts so far: a sample spanning one saw no steady worker
         self.handle: WorkflowHandle | None = None
 
@@ -245,8 +248,11 @@ class RunStack:
         except Exception as e:  # e.g. the cutover has finished
             return f"not sent: {type(e).__name__}"
 
-    def set_fault(self, region: str, mode: str, latency_ms: int = 0, rate: float = 1.0) -> None:
-        faults.set_fault(self.infra.urls[region], mode, latency_ms=latency_ms, rate=rate)
+    async def set_fault(self, region: str, mode: str, latency_ms: int = 0, rate: float = 1.0) -> None:
+        """On threads of its own: a busy default pool must not hold a fault past its end."""
+        url = self.infra.urls[region]
+        call = functools.partial(faults.set_fault, url, mode, latency_ms=latency_ms, rate=rate)
+        await asyncio.get_running_loop().run_in_executor(self._switch, call)
 
     def regions_of_devices(self) -> dict[str, int]:
         out: dict[str, int] = {}
@@ -264,6 +270,7 @@ class RunStack:
         if self.fleet is not None:
             await asyncio.wait_for(self.fleet.stop(), 90)
         _kill(self.procs)
+        self._switch.shutdown(wait=False)
 
 
 async def until(pred, within: float, what: str) -> None:
