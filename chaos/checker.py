@@ -26,6 +26,7 @@ class Violation:
 
 @dataclass
 class Bounds:
+    split_seconds: float = 10.0  # two regions may each name themselves primary this long (a flip's writes)
     disagree_seconds: float = 30.0  # regions may answer a device differently this long (a flip on its way)
     state_grace_seconds: float = 15.0  # after a worker restart, `state` may stay unanswered this long
     task_failures: int = 3  # WorkflowTaskFailed events in one workflow that count as "over and over"
@@ -45,38 +46,56 @@ class RunRecord:
 
 
 def single_primary(samples: list[dict[str, Any]], bounds: Bounds) -> list[Violation]:
-    """Never two regions primary for one device: among the regions that answer, two answers of the
-    same epoch never name different primaries (that is a broken fence), and answers of different
-    epochs disagree only while a flip or a catch-up is on its way (`disagree_seconds`). The last
-    sample, taken after settling, must agree everywhere."""
+    """Never two regions primary for one device, as the regions that answer tell it:
+    - two answers of the same epoch never name different primaries (a broken fence);
+    - two regions never each name themselves primary longer than `split_seconds` (a split brain:
+      a device booting from either goes home to a different region; a flip's writes to the
+      regions, one after the other, take a second or two);
+    - answers of different epochs disagree at most `disagree_seconds` (a flip or a catch-up on its
+      way) and not at all after settling.
+    A region that cannot be read is left out (devices cannot read it either); it neither ends nor
+    starts a disagreement, so an outage in the middle of one does not reset its clock."""
     out: list[Violation] = []
-    since: dict[str, float] = {}  # thing -> first sample of its current disagreement
-    for i, s in enumerate(samples):
+    since: dict[tuple[str, str], float] = {}  # (kind, thing) -> first sample of the current one
+    tabled = [s for s in samples if s["tables"]]
+    for i, s in enumerate(tabled):
         tables = {r: t for r, t in s["tables"].items() if t is not None}
-        things = sorted({th for t in tables.values() for th in t})
-        for thing in things:
+        if len(tables) < 2:
+            continue
+        for thing in sorted({th for t in tables.values() for th in t}):
             answers = {r: tuple(t[thing]) for r, t in tables.items() if thing in t}
-            if len({p for _, p in answers.values()}) <= 1:
-                since.pop(thing, None)
-                continue
             by_epoch: dict[int, set[str]] = {}
             for epoch, primary in answers.values():
                 by_epoch.setdefault(epoch, set()).add(primary)
             split = [e for e, ps in by_epoch.items() if len(ps) > 1]
             if split:
                 out.append(Violation("single_primary", s["t"], f"{thing}: same epoch {split[0]}, {answers}"))
-            start = since.setdefault(thing, s["t"])
-            if s["t"] - start > bounds.disagree_seconds:
-                out.append(
-                    Violation(
-                        "single_primary",
-                        s["t"],
-                        f"{thing}: regions disagree for {s['t'] - start:.0f}s (> {bounds.disagree_seconds:g}s): "
-                        f"{answers}",
+            selves = sorted(r for r, (_, p) in answers.items() if p == r)
+            kinds = {
+                "split": len(selves) > 1,
+                "disagree": len({p for _, p in answers.values()}) > 1,
+            }
+            for kind, on in kinds.items():
+                if not on:
+                    since.pop((kind, thing), None)
+                    continue
+                start = since.setdefault((kind, thing), s["t"])
+                limit = bounds.split_seconds if kind == "split" else bounds.disagree_seconds
+                if s["t"] - start > limit:
+                    what = (
+                        f"{' and '.join(selves)} each name themselves primary"
+                        if kind == "split"
+                        else "regions disagree"
                     )
-                )
-                since[thing] = s["t"]  # report a long split once per window, not every second
-            elif i == len(samples) - 1 and s["phase"] == "settle":
+                    out.append(
+                        Violation(
+                            "single_primary",
+                            s["t"],
+                            f"{thing}: {what} for {s['t'] - start:.1f}s since t={start:g} (> {limit:g}s): {answers}",
+                        )
+                    )
+                    since[(kind, thing)] = s["t"]  # a long one is reported once per window, not every second
+            if kinds["disagree"] and i == len(tabled) - 1 and s["phase"] == "settle":
                 out.append(
                     Violation("single_primary", s["t"], f"{thing}: still disagree after settling: {answers}")
                 )
@@ -120,7 +139,7 @@ def state_answers(samples: list[dict[str, Any]], bounds: Bounds) -> list[Violati
             worker_back = s["t"]
         was_up = s["worker_up"]
         in_grace = worker_back is not None and s["t"] - worker_back < bounds.state_grace_seconds
-        if s["state"] is None and s["worker_up"] and not in_grace:
+        if s.get("asked_state", True) and s["state"] is None and s["worker_up"] and not in_grace:
             out.append(Violation("state_answers", s["t"], f"`state` not answered: {s['state_error']}"))
     return out
 

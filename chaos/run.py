@@ -54,7 +54,7 @@ async def run_once(infra: Infra, opts: RunOptions, folder: Path) -> dict[str, An
         await _settle(stack, settle_until)
         await _wait_served(stack, sampler, settle_until)
         await sampler.stop()
-        rec.samples = [*sampler.samples, (await sampler.sample()).as_dict()]
+        rec.samples = [*sampler.ordered(), (await sampler.sample()).as_dict()]
         sampler.close()
         rec.bursts = nemesis.bursts
         await _gather_end(stack, rec, nemesis.started)
@@ -131,7 +131,7 @@ async def _wait_served(stack: RunStack, sampler: Sampler, until: float) -> None:
         except Exception:
             s = None
         places = stack.device_places()
-        last = sampler.samples[-1] if sampler.samples else None
+        last = next((s for s in reversed(sampler.samples) if not s["asked_state"]), None)
         agree = last is not None and all(
             len({tuple(t[th]) for t in last["tables"].values() if t is not None and th in t}) <= 1
             for th in places

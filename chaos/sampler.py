@@ -30,6 +30,7 @@ class Sample:
         default_factory=dict
     )  # region -> thing -> [epoch, primary]
     errors: dict[str, str] = field(default_factory=dict)  # region -> why it could not be read
+    asked_state: bool = True  # a sample of `state` (the sampler takes tables and state apart)
     state: dict[str, Any] | None = None  # epoch, active, in_flight; None when `state` did not answer
     state_error: str = ""
 
@@ -66,27 +67,39 @@ class Sampler:
         self._pool.shutdown(wait=False, cancel_futures=True)
 
     async def _forever(self) -> None:
+        """Tables and `state` on loops of their own: a query that hangs must not thin the tables."""
+        await asyncio.gather(self._every_second(self.sample), self._every_second(self.sample_state))
+
+    async def _every_second(self, take) -> None:
         while True:
             begun = time.monotonic()
-            self.samples.append((await self.sample()).as_dict())
+            self.samples.append((await take()).as_dict())
             await asyncio.sleep(max(0.0, 1.0 - (time.monotonic() - begun)))
 
+    def ordered(self) -> list[dict[str, Any]]:
+        return sorted(self.samples, key=lambda s: s["t"])
+
     async def sample(self) -> Sample:
-        s = Sample(t=self.now(), phase=self.phase, worker_up=self.stack.worker_up)
-        changes = self.stack.worker_changes
+        """Each region's answers, read at once."""
+        s = Sample(t=self.now(), phase=self.phase, worker_up=self.stack.worker_up, asked_state=False)
         reads = {r: self._read(r) for r in self.services}
-        results = await asyncio.gather(*reads.values(), self._state(), return_exceptions=True)
-        for region, got in zip(reads, results[:-1], strict=True):
+        results = await asyncio.gather(*reads.values(), return_exceptions=True)
+        for region, got in zip(reads, results, strict=True):
             if isinstance(got, BaseException):
                 s.tables[region], s.errors[region] = None, f"{type(got).__name__}: {got}"[:200]
             else:
                 s.tables[region] = got
-        s.worker_up = s.worker_up and self.stack.worker_changes == changes  # up all through the sample
-        state = results[-1]
-        if isinstance(state, BaseException):
-            s.state_error = f"{type(state).__name__}: {state}"[:200]
-        else:
-            s.state = state
+        return s
+
+    async def sample_state(self) -> Sample:
+        """Whether the entity answers `state`, and with which epoch."""
+        s = Sample(t=self.now(), phase=self.phase, worker_up=self.stack.worker_up)
+        changes = self.stack.worker_changes
+        try:
+            s.state = await self._state()
+        except Exception as e:
+            s.state_error = f"{type(e).__name__}: {e}"[:200]
+        s.worker_up = s.worker_up and self.stack.worker_changes == changes  # up all through the query
         return s
 
     async def _read(self, region: str) -> dict[str, list]:

@@ -91,6 +91,22 @@ def test_regions_that_disagree_too_long_fire() -> None:
     assert fired(rec, Bounds(disagree_seconds=0.5)) == ["single_primary"]
 
 
+def test_two_regions_each_naming_themselves_primary_fire_past_a_flip_and_an_outage_does_not_reset_it() -> (
+    None
+):
+    """Seed 3's finding: an emergency cutover leaves the source's answer (old epoch, itself)."""
+    old, new = {"d1": [1, E]}, {"d1": [2, W]}
+    samples = [sample(t, old, new) for t in range(0, 6)]
+    samples += [sample(t, None, new) for t in range(6, 9)]  # east down a while: no answer to compare
+    samples += [sample(t, old, new) for t in range(9, 12)]
+    rec = clean()
+    rec.samples = samples + rec.samples[3:]
+    assert fired(rec, Bounds(split_seconds=12)) == []
+    v = checker.check(rec, Bounds(split_seconds=10))
+    assert [x.invariant for x in v] == ["single_primary"], v
+    assert v[0].at == 11 and "each name themselves primary" in v[0].evidence and "since t=0" in v[0].evidence
+
+
 def test_disagreement_left_after_settling_fires() -> None:
     rec = clean()
     rec.samples[3]["tables"][E] = {"d1": [5, E]}
