@@ -3,6 +3,7 @@ fires on a record that breaks it (and only then), and one short run on the local
 
 from __future__ import annotations
 
+import asyncio
 import copy
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from chaos.__main__ import line
 from chaos.checker import Bounds, RunRecord
 from chaos.run import RunOptions, run_once
 from chaos.stack import Infra
+from tests.e2e_stack import EAST, WEST, Stack, until
 
 E, W = "us-east-1", "us-west-2"
 
@@ -206,3 +208,37 @@ async def test_a_short_campaign_run_holds(
     assert report["samples"] > 10 and report["played"], report
     assert report["verdict"] == "held", (report["first_violation"], report["schedule"], report["played"])
     assert report["cutovers"] and all(c["status"] == "COMPLETED" for c in report["cutovers"].values())
+
+
+def _primaries(stack: Stack, thing: str) -> dict[str, str]:
+    """Which region each region's bootstrap service names primary for `thing`."""
+    return {
+        r: next(e["region"] for e in stack.bootstrap_answer(r, thing)["endpoints"] if e["primary"])
+        for r in (EAST, WEST)
+    }
+
+
+@pytest.mark.e2e
+@pytest.mark.xfail(
+    strict=True,
+    reason="campaign seeds 3 and 13: an emergency cutover skips the source's bootstrap table even when "
+    "the source answers (workflows/cutover.py _emergency: dead = [inp.source, ...]), so both regions "
+    "name themselves primary until the cutover ends and the entity catches the source up",
+)
+async def test_an_emergency_cutover_with_the_source_up_leaves_no_region_naming_itself_primary(
+    stack: Stack,
+) -> None:
+    thing = stack.fleet.devices[0].thing
+    started = await stack.cutover(target=WEST, mode="emergency", reason="chaos seed 3")
+    try:
+        await until(
+            lambda: asyncio.to_thread(stack.try_bootstrap_answer, WEST, thing),
+            lambda a: a and a["epoch"] == started.epoch,
+            within=60,
+            what="the flip in us-west-2",
+        )
+        await asyncio.sleep(5)  # far longer than a flip's second write takes
+        primaries = await asyncio.to_thread(_primaries, stack, thing)
+        assert primaries != {EAST: EAST, WEST: WEST}, f"both regions name themselves primary: {primaries}"
+    finally:
+        await until(lambda: stack.progress(started.cutover_id), lambda p: p and p.result, what="the cutover")
