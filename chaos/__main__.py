@@ -27,6 +27,11 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--fault-seconds", type=float, default=60.0, help="length of each run's fault phase")
     p.add_argument("--settle-seconds", type=float, default=180.0, help="bound of the settle phase")
     p.add_argument("--devices", type=int, default=12)
+    p.add_argument(
+        "--planned-only",
+        action="store_true",
+        help="the operator asks only for planned cutovers (automatic failover still runs emergency ones)",
+    )
     p.add_argument("--out", type=Path, default=Path(".local/chaos"))
     return p.parse_args(argv)
 
@@ -47,7 +52,13 @@ async def campaign(args: argparse.Namespace) -> int:
     try:
         await infra.start()
         for i in range(args.runs):
-            opts = RunOptions(seed + i, args.fault_seconds, args.settle_seconds, args.devices)
+            opts = RunOptions(
+                seed + i,
+                args.fault_seconds,
+                args.settle_seconds,
+                args.devices,
+                emergency=not args.planned_only,
+            )
             folder = out / str(opts.seed)
             folder.mkdir(parents=True, exist_ok=True)
             try:

@@ -31,10 +31,11 @@ class RunOptions:
     settle_seconds: float = 180.0  # each settle wait's bound, counted from when the faults stop
     devices: int = 12
     faulty: int = 1  # devices that never migrate: stragglers, not failures
+    emergency: bool = True  # False: the operator asks only for planned cutovers (see schedule.draw)
 
 
 async def run_once(infra: Infra, opts: RunOptions, folder: Path) -> dict[str, Any]:
-    steps = schedule.draw(opts.seed, opts.fault_seconds)
+    steps = schedule.draw(opts.seed, opts.fault_seconds, emergency=opts.emergency)
     infra.reset()
     stack = RunStack(infra, folder, opts.devices, opts.faulty)
     begun = time.monotonic()

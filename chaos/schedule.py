@@ -25,8 +25,13 @@ class Step:
         return f"t+{self.at:5.1f}s {self.action} {args}".rstrip()
 
 
-def draw(seed: int, seconds: float = 60.0, regions: tuple[str, ...] = REGIONS) -> list[Step]:
-    """About one step every 2-6 s over `seconds`; every timed fault ends before `seconds`."""
+def draw(
+    seed: int, seconds: float = 60.0, regions: tuple[str, ...] = REGIONS, emergency: bool = True
+) -> list[Step]:
+    """About one step every 2-6 s over `seconds`; every timed fault ends before `seconds`.
+
+    `emergency=False` asks only for planned cutovers (automatic failover still starts emergency
+    ones), drawing the same random numbers, so the rest of a seed's schedule stays the same."""
     rng = random.Random(seed)
     steps: list[Step] = []
     busy = dict.fromkeys(regions, 0.0)  # a region's fault switch is free again at this time
@@ -38,9 +43,13 @@ def draw(seed: int, seconds: float = 60.0, regions: tuple[str, ...] = REGIONS) -
         )[0]
         left = seconds - 1 - t
         if kind == "cutover":
-            steps.append(Step(t, "cutover", _cutover_args(rng, regions)))
+            steps.append(Step(t, "cutover", _cutover_args(rng, regions, emergency)))
         elif kind == "concurrent":
-            steps.append(Step(t, "concurrent", {"requests": [_cutover_args(rng, regions) for _ in range(3)]}))
+            steps.append(
+                Step(
+                    t, "concurrent", {"requests": [_cutover_args(rng, regions, emergency) for _ in range(3)]}
+                )
+            )
         elif kind == "control":
             steps.append(Step(t, rng.choice(["approve", "approve", "pause", "resume", "abort"])))
         elif kind in ("outage", "slow"):
@@ -65,10 +74,12 @@ def draw(seed: int, seconds: float = 60.0, regions: tuple[str, ...] = REGIONS) -
     return sorted(steps, key=lambda s: s.at)
 
 
-def _cutover_args(rng: random.Random, regions: tuple[str, ...]) -> dict[str, Any]:
+def _cutover_args(rng: random.Random, regions: tuple[str, ...], emergency: bool) -> dict[str, Any]:
+    target = "other" if rng.random() < 0.8 else rng.choice(regions)  # "other": not the active one
+    mode = rng.choice(["planned", "planned", "emergency"])
     return {
-        "target": "other" if rng.random() < 0.8 else rng.choice(regions),  # "other": not the active one
-        "mode": rng.choice(["planned", "planned", "emergency"]),
+        "target": target,
+        "mode": mode if emergency else "planned",
         "approval": rng.choice(["none", "none", "canary", "every-wave"]),
     }
 

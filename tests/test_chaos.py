@@ -78,6 +78,16 @@ def test_the_same_seed_draws_the_same_schedule_and_every_fault_ends_in_time() ->
         assert not on, (seed, on)
 
 
+def test_planned_only_changes_the_requests_modes_and_nothing_else() -> None:
+    for seed in range(20):
+        a, b = schedule.draw(seed, 60), schedule.draw(seed, 60, emergency=False)
+        assert [(s.at, s.action) for s in a] == [(s.at, s.action) for s in b]
+        asked = [
+            r for s in b if s.action in ("cutover", "concurrent") for r in s.args.get("requests", [s.args])
+        ]
+        assert asked and all(r["mode"] == "planned" for r in asked)
+
+
 def test_two_regions_primary_at_the_same_epoch_fires_at_once() -> None:
     rec = clean()
     rec.samples[1]["tables"][W] = {"d1": [3, E]}  # east says west at 3, west says east at 3
