@@ -21,11 +21,14 @@ class Nemesis:
         self._worker_lock = asyncio.Lock()
         self._told_unhealthy: set[str] = set()
 
-    async def play(self, steps: list[Step], bound: float) -> None:
+    async def play(self, steps: list[Step], seconds: float, bound: float) -> None:
+        """Every step at its time, then the rest of the `seconds` of the fault phase; the steps
+        still running are waited for up to `bound` more."""
         t0, tasks = time.monotonic(), []
         for step in steps:
             await asyncio.sleep(max(0.0, step.at - (time.monotonic() - t0)))
             tasks.append(asyncio.create_task(self._run(step)))
+        await asyncio.sleep(max(0.0, seconds - (time.monotonic() - t0)))
         if tasks:
             await asyncio.wait(tasks, timeout=bound)
 

@@ -46,7 +46,7 @@ async def run_once(infra: Infra, opts: RunOptions, folder: Path) -> dict[str, An
         sampler = Sampler(stack, [d.thing for d in stack.fleet.devices] if stack.fleet else [])
         nemesis = Nemesis(stack, sampler.now)
         sampler.start()
-        await nemesis.play(steps, bound=opts.fault_seconds + 60)
+        await nemesis.play(steps, opts.fault_seconds, bound=60)
         await nemesis.clear_all()
         sampler.phase = "settle"
         settle_until = time.monotonic() + opts.settle_seconds
