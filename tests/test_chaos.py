@@ -229,15 +229,12 @@ def _primaries(stack: Stack, thing: str) -> dict[str, str]:
 
 
 @pytest.mark.e2e
-@pytest.mark.xfail(
-    strict=True,
-    reason="campaign seeds 3 and 13: an emergency cutover skips the source's bootstrap table even when "
-    "the source answers (workflows/cutover.py _emergency: dead = [inp.source, ...]), so both regions "
-    "name themselves primary until the cutover ends and the entity catches the source up",
-)
 async def test_an_emergency_cutover_with_the_source_up_leaves_no_region_naming_itself_primary(
     stack: Stack,
 ) -> None:
+    """Campaign seeds 3 and 13: an emergency cutover always skipped the source's bootstrap table, so
+    while the source still answered both regions named themselves primary until the cutover ended
+    (fixed behind EMERGENCY_FLIPS_A_LIVE_SOURCE)."""
     thing = stack.fleet.devices[0].thing
     started = await stack.cutover(target=WEST, mode="emergency", reason="chaos seed 3")
     try:

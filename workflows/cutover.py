@@ -41,7 +41,11 @@ with workflow.unsafe.imports_passed_through():
     from core.temporal import SA_PHASE
     from workflows.cutover_plan import plan
     from workflows.cutover_steps import CutoverInput
-    from workflows.versions import ABORT_CANCELS_SHADOW_SYNC, CANCEL_STOPS_THE_STEP
+    from workflows.versions import (
+        ABORT_CANCELS_SHADOW_SYNC,
+        CANCEL_STOPS_THE_STEP,
+        EMERGENCY_FLIPS_A_LIVE_SOURCE,
+    )
 
 Result = TypeVar("Result")
 
@@ -237,7 +241,9 @@ class CutoverWorkflow(CutoverRollback, CutoverWaves):
             await self._route(inp, inp.epoch, inp.target, skip=[])
 
     async def _emergency(self, inp: CutoverInput) -> None:
-        dead = [inp.source, *[r for r in inp.regions if r != inp.source and self._lost([r])]]
+        dead = [r for r in inp.regions if self._lost([r])]
+        if inp.source not in dead and not workflow.patched(EMERGENCY_FLIPS_A_LIVE_SOURCE):
+            dead.insert(0, inp.source)
         with self._phase("bootstrap-flip"):
             await self._flip(inp, inp.epoch, inp.target, skip=dead)
         with self._phase("routing-flip"):

@@ -37,6 +37,11 @@ CANCEL_STOPS_THE_STEP = "cancel-stops-the-step"
 # lost or an activity failing there is recorded and the rollback goes on. Before, it escaped the
 # rollback (a region loss failed the workflow task over and over).
 MOVE_BACK_IS_A_STEP = "move-back-is-a-step"
+# An emergency cutover flips every region not known Unhealthy, the source too when it still answers
+# (a flip it cannot reach is reported unreachable and caught up later). Before, it always skipped the
+# source, whose bootstrap answer kept naming itself primary beside the target's: split brain until
+# the cutover ended (found by the fault campaign, seeds 3 and 13).
+EMERGENCY_FLIPS_A_LIVE_SOURCE = "emergency-flips-a-live-source"
 
 # ---- DeploymentWorkflow -----------------------------------------------------------------------
 # The epoch is adopted from every fence (every bootstrap scope, routing, DNS) of every region, not
