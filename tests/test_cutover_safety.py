@@ -37,6 +37,7 @@ from activities.context import Deployments
 from activities.fencing import FlipResult
 from activities.registry import ReconcileResult, ReplicateScopeInput
 from activities.routing import FlipRoutingInput, ReadRoutingInput, RoutingActivities
+from activities.verification import VerifyInput, VerifyOutcome
 from core.aws import AwsClients
 from core.config import DeploymentConfig
 from core.models import (
@@ -492,8 +493,9 @@ def fences_with_east_unreachable(inp: ReadFencesInput) -> FenceSnapshot:
 async def test_what_a_region_misses_during_its_catch_up_is_caught_up_too(
     temporal_env: WorkflowEnvironment, cfg: DeploymentConfig, task_queue: str
 ) -> None:
-    """Item 9: a cutover ends (east missed its flip) while east's catch-up is running; the
-    catch-up must not drop what was added meanwhile."""
+    """Item 9: a cutover ends (east, Unhealthy again, missed its flip) while east's catch-up is
+    running; the catch-up must not drop what was added meanwhile."""
+    cfg = cfg.model_copy(update={"failover": cfg.failover.model_copy(update={"automatic": False})})
     for region in (EAST, WEST):
         AwsClients(cfg).iot(region).create_thing_group(thingGroupName="g1")
     client, catch_up = temporal_env.client, HeldCatchUp(cfg)
@@ -502,8 +504,10 @@ async def test_what_a_region_misses_during_its_catch_up_is_caught_up_too(
         assert (await handle.query("state", result_type=DeploymentState)).catch_up == {EAST: ["default"]}
         await health(handle, EAST, "Healthy")
         await catch_up.hold.reached()
+        await health(handle, EAST, "Unhealthy")  # the emergency's flips skip it
         started = await cutover(handle, target=WEST, scope="g1", mode="emergency", reason="east skipped")
         await until(handle, lambda s: s.history and "group:g1" in s.catch_up.get(EAST, []), "the cutover")
+        await health(handle, EAST, "Healthy")
         catch_up.hold.opened.set()
         await until(handle, lambda s: not s.catch_up, "every region caught up")
         assert catch_up.calls == 2  # a second catch-up for what the cutover added
@@ -598,4 +602,39 @@ async def test_automatic_failover_waits_for_a_complete_registry_copy_and_never_r
         record = s.history[-1]
         assert record.automatic and (record.result, record.devices, record.confirmed) == ("failed", 3, 0)
         assert "none of the 3 devices" in record.note
+        await handle.terminate()
+
+
+class HeldVerify:
+    """verify_devices that holds the emergency cutover in its verification until the test opens it."""
+
+    def __init__(self) -> None:
+        self.hold = Hold()
+
+    @activity.defn(name="verify_devices")
+    def verify_devices(self, inp: VerifyInput) -> VerifyOutcome:
+        self.hold.wait()
+        return VerifyOutcome(total=0, confirmed=0, pending=0, pending_sample=[])
+
+
+async def test_a_source_back_during_the_emergency_cutover_away_from_it_is_caught_up_at_once(
+    temporal_env: WorkflowEnvironment, cfg: DeploymentConfig, task_queue: str
+) -> None:
+    """Fault campaign seed 2: the automatic failover's flips skip the Unhealthy source; when the
+    source comes back while the cutover still verifies, it must get the cutover's answer then, not
+    when the cutover ends (until then both regions name themselves primary)."""
+    client, verify = temporal_env.client, HeldVerify()
+    async with worker(client, task_queue, cfg, verify.verify_devices):
+        handle = await start(client, cfg, task_queue, healthy=(EAST, WEST))
+        await health(handle, EAST, "Unhealthy")
+        await verify.hold.reached()  # flipped in west only, now verifying
+        epoch = bootstrap_in(cfg, WEST).epoch
+        assert (bootstrap_in(cfg, EAST).primary, bootstrap_in(cfg, WEST).primary) == (EAST, WEST)
+        await health(handle, EAST, "Healthy")
+        s = await until(handle, lambda s: any(d.kind == "catch-up" for d in s.decisions), "the catch-up")
+        assert s.in_flight is not None, "caught up while the cutover still runs"
+        east = bootstrap_in(cfg, EAST)
+        assert (east.primary, east.epoch) == (WEST, epoch)
+        verify.hold.opened.set()
+        await until(handle, lambda s: s.in_flight is None and len(s.history) == 1, "the cutover's end")
         await handle.terminate()

@@ -36,7 +36,7 @@ with workflow.unsafe.imports_passed_through():
     from core.temporal import SA_DEPLOYMENT, SA_MODE, SA_PHASE, SA_SOURCE, SA_TARGET
     from workflows.cutover import CutoverWorkflow
     from workflows.cutover_steps import CutoverInput, bootstrap_order
-    from workflows.versions import REATTACH_CUTOVER
+    from workflows.versions import CATCH_UP_DURING_CUTOVER, REATTACH_CUTOVER
 
 
 class Cutovers(DeploymentEntity):
@@ -146,6 +146,10 @@ class Cutovers(DeploymentEntity):
             self._decide("note", f"{cutover_id} could not start: {e}")
             raise
         self._child = self._outcome = child
+        lost = [r for r in cfg.regions if s.health.get(r, RegionView()).state == UNHEALTHY]
+        if lost and workflow.patched(CATCH_UP_DURING_CUTOVER):
+            for region in lost:  # the cutover's flips skip them: caught up once back, even mid-cutover
+                self._missed(region, inp.bootstrap_scope)
         kind = "automatic-failover" if req.automatic else "cutover"
         self._decide(
             kind,

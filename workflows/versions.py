@@ -78,3 +78,7 @@ DRILL_BOUNDED = "drill-bounded-waits"
 # A cancel of the drill itself that arrives while an activity runs ends the drill cancelled, after
 # it restored the fleet (before: caught as a failure, "drill interrupted", and the drill completed).
 DRILL_CANCELS = "drill-cancels"
+# A region Unhealthy when a cutover starts (its flips skip it) is recorded for catch-up at once, so
+# when it comes back during the cutover it is given the cutover's answer then, not when the cutover
+# ends (until then it kept naming itself primary: the fault campaign's seed 2).
+CATCH_UP_DURING_CUTOVER = "catch-up-during-cutover"
