@@ -28,13 +28,13 @@ from moto.iot.exceptions import (
 from moto.iot.models import IoTBackend
 from werkzeug.wrappers import Request, Response
 
-from rehearsal.iot_jobs import (
+from rehearsal.iot_jobs import describe_job_execution
+from rehearsal.jobs_model import (
     CLOCK,
     DEVICE_STATUSES,
     LOCK,
     TERMINAL,
     Execution,
-    describe_job_execution,
     executions_of,
     find_execution,
     now,

@@ -25,7 +25,7 @@ from moto.core import DEFAULT_ACCOUNT_ID
 from prometheus_client import Counter
 
 from rehearsal.iot_gaps import issuing_ca
-from rehearsal.iot_jobs import LOCK
+from rehearsal.jobs_model import LOCK
 from rehearsal.mqtt import events, policy
 from rehearsal.mqtt.brokers import BROKERS  # each broker registers itself before it starts
 

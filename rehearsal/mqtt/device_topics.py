@@ -20,7 +20,7 @@ from typing import Any
 from moto.core.exceptions import JsonRESTError
 
 from rehearsal import jobs_data
-from rehearsal.iot_jobs import LOCK
+from rehearsal.jobs_model import LOCK
 
 Reply = tuple[str, dict]
 _SHADOW = re.compile(r"^\$aws/things/([^/]+)/shadow/(?:name/([^/]+)/)?(update|get|delete)$")

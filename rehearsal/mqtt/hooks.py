@@ -18,7 +18,7 @@ from typing import Any
 from moto.iot.models import IoTBackend
 from moto.iotdata.models import IoTDataPlaneBackend
 
-from rehearsal import iot_jobs
+from rehearsal import jobs_model
 from rehearsal.mqtt.brokers import BROKERS
 
 
@@ -145,4 +145,4 @@ def install() -> None:
         setattr(IoTBackend, name, wrap(getattr(IoTBackend, name)))
     IoTDataPlaneBackend.update_thing_shadow = _update_shadow(IoTDataPlaneBackend.update_thing_shadow)
     IoTDataPlaneBackend.delete_thing_shadow = _delete_shadow(IoTDataPlaneBackend.delete_thing_shadow)
-    iot_jobs.WATCHERS.append(_jobs_changed)
+    jobs_model.WATCHERS.append(_jobs_changed)
