@@ -10,23 +10,26 @@ import pytest
 from cfnlint.api import lint_file
 
 from deploy import iam_actions as iam
+from deploy import iam_scan
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="module")
-def calls() -> list[iam.Call]:
-    return iam.scan()
+def calls() -> list[iam_scan.Call]:
+    return iam_scan.scan()
 
 
 @pytest.mark.parametrize("principal", iam.PRINCIPALS, ids=lambda p: p.name)
-def test_role_allows_exactly_what_the_code_calls(principal: iam.Principal, calls: list[iam.Call]) -> None:
+def test_role_allows_exactly_what_the_code_calls(
+    principal: iam.Principal, calls: list[iam_scan.Call]
+) -> None:
     diff = iam.Diff(principal, principal.actions(calls), iam.template_actions(principal))
     assert not diff.missing and not diff.extra, "\n" + diff.render(calls)
 
 
-def test_every_called_action_is_a_real_iam_action(calls: list[iam.Call]) -> None:
-    assert iam.unknown_actions(calls) == [], "add the IAM names to OVERRIDES in deploy/iam_actions.py"
+def test_every_called_action_is_a_real_iam_action(calls: list[iam_scan.Call]) -> None:
+    assert iam.unknown_actions(calls) == [], "add the IAM names to OVERRIDES in deploy/iam_scan.py"
 
 
 @pytest.mark.parametrize("principal", iam.PRINCIPALS, ids=lambda p: p.name)
@@ -94,7 +97,7 @@ def test_scanner_follows_clients_pagers_and_helpers() -> None:
                 watch.call(fetch_page, aws.iot(region), "list_things", "things", page_size=1)
         """
     )
-    found = {c.action for c in iam.scan_source(source)}
+    found = {c.action for c in iam_scan.scan_source(source)}
     assert found == {
         "iot:ListThingsInThingGroup",
         "iot:ListThingGroups",
@@ -117,7 +120,7 @@ def test_scanner_follows_clients_pagers_and_helpers() -> None:
         "iot:UpdateThingShadow",
         "iot:ListThings",
     }
-    assert [c.caller for c in iam.scan_source(source) if c.action == "sts:AssumeRole"] == [True]
+    assert [c.caller for c in iam_scan.scan_source(source) if c.action == "sts:AssumeRole"] == [True]
 
 
 def test_a_client_whose_service_is_not_a_literal_is_reported(tmp_path: Path) -> None:
@@ -125,7 +128,7 @@ def test_a_client_whose_service_is_not_a_literal_is_reported(tmp_path: Path) -> 
     (tmp_path / "activities" / "x.py").write_text(
         "def f(aws, r, svc):\n    aws.client(r, svc).list_things()\n"
     )
-    assert iam.unresolved(["activities"], tmp_path) == [
+    assert iam_scan.unresolved(["activities"], tmp_path) == [
         "activities/x.py:2: client(..., <not a string literal>)"
     ]
 
@@ -169,7 +172,7 @@ def test_diff_names_what_to_add_and_write_fixes_it(scratch_repo: Path, capsys: p
     assert "add    dynamodb:GetItem" in out  # the bootstrap function's role
 
     assert iam.main(["--root", str(scratch_repo), "--write"]) == 0
-    calls = iam.scan(root=scratch_repo)
+    calls = iam_scan.scan(root=scratch_repo)
     for d in iam.diffs(calls, scratch_repo):
         assert not d.missing and not d.extra, d.render(calls)
     for template in sorted((scratch_repo / "deploy" / "aws").glob("*.yaml")):
