@@ -26,7 +26,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     c = sub.add_parser("cutover", help="move the fleet (or a thing group) to another region")
     c.add_argument("--to", required=True, dest="target", help="target region")
     c.add_argument("--scope", help="thing group to move (default: the whole fleet)")
-    c.add_argument("--mode", choices=["planned", "emergency"], default="planned")
+    c.add_argument(
+        "--mode",
+        choices=["planned", "emergency"],
+        default="planned",
+        help="planned: waves with verification; emergency: flip the healthy regions now (default: %(default)s)",
+    )
     c.add_argument("--reason", default="", help="why; shown in the UI and the history")
     c.add_argument("--by", default=getpass.getuser(), help="who asks (default: %(default)s)")
     c.add_argument("--force", action="store_true", help="override the health and cooldown rules (recorded)")
@@ -48,8 +53,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     ]:
         a = sub.add_parser(action, help=text)
         a.add_argument("cutover_id", help="e.g. cutover-demo-3 (see `starter.py status`)")
-        a.add_argument("--by", default=getpass.getuser())
-        a.add_argument("--reason", default="")
+        a.add_argument("--by", default=getpass.getuser(), help="who asks, recorded (default: %(default)s)")
+        a.add_argument("--reason", default="", help="why; shown in the cutover's events")
         a.set_defaults(handler=run_async(cmd_control), action=action)
 
 

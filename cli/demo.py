@@ -28,7 +28,13 @@ from workflows.drill_report import render_markdown
 def register(sub: argparse._SubParsersAction) -> None:
     d = sub.add_parser("demo", help="start everything locally and run an outage drill end to end")
     d.add_argument("--devices", type=int, default=100, help="fleet size (default: %(default)s)")
-    d.add_argument("--kind", choices=["outage", "planned"], default="outage")
+    d.add_argument(
+        "--kind",
+        choices=["outage", "planned"],
+        default="outage",
+        help="the demo's drill: outage (the fault switch takes the primary down) or planned (a cutover and "
+        "back); default: %(default)s",
+    )
     d.set_defaults(handler=run_async(cmd_demo))
 
 

@@ -73,8 +73,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     ds = d.add_subparsers(dest="drill_command", metavar="schedule")
     s = ds.add_parser("schedule", help="run this drill on a Temporal Schedule")
     s.add_argument("--every", type=duration, required=True, help="e.g. 7d")
-    s.add_argument("--kind", choices=["planned", "outage"], default="planned")
-    s.add_argument("--percent", type=float, default=10.0)
+    s.add_argument(
+        "--kind",
+        choices=["planned", "outage"],
+        default="planned",
+        help="each drill's kind (default: %(default)s)",
+    )
+    s.add_argument(
+        "--percent",
+        type=float,
+        default=10.0,
+        help="each drill's sample of the fleet (default: %(default)s%%)",
+    )
     s.set_defaults(handler=run_async(cmd_schedule))
 
 

@@ -28,8 +28,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     local.add_parser("status", help="what runs, and whether it is healthy").set_defaults(handler=cmd_status)
 
     f = local.add_parser("fault", help="flip a region's fault switch: outage, latency, throttle or clear")
-    f.add_argument("region")
-    f.add_argument("mode", choices=faults.MODES)
+    f.add_argument("region", help="the emulated region to break or mend, e.g. us-east-1")
+    f.add_argument("mode", choices=faults.MODES, help="the fault: %(choices)s")
     f.add_argument("--latency-ms", type=int, default=0, help="added latency per request (mode latency)")
     f.add_argument("--rate", type=float, default=1.0, help="share of requests affected, 0..1")
     f.set_defaults(handler=cmd_fault)

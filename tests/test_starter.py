@@ -3,6 +3,7 @@ kind of outcome, and the installed `iotfailover` script being the same CLI."""
 
 from __future__ import annotations
 
+import argparse
 import shutil
 import subprocess
 import sys
@@ -91,3 +92,18 @@ def test_a_dry_run_counts_the_scope_and_prints_the_plan(config, capsys: pytest.C
     out = capsys.readouterr().out
     assert "waves for 12 devices" in out and "counted in us-east-1" in out and "nothing was started" in out
     assert out.count(" devices  ") == 2  # the canary of 5, then the other 7
+
+
+def test_every_flag_and_argument_says_what_it_is_for() -> None:
+    missing = []
+
+    def walk(parser, path: list[str]) -> None:
+        for a in parser._actions:
+            if isinstance(a, argparse._SubParsersAction):
+                for name, sub in a.choices.items():
+                    walk(sub, [*path, name])
+            elif not isinstance(a, argparse._HelpAction) and not a.help:
+                missing.append(f"{' '.join(path)} {'/'.join(a.option_strings) or a.dest}")
+
+    walk(starter.build_parser(), [])
+    assert missing == []
