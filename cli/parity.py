@@ -12,9 +12,12 @@ from core.aws import AwsClients
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("parity", help="registry parity between regions (exit 1 on drift)")
-    p.add_argument("--source", help="source region (default: the deployment's sources)")
-    p.add_argument("--target", help="target region (default: every other region)")
-    p.add_argument("--thing-group", help="only this thing group's devices")
+    # the names every command uses (--from/--to regions, --scope a thing group); the first ones stay
+    p.add_argument(
+        "--from", "--source", dest="source", help="source region (default: the deployment's sources)"
+    )
+    p.add_argument("--to", "--target", dest="target", help="target region (default: every other region)")
+    p.add_argument("--scope", "--thing-group", dest="thing_group", help="only this thing group's devices")
     p.set_defaults(handler=cmd_parity)
 
 

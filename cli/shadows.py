@@ -40,7 +40,12 @@ def _scope_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--from", dest="source", required=True, metavar="REGION", help="region to copy from")
     p.add_argument("--to", dest="target", required=True, metavar="REGION", help="region to copy into")
     scope = p.add_mutually_exclusive_group()
-    scope.add_argument("--group", help="thing group (with subgroups); default: the deployment's fleet group")
+    scope.add_argument(
+        "--scope",
+        "--group",
+        dest="group",
+        help="thing group (with subgroups); default: the deployment's fleet group",
+    )
     scope.add_argument("--all-things", action="store_true", help="every thing registered in the source")
 
 

@@ -107,3 +107,14 @@ def test_every_flag_and_argument_says_what_it_is_for() -> None:
 
     walk(starter.build_parser(), [])
     assert missing == []
+
+
+def test_the_same_idea_has_the_same_flag_everywhere() -> None:
+    """Regions are --from/--to and a thing group is --scope in every command (older names still parse)."""
+    parse = starter.build_parser().parse_args
+    parity = parse(["parity", "--from", "us-east-1", "--to", "us-west-2", "--scope", "g"])
+    assert (parity.source, parity.target, parity.thing_group) == ("us-east-1", "us-west-2", "g")
+    assert parse(["parity", "--source", "us-east-1", "--thing-group", "g"]).thing_group == "g"
+    shadows = parse(["shadows", "sync", "--from", "us-east-1", "--to", "us-west-2", "--scope", "g"])
+    assert (shadows.source, shadows.target, shadows.group) == ("us-east-1", "us-west-2", "g")
+    assert parse(["cutover", "--to", "us-west-2", "--scope", "g"]).scope == "g"
