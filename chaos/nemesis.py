@@ -23,14 +23,18 @@ class Nemesis:
 
     async def play(self, steps: list[Step], seconds: float, bound: float) -> None:
         """Every step at its time, then the rest of the `seconds` of the fault phase; the steps
-        still running are waited for up to `bound` more."""
+        still running are waited for up to `bound` more, then cancelled: a step left running would
+        set its fault again after the run (on emulators the next test shares)."""
         t0, tasks = time.monotonic(), []
         for step in steps:
             await asyncio.sleep(max(0.0, step.at - (time.monotonic() - t0)))
             tasks.append(asyncio.create_task(self._run(step)))
         await asyncio.sleep(max(0.0, seconds - (time.monotonic() - t0)))
         if tasks:
-            await asyncio.wait(tasks, timeout=bound)
+            _, running = await asyncio.wait(tasks, timeout=bound)
+            for task in running:
+                task.cancel()
+            await asyncio.gather(*running, return_exceptions=True)
 
     async def _run(self, step: Step) -> None:
         try:
