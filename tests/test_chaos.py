@@ -8,7 +8,6 @@ import copy
 from pathlib import Path
 
 import pytest
-from temporalio.testing import WorkflowEnvironment
 
 from chaos import checker, schedule
 from chaos.__main__ import line
@@ -210,11 +209,15 @@ def test_the_report_line_names_the_first_violation() -> None:
 
 
 @pytest.mark.e2e
-async def test_a_short_campaign_run_holds(
-    emulators: dict[str, str], temporal_env: WorkflowEnvironment, tmp_path: Path
-) -> None:
-    infra = Infra.existing(tmp_path, emulators, temporal_env)
-    report = await run_once(infra, RunOptions(seed=1, fault_seconds=15, settle_seconds=90), tmp_path)
+async def test_a_short_campaign_run_holds(tmp_path: Path) -> None:
+    """On the campaign's own emulators and Temporal, as `python -m chaos` runs: what a run leaves
+    (workflows, pollers, faults) cannot reach the tests that share this session's."""
+    infra = Infra(tmp_path)
+    await infra.start()
+    try:
+        report = await run_once(infra, RunOptions(seed=1, fault_seconds=15, settle_seconds=90), tmp_path)
+    finally:
+        await infra.stop()
     assert report["samples"] > 10 and report["played"], report
     assert report["verdict"] == "held", (report["first_violation"], report["schedule"], report["played"])
     assert report["cutovers"] and all(c["status"] == "COMPLETED" for c in report["cutovers"].values())
