@@ -20,6 +20,7 @@ from core.config import DeploymentConfig
 from core.errors import error_code, is_not_found
 from core.prerequisites import REGISTRY_EVENT_TYPES
 from core.temporal import SEARCH_ATTRIBUTES
+from replication.dead_letters import dead_letter_queue
 
 REGION_STACK = "deploy/aws/region.yaml creates it (docs/operating.md, 1.3)"
 
@@ -75,7 +76,7 @@ def region_checks(aws: AwsClients, region: str) -> list[Check]:
     ddb, iot = aws.dynamodb(region), aws.iot(region)
     for table in (cfg.bootstrap_table, cfg.claims_table, cfg.routing_table, cfg.replication.ledger_table):
         out.append(_exists(region, f"table {table}", lambda t=table: ddb.describe_table(TableName=t)))
-    for queue in (cfg.replication.events_queue, f"{cfg.replication.events_queue}-dlq"):
+    for queue in (cfg.replication.events_queue, dead_letter_queue(cfg.replication.events_queue)):
         out.append(
             _exists(region, f"queue {queue}", lambda q=queue: aws.sqs(region).get_queue_url(QueueName=q))
         )
@@ -92,7 +93,13 @@ def _ask(region: str, what: str, call: Callable[[], Any]) -> Check:
 
 
 def _exists(region: str, what: str, call: Callable[[], Any]) -> Check:
-    check = _ask(region, what, lambda: call() and "")
+    """`call` answers when the resource exists (its answer is not shown)."""
+
+    def probe() -> str:
+        call()
+        return ""
+
+    check = _ask(region, what, probe)
     if not check.ok:
         check.fix = REGION_STACK
     return check

@@ -29,7 +29,7 @@ from rehearsal.processes import free_port, spawn_python, wait_http
 from simulator.config import FaultSettings, SimulatorConfig
 from simulator.fleet import Fleet, load_manifest
 from simulator.provision import Provisioner
-from tests.toml_files import write_toml
+from tests.toml_files import e2e_regions, write_toml
 from worker import build_worker
 from workflows.deployment import DeploymentInput, DeploymentState
 
@@ -39,15 +39,7 @@ FAULTY = 2  # never migrate: they must show up as stragglers, not be counted as 
 
 
 def _config(emulators: dict[str, str], ca: Path, tmp: Path, ports: dict[str, int]) -> Path:
-    regions = {
-        region: {
-            "role": role,
-            "endpoint_url": emulators[region],
-            "bootstrap_url": f"http://127.0.0.1:{ports[region]}",
-            "iot_endpoint": f"e2e-ats.iot.{region}.amazonaws.com",
-        }
-        for region, role in ((EAST, "primary"), (WEST, "standby"))
-    }
+    regions = e2e_regions(emulators, ports)
     return write_toml(
         tmp / "deployment.toml",
         {

@@ -25,7 +25,7 @@ from simulator.config import SimulatorConfig
 from simulator.device import DeviceSpec
 from simulator.fleet import Fleet
 from tests.test_simulator import EAST, FAST, WEST, wait_for
-from tests.toml_files import write_toml
+from tests.toml_files import e2e_regions, write_toml
 
 APP = "e2e"
 
@@ -47,15 +47,7 @@ def deployment(
     """A two-region deployment on the emulators with one real bootstrap service per region."""
     (tmp_path / "ca.pem").write_text(local_ca.cert_pem)
     ports = {r: free_port() for r in (EAST, WEST)}
-    regions = {
-        region: {
-            "role": role,
-            "endpoint_url": emulators[region],
-            "bootstrap_url": f"http://127.0.0.1:{ports[region]}",
-            "iot_endpoint": f"e2e-ats.iot.{region}.amazonaws.com",
-        }
-        for region, role in ((EAST, "primary"), (WEST, "standby"))
-    }
+    regions = e2e_regions(emulators, ports)
     data = {
         "deployment": {
             "name": f"e2e-{os.getpid()}",

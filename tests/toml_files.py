@@ -52,3 +52,18 @@ def deployment_data(cfg: DeploymentConfig, bootstrap_urls: dict[str, str] | None
         },
         "replication": {"reconcile_interval_minutes": cfg.replication.reconcile_interval_minutes},
     }
+
+
+def e2e_regions(emulators: dict[str, str], bootstrap_ports: dict[str, int]) -> dict[str, Any]:
+    """The two rehearsal regions of the e2e deployments: primary east, standby west, each with its
+    emulator, its bootstrap service and an ATS-style device endpoint."""
+    roles = (("us-east-1", "primary"), ("us-west-2", "standby"))
+    return {
+        region: {
+            "role": role,
+            "endpoint_url": emulators[region],
+            "bootstrap_url": f"http://127.0.0.1:{bootstrap_ports[region]}",
+            "iot_endpoint": f"e2e-ats.iot.{region}.amazonaws.com",
+        }
+        for region, role in roles
+    }
