@@ -12,6 +12,17 @@ from structlog.typing import Processor
 _configured = False
 
 
+class _CurrentStderr:
+    """`sys.stderr` as it is when a line is written, not when logging was configured: a process
+    that swaps its stderr (pytest's capture, which closes the old one) keeps logging."""
+
+    def write(self, text: str) -> int:
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+
 def configure(json: bool | None = None, level: str | None = None) -> None:
     """Configure structlog and stdlib logging once per process."""
     global _configured
@@ -30,10 +41,11 @@ def configure(json: bool | None = None, level: str | None = None) -> None:
     structlog.configure(
         processors=[*shared, structlog.processors.format_exc_info, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(lvl),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        # structlog types `file` as TextIO; PrintLogger only writes and flushes it
+        logger_factory=structlog.PrintLoggerFactory(file=_CurrentStderr()),  # type: ignore[arg-type]
         cache_logger_on_first_use=True,
     )
-    handler = logging.StreamHandler(sys.stderr)
+    handler = logging.StreamHandler(_CurrentStderr())
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(
             foreign_pre_chain=shared,
